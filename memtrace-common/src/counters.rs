@@ -1,0 +1,12 @@
+//! Indices into the per-CPU `COUNTERS` array map. Userspace sums them over CPUs.
+//! `produced == delivered + dropped` is checked with these.
+
+/// Times an OOM victim program ran (one per killed task).
+pub const OOM_SEEN: u32 = 0;
+/// OOM records that could not be reserved in the OOM ring buffer (buffer full): lost events.
+pub const OOM_RINGBUF_FULL: u32 = 1;
+/// Kernel reads (`bpf_probe_read_kernel`) that failed while filling an OOM record; the record is
+/// still sent, with the affected `flags` bits cleared.
+pub const OOM_READ_ERRORS: u32 = 2;
+
+pub const COUNTERS_LEN: u32 = 8;

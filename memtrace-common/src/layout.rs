@@ -1,0 +1,121 @@
+//! Kernel layouts handed to the eBPF programs as global variables at load time.
+//!
+//! Rust eBPF has no CO-RE relocations, so userspace resolves every struct offset the programs
+//! need from the running kernel's BTF (`/sys/kernel/btf/vmlinux`) and every tracepoint field from
+//! tracefs `format` files, then patches these globals before loading. A field the kernel does not
+//! have is [`ABSENT`], and the program leaves the matching record field unset (and its flag clear).
+
+/// Marks an offset the running kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Byte offsets into kernel structs, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `task_struct.pid`, `.tgid`, `.comm`, `.mm`, `.signal`, `.cgroups`.
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_mm: u32,
+    pub task_signal: u32,
+    pub task_cgroups: u32,
+    /// `signal_struct.oom_score_adj` (a `short`).
+    pub signal_oom_score_adj: u32,
+    /// `mm_struct.total_vm` (pages), `.pgtables_bytes` (bytes), `.rss_stat`.
+    pub mm_total_vm: u32,
+    pub mm_pgtables_bytes: u32,
+    pub mm_rss_stat: u32,
+    /// Size of one `rss_stat` element (`struct percpu_counter` since 6.2, `atomic_long_t`
+    /// before) and the offset of its approximate count (`percpu_counter.count`).
+    pub mm_rss_stride: u32,
+    pub mm_rss_count: u32,
+    /// `enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES }` values.
+    pub mm_filepages: u32,
+    pub mm_anonpages: u32,
+    pub mm_swapents: u32,
+    pub mm_shmempages: u32,
+    /// `css_set.subsys` (array of `struct cgroup_subsys_state *`) and `memory_cgrp_id`.
+    pub cset_subsys: u32,
+    pub memory_cgrp_id: u32,
+    /// `cgroup_subsys_state.cgroup`, `cgroup.kn`, `kernfs_node.id` (the cgroup id: the inode
+    /// number of the cgroup's directory).
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// `mem_cgroup.memory` (a `struct page_counter`), `page_counter.usage`, `page_counter.max`.
+    /// `mem_cgroup.css` is the first member, so a memory css pointer is the memcg pointer.
+    pub memcg_memory: u32,
+    pub page_counter_usage: u32,
+    pub page_counter_max: u32,
+}
+
+impl KernelLayout {
+    pub const fn absent() -> Self {
+        Self {
+            task_pid: ABSENT,
+            task_tgid: ABSENT,
+            task_comm: ABSENT,
+            task_mm: ABSENT,
+            task_signal: ABSENT,
+            task_cgroups: ABSENT,
+            signal_oom_score_adj: ABSENT,
+            mm_total_vm: ABSENT,
+            mm_pgtables_bytes: ABSENT,
+            mm_rss_stat: ABSENT,
+            mm_rss_stride: ABSENT,
+            mm_rss_count: ABSENT,
+            mm_filepages: ABSENT,
+            mm_anonpages: ABSENT,
+            mm_swapents: ABSENT,
+            mm_shmempages: ABSENT,
+            cset_subsys: ABSENT,
+            memory_cgrp_id: ABSENT,
+            css_cgroup: ABSENT,
+            cgroup_kn: ABSENT,
+            kn_id: ABSENT,
+            memcg_memory: ABSENT,
+            page_counter_usage: ABSENT,
+            page_counter_max: ABSENT,
+        }
+    }
+}
+
+/// Field offsets of the `oom:mark_victim` tracepoint record, from
+/// `/sys/kernel/tracing/events/oom/mark_victim/format`. Kernels before 6.8 have `pid` only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkVictimTpLayout {
+    pub pid: u32,
+    /// `__data_loc char[] comm`: a u32 whose low 16 bits are the string's offset in the record.
+    pub comm: u32,
+    pub total_vm: u32,
+    pub anon_rss: u32,
+    pub file_rss: u32,
+    pub shmem_rss: u32,
+    pub uid: u32,
+    pub pgtables: u32,
+    pub oom_score_adj: u32,
+}
+
+impl MarkVictimTpLayout {
+    pub const fn absent() -> Self {
+        Self {
+            pid: ABSENT,
+            comm: ABSENT,
+            total_vm: ABSENT,
+            anon_rss: ABSENT,
+            file_rss: ABSENT,
+            shmem_rss: ABSENT,
+            uid: ABSENT,
+            pgtables: ABSENT,
+            oom_score_adj: ABSENT,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are #[repr(C)] structs of u32 only: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::MarkVictimTpLayout {}
+}

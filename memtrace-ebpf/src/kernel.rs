@@ -1,0 +1,99 @@
+//! Reads of kernel structs at offsets that userspace resolved from BTF (see
+//! `memtrace_common::layout`). Every read goes through `bpf_probe_read_kernel`, so a bad pointer
+//! is an error value, never a fault.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use memtrace_common::{
+    layout::{ABSENT, KernelLayout},
+    oom::COMM_LEN,
+};
+
+#[unsafe(no_mangle)]
+pub static KERNEL_LAYOUT: KernelLayout = KernelLayout::absent();
+
+/// log2 of the page size; patched by userspace.
+#[unsafe(no_mangle)]
+static PAGE_SHIFT: u32 = 12;
+
+/// One field of the layout. Volatile, so that the compiler does not fold the placeholder value.
+macro_rules! off {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::kernel::KERNEL_LAYOUT.$field) }
+    };
+}
+pub(crate) use off;
+
+#[inline(always)]
+pub fn page_shift() -> u32 {
+    unsafe { core::ptr::read_volatile(&raw const PAGE_SHIFT) }
+}
+
+/// Reads a `T` at `base + offset`.
+#[inline(always)]
+pub fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    if base.is_null() || offset == ABSENT {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}
+
+#[inline(always)]
+pub fn read_comm(task: *const u8, out: &mut [u8; COMM_LEN]) -> Result<(), i64> {
+    let offset = off!(task_comm);
+    if task.is_null() || offset == ABSENT {
+        return Err(-1);
+    }
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel_buf(task.wrapping_add(offset as usize), out) }.map_err(i64::from)
+}
+
+/// The memory cgroup of a task: `task->cgroups->subsys[memory_cgrp_id]`. The css is the first
+/// member of `struct mem_cgroup`, so this pointer is also the `mem_cgroup *`.
+#[inline(always)]
+pub fn task_memcg(task: *const u8) -> Result<*const u8, i64> {
+    let subsys = off!(cset_subsys);
+    let id = off!(memory_cgrp_id);
+    if subsys == ABSENT || id == ABSENT || id >= 16 {
+        return Err(-1);
+    }
+    let cset: *const u8 = read(task, off!(task_cgroups))?;
+    let css: *const u8 = read(cset, subsys + id * 8)?;
+    if css.is_null() { Err(-1) } else { Ok(css) }
+}
+
+/// `css->cgroup->kn->id`: the cgroup id userspace sees as the directory's inode number.
+#[inline(always)]
+pub fn css_cgroup_id(css: *const u8) -> Result<u64, i64> {
+    let cgroup: *const u8 = read(css, off!(css_cgroup))?;
+    let kn: *const u8 = read(cgroup, off!(cgroup_kn))?;
+    read(kn, off!(kn_id))
+}
+
+/// `memcg->memory.usage` and `memcg->memory.max`, in pages.
+#[inline(always)]
+pub fn memcg_usage_limit(memcg: *const u8) -> Result<(u64, u64), i64> {
+    let counter = off!(memcg_memory);
+    let usage_off = off!(page_counter_usage);
+    let max_off = off!(page_counter_max);
+    if counter == ABSENT || usage_off == ABSENT || max_off == ABSENT {
+        return Err(-1);
+    }
+    let usage: i64 = read(memcg, counter + usage_off)?;
+    let max: u64 = read(memcg, counter + max_off)?;
+    Ok((usage.max(0) as u64, max))
+}
+
+/// `get_mm_counter(mm, member)`: the approximate count, as the kernel's own tracepoint reads it
+/// (`percpu_counter_read_positive` since 6.2, an `atomic_long_t` before).
+#[inline(always)]
+pub fn mm_counter(mm: *const u8, member: u32) -> Result<u64, i64> {
+    let base = off!(mm_rss_stat);
+    let stride = off!(mm_rss_stride);
+    let count = off!(mm_rss_count);
+    if base == ABSENT || stride == ABSENT || count == ABSENT || member >= 8 {
+        return Err(-1);
+    }
+    let value: i64 = read(mm, base + member * stride + count)?;
+    Ok(value.max(0) as u64)
+}

@@ -1,0 +1,243 @@
+//! `mark_victim`: called once for every task the OOM killer kills, in the context of the task
+//! that triggered the OOM (mm/oom_kill.c: `mark_oom_victim()` -> `trace_mark_victim()`).
+//!
+//! Two variants, chosen by userspace: `tp_btf` gets the victim's `task_struct *` and reads
+//! everything from it; the plain tracepoint gets the record the kernel formats (pid only before
+//! 6.8) and can only see the trigger's own task.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use aya_log_ebpf::warn;
+use memtrace_common::{
+    counters::{OOM_READ_ERRORS, OOM_RINGBUF_FULL, OOM_SEEN},
+    layout::{ABSENT, MarkVictimTpLayout},
+    oom::{OomVictimRecord, flags},
+};
+
+use crate::{
+    kernel::{self, off, read},
+    maps::{OOM_EVENTS, bump},
+};
+
+/// Tracepoint field offsets, from tracefs; patched by userspace.
+#[unsafe(no_mangle)]
+static MARK_VICTIM_TP: MarkVictimTpLayout = MarkVictimTpLayout::absent();
+
+macro_rules! tp_off {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const MARK_VICTIM_TP.$field) }
+    };
+}
+
+#[btf_tracepoint(function = "mark_victim")]
+pub fn oom_victim_btf(ctx: BtfTracePointContext) -> u32 {
+    match try_oom_victim_btf(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn oom_victim_tp(ctx: TracePointContext) -> u32 {
+    match try_oom_victim_tp(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// Reserves a zeroed record with the trigger's identity and the time filled in.
+#[inline(always)]
+fn start_record(
+    src: u32,
+) -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<OomVictimRecord>, u32> {
+    bump(OOM_SEEN);
+    let Some(mut entry) = OOM_EVENTS.reserve::<OomVictimRecord>(0) else {
+        bump(OOM_RINGBUF_FULL);
+        return Err(0);
+    };
+    let mut rec = OomVictimRecord::zeroed();
+    rec.flags = src;
+    rec.ktime_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    rec.trigger_pid = pid_tgid as u32;
+    rec.trigger_tgid = (pid_tgid >> 32) as u32;
+    if let Ok(comm) = bpf_get_current_comm() {
+        rec.trigger_comm = comm;
+    }
+    let current = unsafe { bpf_get_current_task() } as *const u8;
+    if let Ok(memcg) = kernel::task_memcg(current) {
+        if let Ok(id) = kernel::css_cgroup_id(memcg) {
+            rec.trigger_memcg_id = id;
+            rec.flags |= flags::HAS_TRIGGER_MEMCG;
+        }
+    }
+    entry.write(rec);
+    Ok(entry)
+}
+
+/// Fills the victim's memcg id and its page counter from the victim's `task_struct`.
+#[inline(always)]
+fn fill_memcg(rec: &mut OomVictimRecord, task: *const u8) -> bool {
+    let Ok(memcg) = kernel::task_memcg(task) else {
+        return false;
+    };
+    let mut ok = true;
+    match kernel::css_cgroup_id(memcg) {
+        Ok(id) => {
+            rec.victim_memcg_id = id;
+            rec.flags |= flags::HAS_VICTIM_MEMCG;
+        }
+        Err(_) => ok = false,
+    }
+    match kernel::memcg_usage_limit(memcg) {
+        Ok((usage, limit)) => {
+            rec.memcg_usage_pages = usage;
+            rec.memcg_limit_pages = limit;
+            rec.flags |= flags::HAS_MEMCG_COUNTERS;
+        }
+        Err(_) => ok = false,
+    }
+    ok
+}
+
+fn try_oom_victim_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(struct task_struct *task, uid_t uid)
+    let task: *const u8 = ctx.arg(0);
+    let uid: u32 = ctx.arg(1);
+    let mut entry = start_record(flags::SRC_TP_BTF)?;
+    // SAFETY: start_record initialised the entry.
+    let rec = unsafe { entry.assume_init_mut() };
+    let mut ok = true;
+
+    rec.victim_uid = uid;
+    rec.flags |= flags::HAS_UID;
+    match (read::<i32>(task, off!(task_pid)), read::<i32>(task, off!(task_tgid))) {
+        (Ok(pid), Ok(tgid)) => {
+            rec.victim_pid = pid as u32;
+            rec.victim_tgid = tgid as u32;
+            rec.flags |= flags::HAS_VICTIM_TGID;
+        }
+        _ => ok = false,
+    }
+    if kernel::read_comm(task, &mut rec.victim_comm).is_ok() {
+        rec.flags |= flags::HAS_VICTIM_COMM;
+    } else {
+        ok = false;
+    }
+    ok &= fill_memcg(rec, task);
+    if let Ok(signal) = read::<*const u8>(task, off!(task_signal)) {
+        if let Ok(adj) = read::<i16>(signal, off!(signal_oom_score_adj)) {
+            rec.oom_score_adj = i32::from(adj);
+            rec.flags |= flags::HAS_OOM_SCORE_ADJ;
+        }
+    }
+    // A victim already past exit_mm() has no mm: no sizes, but still a victim.
+    if let Ok(mm) = read::<*const u8>(task, off!(task_mm)) {
+        if !mm.is_null() {
+            ok &= fill_mm(rec, mm);
+        }
+    }
+    if !ok {
+        rec.flags |= flags::READ_ERROR;
+        bump(OOM_READ_ERRORS);
+        warn!(ctx, "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid);
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+#[inline(always)]
+fn fill_mm(rec: &mut OomVictimRecord, mm: *const u8) -> bool {
+    let kb_shift = kernel::page_shift().saturating_sub(10);
+    let counters = (
+        kernel::mm_counter(mm, off!(mm_anonpages)),
+        kernel::mm_counter(mm, off!(mm_filepages)),
+        kernel::mm_counter(mm, off!(mm_shmempages)),
+        read::<u64>(mm, off!(mm_total_vm)),
+    );
+    let mut ok = true;
+    if let (Ok(anon), Ok(file), Ok(shmem), Ok(total_vm)) = counters {
+        rec.anon_rss_kb = anon << kb_shift;
+        rec.file_rss_kb = file << kb_shift;
+        rec.shmem_rss_kb = shmem << kb_shift;
+        rec.total_vm_kb = total_vm << kb_shift;
+        rec.flags |= flags::HAS_RSS;
+    } else {
+        ok = false;
+    }
+    if let Ok(swap) = kernel::mm_counter(mm, off!(mm_swapents)) {
+        rec.swap_ents = swap;
+        rec.flags |= flags::HAS_SWAP;
+    }
+    if let Ok(bytes) = read::<i64>(mm, off!(mm_pgtables_bytes)) {
+        rec.pgtables_kb = (bytes.max(0) as u64) >> 10;
+        rec.flags |= flags::HAS_PGTABLES;
+    }
+    ok
+}
+
+fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    let mut entry = start_record(flags::SRC_TRACEPOINT)?;
+    // SAFETY: start_record initialised the entry.
+    let rec = unsafe { entry.assume_init_mut() };
+    let base = ctx.as_ptr() as *const u8;
+    let mut ok = true;
+
+    match read::<i32>(base, tp_off!(pid)) {
+        Ok(pid) => rec.victim_pid = pid as u32,
+        Err(_) => ok = false,
+    }
+    let comm = tp_off!(comm);
+    if comm != ABSENT {
+        if let Ok(loc) = read::<u32>(base, comm) {
+            let at = base.wrapping_add((loc & 0xffff) as usize);
+            if unsafe { bpf_probe_read_kernel_str_bytes(at, &mut rec.victim_comm) }.is_ok() {
+                rec.flags |= flags::HAS_VICTIM_COMM;
+            }
+        }
+    }
+    if let (Ok(total_vm), Ok(anon), Ok(file), Ok(shmem)) = (
+        read::<u64>(base, tp_off!(total_vm)),
+        read::<u64>(base, tp_off!(anon_rss)),
+        read::<u64>(base, tp_off!(file_rss)),
+        read::<u64>(base, tp_off!(shmem_rss)),
+    ) {
+        rec.total_vm_kb = total_vm;
+        rec.anon_rss_kb = anon;
+        rec.file_rss_kb = file;
+        rec.shmem_rss_kb = shmem;
+        rec.flags |= flags::HAS_RSS;
+    }
+    if let Ok(uid) = read::<u32>(base, tp_off!(uid)) {
+        rec.victim_uid = uid;
+        rec.flags |= flags::HAS_UID;
+    }
+    if let Ok(pgtables) = read::<u64>(base, tp_off!(pgtables)) {
+        rec.pgtables_kb = pgtables;
+        rec.flags |= flags::HAS_PGTABLES;
+    }
+    if let Ok(adj) = read::<i16>(base, tp_off!(oom_score_adj)) {
+        rec.oom_score_adj = i32::from(adj);
+        rec.flags |= flags::HAS_OOM_SCORE_ADJ;
+    }
+    // The record names the victim by pid only; when the victim is the current task (the common
+    // case: an allocator killed by its own charge) its task_struct is at hand.
+    if rec.victim_pid == rec.trigger_pid {
+        rec.victim_tgid = rec.trigger_tgid;
+        rec.flags |= flags::HAS_VICTIM_TGID;
+        let current = unsafe { bpf_get_current_task() } as *const u8;
+        ok &= fill_memcg(rec, current);
+    }
+    if !ok {
+        rec.flags |= flags::READ_ERROR;
+        bump(OOM_READ_ERRORS);
+        warn!(ctx, "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid);
+    }
+    entry.submit(0);
+    Ok(0)
+}

@@ -1,0 +1,3 @@
+//! One file per hook. Each program fills the same record types from `memtrace_common`.
+
+mod mark_victim;

@@ -1,0 +1,129 @@
+//! Cgroup id -> path. A cgroup's id (what the kernel's `kernfs_node.id` holds, and what the
+//! eBPF programs report) is the inode number of its directory, so a walk of the hierarchy maps
+//! ids to paths. Paths stay cached after the cgroup is removed, so a container that is gone by
+//! the time its kill is reported is still named.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use super::MemoryHierarchy;
+
+/// Re-walks the tree on a miss at most this often, so a flood of unknown ids stays cheap.
+const RESCAN_EVERY: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub struct CgroupPaths {
+    hierarchy: MemoryHierarchy,
+    by_id: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+impl CgroupPaths {
+    pub fn new(hierarchy: MemoryHierarchy) -> Self {
+        let mut s = Self { hierarchy, by_id: HashMap::new(), last_scan: None };
+        s.rescan();
+        s
+    }
+
+    pub fn hierarchy(&self) -> &MemoryHierarchy {
+        &self.hierarchy
+    }
+
+    /// The path of cgroup `id` relative to the hierarchy root ("/" for the root itself).
+    pub fn resolve(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        if self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+            self.rescan();
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    /// Records a path learnt elsewhere (e.g. /proc/<pid>/cgroup).
+    pub fn remember(&mut self, id: u64, path: String) {
+        self.by_id.insert(id, path);
+    }
+
+    /// Walks the hierarchy. Directories that vanish during the walk are skipped; cached
+    /// entries for removed cgroups are kept.
+    pub fn rescan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let root = self.hierarchy.root.clone();
+        let mut stack = vec![(root.clone(), String::from("/"))];
+        while let Some((dir, rel)) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            self.by_id.insert(meta.ino(), rel.clone());
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
+                    stack.push((entry.path(), child));
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// The memory cgroup of a live process, from `/proc/<pid>/cgroup`: the v1 line whose
+/// controllers include `memory`, or the v2 `0::` line.
+pub fn proc_memory_cgroup(pid: u32, version: super::CgroupVersion) -> Option<String> {
+    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("cgroup")).ok()?;
+    parse_proc_cgroup(&text, version)
+}
+
+pub fn parse_proc_cgroup(text: &str, version: super::CgroupVersion) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = match version {
+            super::CgroupVersion::V1 => controllers.split(',').any(|c| c == "memory"),
+            super::CgroupVersion::V2 => controllers.is_empty(),
+        };
+        hit.then(|| path.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::CgroupVersion;
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let text = "9:name=systemd:/\n4:memory:/a/b\n0::/unified\n";
+        assert_eq!(parse_proc_cgroup(text, CgroupVersion::V1).as_deref(), Some("/a/b"));
+        assert_eq!(parse_proc_cgroup(text, CgroupVersion::V2).as_deref(), Some("/unified"));
+        assert_eq!(parse_proc_cgroup("garbage", CgroupVersion::V1), None);
+    }
+
+    #[test]
+    fn ids_are_directory_inodes_and_survive_removal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = dir.path().join("pod").join("ctr");
+        std::fs::create_dir_all(&child).expect("mkdir");
+        let ino = std::fs::metadata(&child).expect("stat").ino();
+        let mut paths = CgroupPaths::new(MemoryHierarchy {
+            version: CgroupVersion::V2,
+            root: dir.path().to_owned(),
+        });
+        assert_eq!(paths.resolve(ino).as_deref(), Some("/pod/ctr"));
+        std::fs::remove_dir(&child).expect("rmdir");
+        paths.rescan();
+        assert_eq!(paths.resolve(ino).as_deref(), Some("/pod/ctr"), "kept after removal");
+        assert_eq!(paths.resolve(u64::MAX), None);
+    }
+}

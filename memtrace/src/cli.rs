@@ -1,0 +1,76 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{hooks::ForcedVariant, output::Format};
+
+#[derive(Debug, Parser)]
+#[command(name = "memtrace", version, about = "eBPF OOM-kill tracer: every victim, its cgroup and why, in milliseconds")]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to the OOM killer and print every kill as it happens (the daemon).
+    Watch(WatchArgs),
+    /// Show which variant of each kernel hook this kernel supports, and why not.
+    Probes(ProbesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Output format on stdout.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Use only this variant of a hook, e.g. `oom_victim=tracepoint` (repeatable).
+    #[arg(long = "variant", value_name = "HOOK=KIND")]
+    pub variants: Vec<ForcedVariant>,
+    /// Size of the OOM event ring buffer in bytes (power-of-two multiple of the page size).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub oom_ring_bytes: Option<u32>,
+    /// Exit after this many kills have been reported.
+    #[arg(long, value_name = "N")]
+    pub exit_after: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// Output format on stdout.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two of at least 4096"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        let e = Cli::try_parse_from(["memtrace", "watch", "--oom-ring-bytes", "1000"]).expect_err("not a power of two");
+        assert!(e.to_string().contains("power of two"));
+        let e = Cli::try_parse_from(["memtrace", "watch", "--variant", "oom_victim=kprobe"]).expect_err("no such variant");
+        assert!(e.to_string().contains("no \"kprobe\" variant"));
+        let e = Cli::try_parse_from(["memtrace", "watch", "--output", "xml"]).expect_err("bad format");
+        assert!(e.to_string().contains("xml"));
+    }
+}

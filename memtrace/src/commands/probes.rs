@@ -1,0 +1,84 @@
+//! `memtrace probes`: what this kernel offers memtrace, and why a variant is not used.
+//! It really loads and attaches each variant (then detaches), so what it says is what `watch`
+//! will get.
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    cgroup::MemoryHierarchy,
+    cli::ProbesArgs,
+    hooks::HookStatus,
+    kernel_btf::{KernelBtf, VMLINUX_BTF},
+    output::Format,
+    privileges::Privileges,
+    tracer::{Tracer, TracerOptions},
+};
+
+#[derive(Debug, Serialize)]
+struct Report {
+    kernel: String,
+    btf: Option<String>,
+    btf_missing_fields: Vec<&'static str>,
+    cgroup: Option<String>,
+    privileges: Privileges,
+    hooks: Vec<HookStatus>,
+    error: Option<String>,
+}
+
+pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let (btf, missing) = match KernelBtf::from_sys() {
+        Ok(b) => (Some(VMLINUX_BTF.to_owned()), b.kernel_layout().missing),
+        Err(e) => {
+            eprintln!("memtrace: {e}");
+            (None, vec![])
+        }
+    };
+    let cgroup = MemoryHierarchy::detect()
+        .map(|h| format!("{:?} at {}", h.version, h.root.display()).to_lowercase())
+        .ok();
+    let (hooks, error) = match Tracer::start(&TracerOptions { try_all: true, ..TracerOptions::default() }) {
+        Ok((tracer, _ring)) => (tracer.hooks.clone(), None),
+        Err(e) => (vec![], Some(e.to_string())),
+    };
+    let report = Report { kernel, btf, btf_missing_fields: missing, cgroup, privileges: Privileges::current(), hooks, error };
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).context("serialising")?),
+        Format::Text => print_text(&report),
+    }
+    if let Some(e) = report.error {
+        anyhow::bail!("no OOM hook can attach: {e}");
+    }
+    Ok(())
+}
+
+fn print_text(r: &Report) {
+    println!("kernel      {}", r.kernel);
+    println!("btf         {}", r.btf.as_deref().unwrap_or("MISSING"));
+    if !r.btf_missing_fields.is_empty() {
+        println!("            fields not in BTF: {}", r.btf_missing_fields.join(", "));
+    }
+    println!("cgroup      {}", r.cgroup.as_deref().unwrap_or("no memory controller mounted"));
+    let p = &r.privileges;
+    println!(
+        "privileges  euid={} CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={} lockdown={}",
+        p.euid,
+        p.cap_bpf,
+        p.cap_perfmon,
+        p.cap_sys_admin,
+        p.lockdown.as_deref().unwrap_or("n/a")
+    );
+    for h in &r.hooks {
+        match h.selected {
+            Some(v) => println!("hook        {:<12} {} {} (selected)", h.hook, v.attach.kind(), v.attach.target()),
+            None => println!("hook        {:<12} NONE", h.hook),
+        }
+        for v in &h.also_works {
+            println!("              also works: {} {}", v.attach.kind(), v.attach.target());
+        }
+        for rej in &h.rejected {
+            println!("              not {} {}: {}", rej.variant.attach.kind(), rej.variant.attach.target(), rej.reason);
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `memtrace watch`: the daemon. Reads the OOM ring buffer as records arrive and writes one
+//! event per killed task. SIGINT/SIGTERM end it; dropping the tracer detaches everything.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Duration, interval},
+};
+
+use crate::{
+    cgroup::{CgroupPaths, MemoryHierarchy},
+    cli::WatchArgs,
+    clock,
+    event::VictimRecord,
+    kill::Enricher,
+    output::{Format, json, text},
+    tracer::{KernelCounters, Tracer, TracerOptions},
+};
+
+/// How often the kernel counters are checked for lost events.
+const COUNTER_CHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Delivery {
+    delivered: u64,
+    decode_errors: u64,
+}
+
+pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let opts = TracerOptions { forced: args.variants.clone(), oom_ring_bytes: args.oom_ring_bytes, try_all: false };
+    let (tracer, mut ring) = Tracer::start(&opts)?;
+    let paths = match MemoryHierarchy::detect() {
+        Ok(h) => Some(CgroupPaths::new(h)),
+        Err(e) => {
+            log::warn!("{e}: cgroup paths will be missing from events");
+            None
+        }
+    };
+    let mut enricher = Enricher::new(paths);
+    let host = hostname();
+    let via: Vec<String> = tracer
+        .hooks
+        .iter()
+        .map(|h| match h.selected {
+            Some(v) => format!("{} via {}", h.hook, v.attach.kind()),
+            None => format!("{} unavailable", h.hook),
+        })
+        .collect();
+    // Tests and scripts wait for this line: from here on, no kill is missed.
+    eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = interval(COUNTER_CHECK);
+    let mut stdout = std::io::stdout().lock();
+    let mut delivery = Delivery::default();
+    let mut reported_lost = 0;
+
+    let mut emit = |r: VictimRecord, delivery: &mut Delivery| -> anyhow::Result<()> {
+        let kill = enricher.enrich(r);
+        let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
+        let line = match args.output {
+            Format::Text => text::event(&kill, delay),
+            Format::Json => json::event(&kill, &host, delay).to_string(),
+        };
+        writeln!(stdout, "{line}").and_then(|()| stdout.flush()).context("writing to stdout")?;
+        delivery.delivered += 1;
+        Ok(())
+    };
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the OOM ring buffer")?;
+                for r in drain(guard.get_inner_mut(), &mut delivery) {
+                    emit(r, &mut delivery)?;
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                reported_lost = report_losses(&tracer, reported_lost);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        if args.exit_after.is_some_and(|n| delivery.delivered >= n) {
+            break;
+        }
+    }
+    // Records that arrived with the signal are still reported.
+    for r in drain(ring.get_mut(), &mut delivery) {
+        emit(r, &mut delivery)?;
+    }
+    let counters = tracer.counters().unwrap_or_default();
+    report_losses(&tracer, reported_lost);
+    summary(&counters, &delivery);
+    drop(tracer);
+    Ok(())
+}
+
+/// Decodes every record waiting in the ring buffer; the ring slot is released before any I/O.
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Delivery) -> Vec<VictimRecord> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        match VictimRecord::try_from(&*item) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                delivery.decode_errors += 1;
+                log::error!("undecodable OOM record ({e}); counted as lost");
+            }
+        }
+    }
+    out
+}
+
+/// Loudly reports records the kernel could not queue; returns the total reported so far.
+fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
+    match tracer.counters() {
+        Ok(c) if c.oom_ringbuf_full > reported => {
+            log::error!(
+                "LOST {} OOM events: the OOM ring buffer was full ({} lost in total); raise --oom-ring-bytes",
+                c.oom_ringbuf_full - reported,
+                c.oom_ringbuf_full
+            );
+            c.oom_ringbuf_full
+        }
+        Ok(_) => reported,
+        Err(e) => {
+            log::warn!("reading kernel counters: {e}");
+            reported
+        }
+    }
+}
+
+/// One line on stderr at exit: produced == delivered + dropped, checkable by tests.
+fn summary(c: &KernelCounters, d: &Delivery) {
+    eprintln!(
+        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={}",
+        c.oom_seen, d.delivered, c.oom_ringbuf_full, d.decode_errors, c.oom_read_errors
+    );
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}

@@ -1,0 +1,263 @@
+//! Decoding of the records the eBPF programs write to the ring buffer.
+//!
+//! Never a transmute: each record is length-checked, then read field by field in the order of
+//! `memtrace_common::oom::OomVictimRecord` (little-endian, as the bpfel target writes it), and
+//! the `flags` bits decide which fields are meaningful.
+
+use bytes::Buf;
+use memtrace_common::oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, flags};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {got} bytes, expected {want}")]
+    Length { got: usize, want: usize },
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+    #[error("record names no hook variant (flags {0:#x})")]
+    Source(u32),
+}
+
+/// Which program produced a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookSource {
+    TpBtf,
+    Tracepoint,
+}
+
+impl HookSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Sizes of the victim's address space at the kill, in kB (as the kernel log prints them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RssKb {
+    pub total_vm: u64,
+    pub anon: u64,
+    pub file: u64,
+    pub shmem: u64,
+}
+
+/// One decoded `mark_victim` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VictimRecord {
+    pub source: HookSource,
+    pub ktime_boot_ns: u64,
+    pub victim_pid: u32,
+    pub victim_tgid: Option<u32>,
+    pub victim_comm: Option<String>,
+    pub victim_uid: Option<u32>,
+    pub victim_memcg_id: Option<u64>,
+    pub trigger_pid: u32,
+    pub trigger_tgid: u32,
+    pub trigger_comm: String,
+    pub trigger_memcg_id: Option<u64>,
+    pub rss_kb: Option<RssKb>,
+    pub swap_pages: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+    /// The victim memcg's page counter (usage, limit) in pages, read in the kernel at the hook.
+    pub memcg_pages: Option<(u64, u64)>,
+    /// A kernel read failed while the record was filled: some fields may be missing.
+    pub read_error: bool,
+}
+
+/// A NUL-terminated kernel `comm`, as text.
+fn comm(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl TryFrom<&[u8]> for VictimRecord {
+    type Error = DecodeError;
+
+    fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
+        // The ring buffer rounds records up to 8 bytes; ours is a multiple of 8 already.
+        if raw.len() != OOM_VICTIM_RECORD_LEN {
+            return Err(DecodeError::Length { got: raw.len(), want: OOM_VICTIM_RECORD_LEN });
+        }
+        let mut b = raw;
+        let kind = b.get_u32_le();
+        if kind != KIND_OOM_VICTIM {
+            return Err(DecodeError::Kind(kind));
+        }
+        let f = b.get_u32_le();
+        let has = |bit: u32| f & bit != 0;
+        let source = match (has(flags::SRC_TP_BTF), has(flags::SRC_TRACEPOINT)) {
+            (true, false) => HookSource::TpBtf,
+            (false, true) => HookSource::Tracepoint,
+            _ => return Err(DecodeError::Source(f)),
+        };
+        let ktime_boot_ns = b.get_u64_le();
+        let victim_memcg_id = b.get_u64_le();
+        let trigger_memcg_id = b.get_u64_le();
+        let rss = RssKb {
+            total_vm: b.get_u64_le(),
+            anon: b.get_u64_le(),
+            file: b.get_u64_le(),
+            shmem: b.get_u64_le(),
+        };
+        let swap_pages = b.get_u64_le();
+        let pgtables_kb = b.get_u64_le();
+        let memcg_usage = b.get_u64_le();
+        let memcg_limit = b.get_u64_le();
+        let victim_pid = b.get_u32_le();
+        let victim_tgid = b.get_u32_le();
+        let victim_uid = b.get_u32_le();
+        let oom_score_adj = b.get_i32_le();
+        let trigger_pid = b.get_u32_le();
+        let trigger_tgid = b.get_u32_le();
+        let (victim_comm, rest) = b.split_at(COMM_LEN);
+        let trigger_comm = &rest[..COMM_LEN];
+        Ok(Self {
+            source,
+            ktime_boot_ns,
+            victim_pid,
+            victim_tgid: has(flags::HAS_VICTIM_TGID).then_some(victim_tgid),
+            victim_comm: has(flags::HAS_VICTIM_COMM).then(|| comm(victim_comm)),
+            victim_uid: has(flags::HAS_UID).then_some(victim_uid),
+            victim_memcg_id: has(flags::HAS_VICTIM_MEMCG).then_some(victim_memcg_id),
+            trigger_pid,
+            trigger_tgid,
+            trigger_comm: comm(trigger_comm),
+            trigger_memcg_id: has(flags::HAS_TRIGGER_MEMCG).then_some(trigger_memcg_id),
+            rss_kb: has(flags::HAS_RSS).then_some(rss),
+            swap_pages: has(flags::HAS_SWAP).then_some(swap_pages),
+            pgtables_kb: has(flags::HAS_PGTABLES).then_some(pgtables_kb),
+            oom_score_adj: has(flags::HAS_OOM_SCORE_ADJ).then_some(oom_score_adj),
+            memcg_pages: has(flags::HAS_MEMCG_COUNTERS).then_some((memcg_usage, memcg_limit)),
+            read_error: has(flags::READ_ERROR),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_common::oom::OomVictimRecord;
+
+    use super::*;
+
+    /// Serialises a record the way the kernel lays it out (repr(C), little-endian).
+    fn wire(r: &OomVictimRecord) -> Vec<u8> {
+        let mut v = Vec::with_capacity(OOM_VICTIM_RECORD_LEN);
+        for x in [r.kind, r.flags] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [
+            r.ktime_boot_ns,
+            r.victim_memcg_id,
+            r.trigger_memcg_id,
+            r.total_vm_kb,
+            r.anon_rss_kb,
+            r.file_rss_kb,
+            r.shmem_rss_kb,
+            r.swap_ents,
+            r.pgtables_kb,
+            r.memcg_usage_pages,
+            r.memcg_limit_pages,
+        ] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [r.victim_pid, r.victim_tgid, r.victim_uid] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(&r.oom_score_adj.to_le_bytes());
+        for x in [r.trigger_pid, r.trigger_tgid] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(&r.victim_comm);
+        v.extend_from_slice(&r.trigger_comm);
+        v
+    }
+
+    fn sample() -> OomVictimRecord {
+        let mut r = OomVictimRecord::zeroed();
+        r.flags = flags::SRC_TP_BTF
+            | flags::HAS_VICTIM_TGID
+            | flags::HAS_VICTIM_COMM
+            | flags::HAS_RSS
+            | flags::HAS_OOM_SCORE_ADJ
+            | flags::HAS_VICTIM_MEMCG
+            | flags::HAS_MEMCG_COUNTERS;
+        r.ktime_boot_ns = 123_456_789;
+        r.victim_memcg_id = 4242;
+        r.anon_rss_kb = 65_000;
+        r.memcg_usage_pages = 16_384;
+        r.memcg_limit_pages = 16_384;
+        r.victim_pid = 1001;
+        r.victim_tgid = 1000;
+        r.oom_score_adj = -17;
+        r.trigger_pid = 1001;
+        r.trigger_tgid = 1000;
+        r.victim_comm[..7].copy_from_slice(b"python3");
+        r.trigger_comm.copy_from_slice(b"exactly16bytes!!");
+        r
+    }
+
+    #[test]
+    fn layout_matches_the_kernel_struct() {
+        let r = sample();
+        let bytes = wire(&r);
+        assert_eq!(bytes.len(), OOM_VICTIM_RECORD_LEN);
+        // Same bytes as the in-memory repr(C) struct: the decoder's field order is the layout.
+        // SAFETY: OomVictimRecord is repr(C) plain data with no padding (asserted in common).
+        let mem = unsafe {
+            std::slice::from_raw_parts((&raw const r).cast::<u8>(), OOM_VICTIM_RECORD_LEN)
+        };
+        assert_eq!(bytes, mem);
+    }
+
+    #[test]
+    fn decodes_every_field() {
+        let d = VictimRecord::try_from(wire(&sample()).as_slice()).expect("decode");
+        assert_eq!(d.source, HookSource::TpBtf);
+        assert_eq!((d.victim_pid, d.victim_tgid), (1001, Some(1000)));
+        assert_eq!(d.victim_comm.as_deref(), Some("python3"));
+        assert_eq!(d.trigger_comm, "exactly16bytes!!", "a comm without NUL is kept whole");
+        assert_eq!(d.oom_score_adj, Some(-17));
+        assert_eq!(d.rss_kb.map(|r| r.anon), Some(65_000));
+        assert_eq!(d.memcg_pages, Some((16_384, 16_384)));
+        assert_eq!(d.victim_memcg_id, Some(4242));
+        assert_eq!(d.victim_uid, None, "HAS_UID not set");
+        assert_eq!(d.swap_pages, None);
+        assert!(!d.read_error);
+    }
+
+    #[test]
+    fn rejects_wrong_length_kind_and_source() {
+        let good = wire(&sample());
+        for len in [0, 1, OOM_VICTIM_RECORD_LEN - 1, OOM_VICTIM_RECORD_LEN + 8] {
+            let mut v = good.clone();
+            v.resize(len, 0);
+            assert_eq!(
+                VictimRecord::try_from(v.as_slice()),
+                Err(DecodeError::Length { got: len, want: OOM_VICTIM_RECORD_LEN })
+            );
+        }
+        let mut r = sample();
+        r.kind = 9;
+        assert_eq!(VictimRecord::try_from(wire(&r).as_slice()), Err(DecodeError::Kind(9)));
+        let mut r = sample();
+        r.flags |= flags::SRC_TRACEPOINT;
+        assert!(matches!(VictimRecord::try_from(wire(&r).as_slice()), Err(DecodeError::Source(_))));
+    }
+
+    #[test]
+    fn any_bytes_decode_or_fail_cleanly() {
+        // A cheap stand-in for the fuzzer: every 1-byte corruption of a good record.
+        let good = wire(&sample());
+        for i in 0..good.len() {
+            for x in [0u8, 0xff, 0x80] {
+                let mut v = good.clone();
+                v[i] = x;
+                let _ = VictimRecord::try_from(v.as_slice());
+            }
+        }
+    }
+}

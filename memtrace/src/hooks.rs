@@ -1,0 +1,148 @@
+//! The hook table: for each kernel hook memtrace uses, its variants in order of preference.
+//! At start-up the tracer tries them in order and keeps the first that loads and attaches,
+//! along with the reason each earlier one failed (`memtrace probes` prints all of it).
+//! Every variant of a hook writes the same record type, so the rest of memtrace never knows
+//! which one ran.
+
+use serde::Serialize;
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Attach {
+    /// BTF-typed tracepoint (`tp_btf/<event>`): typed arguments, kernel >= 5.5 with BTF.
+    TpBtf { event: &'static str },
+    /// Classic tracepoint: the record the kernel formats, layout from tracefs.
+    Tracepoint { category: &'static str, name: &'static str },
+}
+
+impl Attach {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TpBtf { .. } => "tp_btf",
+            Self::Tracepoint { .. } => "tracepoint",
+        }
+    }
+
+    pub fn target(&self) -> String {
+        match self {
+            Self::TpBtf { event } => (*event).to_owned(),
+            Self::Tracepoint { category, name } => format!("{category}:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Variant {
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    pub attach: Attach,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Hook {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// Without a required hook memtrace cannot do its job and refuses to start.
+    pub required: bool,
+    pub variants: &'static [Variant],
+}
+
+/// Every hook memtrace knows, and its variants in order of preference.
+pub const HOOKS: &[Hook] = &[Hook {
+    name: "oom_victim",
+    what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
+    required: true,
+    variants: &[
+        Variant { program: "oom_victim_btf", attach: Attach::TpBtf { event: "mark_victim" } },
+        Variant {
+            program: "oom_victim_tp",
+            attach: Attach::Tracepoint { category: "oom", name: "mark_victim" },
+        },
+    ],
+}];
+
+pub fn hook(name: &str) -> Option<&'static Hook> {
+    HOOKS.iter().find(|h| h.name == name)
+}
+
+/// Why a variant was not used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub variant: Variant,
+    pub reason: String,
+}
+
+/// What the selection decided for one hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    pub hook: &'static str,
+    pub required: bool,
+    pub selected: Option<Variant>,
+    /// Variants that would also work (listed by `memtrace probes`, which tries them all).
+    pub also_works: Vec<Variant>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// `--variant HOOK=KIND` restricts a hook to one attach kind (tests use it to cover every
+/// variant on one kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedVariant {
+    pub hook: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ForcedVariantError {
+    #[error("expected HOOK=KIND (e.g. oom_victim=tracepoint), got {0:?}")]
+    Syntax(String),
+    #[error("unknown hook {0:?}; known: {1}")]
+    Hook(String, String),
+    #[error("hook {hook} has no {kind:?} variant; it has: {known}")]
+    Kind { hook: String, kind: String, known: String },
+}
+
+impl std::str::FromStr for ForcedVariant {
+    type Err = ForcedVariantError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (h, k) = s.split_once('=').ok_or_else(|| ForcedVariantError::Syntax(s.into()))?;
+        let hook = hook(h).ok_or_else(|| {
+            let known = HOOKS.iter().map(|h| h.name).collect::<Vec<_>>().join(", ");
+            ForcedVariantError::Hook(h.into(), known)
+        })?;
+        let variant = hook.variants.iter().find(|v| v.attach.kind() == k).ok_or_else(|| {
+            let known = hook.variants.iter().map(|v| v.attach.kind()).collect::<Vec<_>>();
+            ForcedVariantError::Kind { hook: h.into(), kind: k.into(), known: known.join(", ") }
+        })?;
+        Ok(Self { hook: hook.name, kind: variant.attach.kind() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_consistent() {
+        for h in HOOKS {
+            assert!(!h.variants.is_empty(), "{} has no variant", h.name);
+            for v in h.variants {
+                // bpftool shows 15 characters of a program name.
+                assert!(v.program.len() <= 15, "{} is too long for BPF_OBJ_NAME_LEN", v.program);
+            }
+        }
+    }
+
+    #[test]
+    fn forced_variant_parsing() {
+        let f: ForcedVariant = "oom_victim=tracepoint".parse().expect("valid");
+        assert_eq!(f, ForcedVariant { hook: "oom_victim", kind: "tracepoint" });
+        assert!(matches!("oom_victim".parse::<ForcedVariant>(), Err(ForcedVariantError::Syntax(_))));
+        assert!(matches!("x=tp_btf".parse::<ForcedVariant>(), Err(ForcedVariantError::Hook(..))));
+        assert!(matches!(
+            "oom_victim=kprobe".parse::<ForcedVariant>(),
+            Err(ForcedVariantError::Kind { .. })
+        ));
+    }
+}

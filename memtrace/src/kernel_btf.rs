@@ -1,0 +1,252 @@
+//! Struct offsets from the running kernel's BTF, for the eBPF programs (which have no CO-RE).
+//!
+//! Each offset the programs need is looked up by name, descending through anonymous structs and
+//! unions (e.g. most of `mm_struct` sits in an anonymous struct since 6.x). What the kernel lacks
+//! is left `ABSENT` and listed in [`Resolved::missing`], so `memtrace probes` can say so.
+
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, Type};
+use memtrace_common::layout::{ABSENT, KernelLayout};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "{path}: kernel BTF not found; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    Missing { path: PathBuf },
+    #[error("{path}: could not parse kernel BTF: {source}")]
+    Parse { path: PathBuf, source: btf_rs::Error },
+}
+
+/// The kernel's BTF, parsed once.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+/// A resolved layout and the fields that could not be resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub layout: KernelLayout,
+    pub missing: Vec<&'static str>,
+}
+
+impl KernelBtf {
+    pub fn load(path: &Path) -> Result<Self, BtfError> {
+        if !path.exists() {
+            return Err(BtfError::Missing { path: path.to_owned() });
+        }
+        let btf = Btf::from_file(path)
+            .map_err(|source| BtfError::Parse { path: path.to_owned(), source })?;
+        Ok(Self { btf })
+    }
+
+    pub fn from_sys() -> Result<Self, BtfError> {
+        Self::load(Path::new(VMLINUX_BTF))
+    }
+
+    /// Is `name` a function the kernel has BTF for (attachable by fentry / tp_btf targets)?
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
+    fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
+        self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut ty: Type) -> Option<Type> {
+        for _ in 0..16 {
+            ty = match ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(&t).ok()?,
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                    self.btf.resolve_chained_type(&t).ok()?
+                }
+                Type::TypeTag(t) => self.btf.resolve_chained_type(&t).ok()?,
+                other => return Some(other),
+            };
+        }
+        None
+    }
+
+    /// Finds `member` in `s`, looking inside anonymous members; returns its byte offset and type.
+    fn find_member(&self, s: &btf_rs::Struct, member: &str, depth: u32) -> Option<(u32, Type)> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            if name == member {
+                if m.bitfield_size().is_some_and(|b| b != 0) {
+                    return None;
+                }
+                return Some((m.bit_offset() / 8, self.btf.resolve_chained_type(m).ok()?));
+            }
+            if name.is_empty() {
+                if let Some(Type::Struct(inner) | Type::Union(inner)) =
+                    self.btf.resolve_chained_type(m).ok().and_then(|t| self.strip(t))
+                {
+                    if let Some((off, ty)) = self.find_member(&inner, member, depth + 1) {
+                        return Some((m.bit_offset() / 8 + off, ty));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Offset of `strukt.member` and the member's (stripped) type.
+    pub fn member(&self, strukt: &str, member: &str) -> Option<(u32, Type)> {
+        let s = self.named_struct(strukt)?;
+        let (off, ty) = self.find_member(&s, member, 0)?;
+        Some((off, self.strip(ty)?))
+    }
+
+    pub fn offset(&self, strukt: &str, member: &str) -> Option<u32> {
+        self.member(strukt, member).map(|(off, _)| off)
+    }
+
+    /// The value of enumerator `name` in the enum named `in_enum` ("" for anonymous enums).
+    pub fn enum_value(&self, in_enum: &str, name: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(in_enum).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name))
+                .map(|m| m.val()),
+            _ => None,
+        })
+    }
+
+    fn type_size(&self, ty: &Type) -> Option<u32> {
+        match self.strip(ty.clone())? {
+            Type::Struct(s) | Type::Union(s) => u32::try_from(s.size()).ok(),
+            Type::Int(i) => u32::try_from(i.size()).ok(),
+            Type::Ptr(_) => Some(8),
+            _ => None,
+        }
+    }
+
+    /// `mm_struct.rss_stat`: `struct percpu_counter rss_stat[NR_MM_COUNTERS]` since 6.2
+    /// (read `.count`), `struct mm_rss_stat { atomic_long_t count[]; }` before.
+    fn rss_stat(&self) -> Option<(u32, u32, u32)> {
+        let (base, ty) = self.member("mm_struct", "rss_stat")?;
+        let (base, array) = match ty {
+            Type::Array(a) => (base, a),
+            Type::Struct(s) => {
+                let (off, inner) = self.find_member(&s, "count", 0)?;
+                match self.strip(inner)? {
+                    Type::Array(a) => (base + off, a),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        let elem = self.strip(self.btf.resolve_chained_type(&array).ok()?)?;
+        let stride = self.type_size(&elem)?;
+        let count = match &elem {
+            // percpu_counter.count (s64); atomic_long_t is struct { s64 counter; }.
+            Type::Struct(s) => self
+                .find_member(s, "count", 0)
+                .or_else(|| self.find_member(s, "counter", 0))
+                .map(|(off, _)| off)?,
+            Type::Int(_) => 0,
+            _ => return None,
+        };
+        Some((base, stride, count))
+    }
+
+    /// Resolves every offset in [`KernelLayout`].
+    pub fn kernel_layout(&self) -> Resolved {
+        let mut missing = Vec::new();
+        let mut get = |name: &'static str, v: Option<u32>| {
+            v.unwrap_or_else(|| {
+                missing.push(name);
+                ABSENT
+            })
+        };
+        let (rss, stride, count) = match self.rss_stat() {
+            Some(t) => t,
+            None => (ABSENT, ABSENT, ABSENT),
+        };
+        let rss = get("mm_struct.rss_stat", (rss != ABSENT).then_some(rss));
+        // The memcg pointer is taken to be the css pointer: check that css is at offset 0.
+        let css_first = self.offset("mem_cgroup", "css") == Some(0);
+        let layout = KernelLayout {
+            task_pid: get("task_struct.pid", self.offset("task_struct", "pid")),
+            task_tgid: get("task_struct.tgid", self.offset("task_struct", "tgid")),
+            task_comm: get("task_struct.comm", self.offset("task_struct", "comm")),
+            task_mm: get("task_struct.mm", self.offset("task_struct", "mm")),
+            task_signal: get("task_struct.signal", self.offset("task_struct", "signal")),
+            task_cgroups: get("task_struct.cgroups", self.offset("task_struct", "cgroups")),
+            signal_oom_score_adj: get(
+                "signal_struct.oom_score_adj",
+                self.offset("signal_struct", "oom_score_adj"),
+            ),
+            mm_total_vm: get("mm_struct.total_vm", self.offset("mm_struct", "total_vm")),
+            mm_pgtables_bytes: get(
+                "mm_struct.pgtables_bytes",
+                self.offset("mm_struct", "pgtables_bytes"),
+            ),
+            mm_rss_stat: rss,
+            mm_rss_stride: stride,
+            mm_rss_count: count,
+            // Values stable since 2.6.34 (include/linux/mm_types_task.h); BTF first.
+            mm_filepages: self.enum_value("", "MM_FILEPAGES").unwrap_or(0),
+            mm_anonpages: self.enum_value("", "MM_ANONPAGES").unwrap_or(1),
+            mm_swapents: self.enum_value("", "MM_SWAPENTS").unwrap_or(2),
+            mm_shmempages: self.enum_value("", "MM_SHMEMPAGES").unwrap_or(3),
+            cset_subsys: get("css_set.subsys", self.offset("css_set", "subsys")),
+            memory_cgrp_id: get("memory_cgrp_id", self.enum_value("cgroup_subsys_id", "memory_cgrp_id")),
+            css_cgroup: get("cgroup_subsys_state.cgroup", self.offset("cgroup_subsys_state", "cgroup")),
+            cgroup_kn: get("cgroup.kn", self.offset("cgroup", "kn")),
+            kn_id: get("kernfs_node.id", self.offset("kernfs_node", "id")),
+            memcg_memory: get(
+                "mem_cgroup.memory",
+                self.offset("mem_cgroup", "memory").filter(|_| css_first),
+            ),
+            page_counter_usage: get("page_counter.usage", self.offset("page_counter", "usage")),
+            page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
+        };
+        Resolved { layout, missing }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against this machine's own BTF: every field memtrace needs resolves, with values
+    /// that match well-known facts (comm is 16 bytes after a pointer-aligned field, etc.).
+    #[test]
+    fn resolves_running_kernel() {
+        let Ok(btf) = KernelBtf::from_sys() else {
+            eprintln!("SKIPPED: no {VMLINUX_BTF} on this machine");
+            return;
+        };
+        let r = btf.kernel_layout();
+        assert!(r.missing.is_empty(), "missing: {:?}", r.missing);
+        let l = r.layout;
+        assert_eq!(l.mm_anonpages, 1);
+        assert_eq!(l.mm_filepages, 0);
+        assert!(l.task_tgid == l.task_pid + 4, "pid and tgid are adjacent pid_t: {l:?}");
+        assert!(l.mm_rss_stride >= 8);
+        assert!(l.memory_cgrp_id < 16);
+        assert!(btf.has_function("oom_kill_process") || btf.has_function("out_of_memory"));
+        assert!(!btf.has_function("no_such_function_memtrace"));
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = KernelBtf::load(Path::new("/nonexistent/vmlinux")).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("CONFIG_DEBUG_INFO_BTF")));
+    }
+}

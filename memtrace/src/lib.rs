@@ -1,0 +1,14 @@
+//! memtrace: an eBPF OOM-kill tracer. The binary (`main.rs`) is a thin shell over this library.
+
+pub mod cgroup;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod event;
+pub mod hooks;
+pub mod kernel_btf;
+pub mod kill;
+pub mod output;
+pub mod privileges;
+pub mod tracefs;
+pub mod tracer;

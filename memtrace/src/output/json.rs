@@ -1,0 +1,111 @@
+//! JSON lines. Flat keys after the OpenTelemetry semantic conventions (`process.pid`,
+//! `process.executable.name`, ...); memtrace's own fields under `memtrace.`. Sizes in bytes.
+
+use serde_json::{Map, Value, json};
+
+use crate::{clock, kill::OomKill};
+
+/// Inserts `key: value` unless the value is `None`.
+struct Obj(Map<String, Value>);
+
+impl Obj {
+    fn put(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
+        self.0.insert(key.to_owned(), value.into());
+        self
+    }
+
+    fn opt<T: Into<Value>>(&mut self, key: &str, value: Option<T>) -> &mut Self {
+        if let Some(v) = value {
+            self.0.insert(key.to_owned(), v.into());
+        }
+        self
+    }
+}
+
+pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
+    let comm = k.comm.as_deref().unwrap_or("?");
+    let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
+    let mut o = Obj(Map::new());
+    o.put("timestamp", clock::rfc3339(k.time))
+        .put("severity_text", "ERROR")
+        .put("event.name", "memtrace.oom_kill")
+        .put("body", format!("OOM kill: pid {} ({comm}) in cgroup {}", k.pid, path.unwrap_or("?")))
+        .put("host.name", host)
+        .put("process.pid", k.pid)
+        .opt("process.executable.name", k.comm.clone())
+        .opt("process.owner.uid", k.uid)
+        .put("memtrace.seq", k.seq)
+        .put("memtrace.hook", k.hook.as_str())
+        .put("memtrace.ktime_boot_ns", k.ktime_boot_ns)
+        .put("memtrace.emit_delay_us", emit_delay_ns / 1000)
+        .put("memtrace.victim.tid", k.tid)
+        .opt("memtrace.victim.oom_score_adj", k.oom_score_adj)
+        .opt("memtrace.victim.total_vm_bytes", k.total_vm_bytes)
+        .opt("memtrace.victim.anon_rss_bytes", k.anon_rss_bytes)
+        .opt("memtrace.victim.file_rss_bytes", k.file_rss_bytes)
+        .opt("memtrace.victim.shmem_rss_bytes", k.shmem_rss_bytes)
+        .opt("memtrace.victim.swap_bytes", k.swap_bytes)
+        .opt("memtrace.victim.pgtables_bytes", k.pgtables_bytes)
+        .opt("memtrace.cgroup.path", path)
+        .opt("memtrace.cgroup.id", k.cgroup.as_ref().and_then(|c| c.id))
+        .opt("memtrace.cgroup.path_source", k.cgroup.as_ref().map(|c| json!(c.source)))
+        .opt("memtrace.memcg.usage_bytes", k.memcg_usage_bytes)
+        .opt("memtrace.memcg.limit_bytes", k.memcg_limit_bytes)
+        .put("memtrace.trigger.pid", k.trigger_pid)
+        .put("memtrace.trigger.tid", k.trigger_tid)
+        .put("memtrace.trigger.comm", k.trigger_comm.clone())
+        .opt("memtrace.trigger.cgroup.path", k.trigger_cgroup.as_ref().and_then(|c| c.path.clone()))
+        .put("memtrace.trigger.is_victim", k.trigger_pid == k.pid);
+    if k.read_error {
+        o.put("memtrace.read_error", true);
+    }
+    Value::Object(o.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::HookSource,
+        kill::{CgroupRef, PathSource},
+    };
+
+    #[test]
+    fn flat_otel_keys() {
+        let k = OomKill {
+            seq: 7,
+            time: std::time::UNIX_EPOCH,
+            ktime_boot_ns: 5,
+            hook: HookSource::TpBtf,
+            pid: 10,
+            tid: 11,
+            comm: Some("python3".into()),
+            uid: Some(0),
+            oom_score_adj: Some(0),
+            total_vm_bytes: None,
+            anon_rss_bytes: Some(1 << 26),
+            file_rss_bytes: None,
+            shmem_rss_bytes: None,
+            swap_bytes: None,
+            pgtables_bytes: None,
+            cgroup: Some(CgroupRef { id: Some(9), path: Some("/a/b".into()), source: PathSource::Kernel }),
+            memcg_usage_bytes: Some(1 << 26),
+            memcg_limit_bytes: Some(1 << 26),
+            trigger_pid: 10,
+            trigger_tid: 11,
+            trigger_comm: "python3".into(),
+            trigger_cgroup: None,
+            read_error: false,
+        };
+        let v = event(&k, "host1", 1500);
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(v["event.name"], "memtrace.oom_kill");
+        assert_eq!(v["process.pid"], 10);
+        assert_eq!(v["process.executable.name"], "python3");
+        assert_eq!(v["memtrace.cgroup.path"], "/a/b");
+        assert_eq!(v["memtrace.cgroup.path_source"], "kernel");
+        assert_eq!(v["memtrace.emit_delay_us"], 1);
+        assert_eq!(v["memtrace.trigger.is_victim"], true);
+        assert!(v.get("memtrace.victim.swap_bytes").is_none(), "unknown fields are left out");
+    }
+}

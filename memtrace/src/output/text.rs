@@ -1,0 +1,48 @@
+//! One line per kill, for people.
+
+use std::fmt::Write as _;
+
+use super::human_bytes;
+use crate::{clock, kill::OomKill};
+
+pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
+    let mut s = String::with_capacity(256);
+    let comm = k.comm.as_deref().unwrap_or("?");
+    let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref()).unwrap_or("?");
+    let _ = write!(s, "{} OOM kill #{}: pid {} ({comm}) in {path}", clock::rfc3339(k.time), k.seq, k.pid);
+    if let (Some(anon), Some(file), Some(shmem)) = (k.anon_rss_bytes, k.file_rss_bytes, k.shmem_rss_bytes) {
+        let _ = write!(
+            s,
+            " | anon-rss {} file-rss {} shmem-rss {}",
+            human_bytes(anon),
+            human_bytes(file),
+            human_bytes(shmem)
+        );
+    }
+    if let Some(swap) = k.swap_bytes {
+        let _ = write!(s, " swap {}", human_bytes(swap));
+    }
+    if let Some(pt) = k.pgtables_bytes {
+        let _ = write!(s, " pgtables {}", human_bytes(pt));
+    }
+    if let Some(adj) = k.oom_score_adj {
+        let _ = write!(s, " oom_score_adj {adj}");
+    }
+    match (k.memcg_usage_bytes, k.memcg_limit_bytes) {
+        (Some(u), Some(l)) => {
+            let _ = write!(s, " | memcg {} / limit {}", human_bytes(u), human_bytes(l));
+        }
+        (Some(u), None) => {
+            let _ = write!(s, " | memcg {} / no limit", human_bytes(u));
+        }
+        _ => {}
+    }
+    if k.trigger_pid == k.pid {
+        let _ = write!(s, " | triggered by itself");
+    } else {
+        let tpath = k.trigger_cgroup.as_ref().and_then(|c| c.path.as_deref()).unwrap_or("?");
+        let _ = write!(s, " | triggered by pid {} ({}) in {tpath}", k.trigger_pid, k.trigger_comm);
+    }
+    let _ = write!(s, " | {} +{:.1}ms", k.hook.as_str(), emit_delay_ns as f64 / 1e6);
+    s
+}

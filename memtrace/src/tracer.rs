@@ -1,0 +1,249 @@
+//! Loads the embedded eBPF object with the running kernel's layouts, attaches the first
+//! working variant of each hook (see [`crate::hooks`]), and hands out the OOM ring buffer.
+//! Dropping the [`Tracer`] detaches and unloads everything: memtrace pins nothing, so even a
+//! SIGKILLed daemon leaves nothing behind once its fds close.
+
+use std::io;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
+};
+use memtrace_common::counters;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    hooks::{Attach, ForcedVariant, HOOKS, HookStatus, Rejected, Variant},
+    kernel_btf::{BtfError, KernelBtf},
+    privileges::{MissingCapabilities, Privileges},
+    tracefs::{Tracefs, TracefsError},
+};
+
+/// The eBPF object built by build.rs (aya-build), embedded: one binary to ship.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracerError {
+    #[error(transparent)]
+    Privileges(#[from] MissingCapabilities),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("no variant of required hook {hook} could attach: {reasons}")]
+    RequiredHook { hook: &'static str, reasons: String },
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("registering the ring buffer with the runtime: {0}")]
+    Poll(#[source] io::Error),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TracerOptions {
+    pub forced: Vec<ForcedVariant>,
+    /// OOM ring buffer size in bytes (a power-of-two multiple of the page size).
+    pub oom_ring_bytes: Option<u32>,
+    /// Try every variant, not just up to the first that works (`memtrace probes`).
+    pub try_all: bool,
+}
+
+/// Sums of the per-CPU kernel counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    /// mark_victim program runs (one per killed task).
+    pub oom_seen: u64,
+    /// Records lost because the OOM ring buffer was full.
+    pub oom_ringbuf_full: u64,
+    /// Records sent with some fields missing after a failed kernel read.
+    pub oom_read_errors: u64,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+}
+
+/// The OOM ring buffer, readable from tokio.
+pub type OomRing = AsyncFd<RingBuf<MapData>>;
+
+impl Tracer {
+    /// Checks privileges, resolves layouts, loads and attaches. Must run inside a tokio
+    /// runtime (the ring buffer is registered with it).
+    pub fn start(opts: &TracerOptions) -> Result<(Self, OomRing), TracerError> {
+        Privileges::current().check()?;
+        raise_memlock_rlimit();
+        let kbtf = KernelBtf::from_sys()?;
+        let resolved = kbtf.kernel_layout();
+        if !resolved.missing.is_empty() {
+            log::warn!("kernel BTF lacks {}: those event fields stay empty", resolved.missing.join(", "));
+        }
+        let tracefs = Tracefs::locate()?;
+        let tp_layout = tracefs.mark_victim_layout()?;
+        let page_shift = page_shift();
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("KERNEL_LAYOUT", &resolved.layout, true)
+            .override_global("MARK_VICTIM_TP", &tp_layout, true)
+            .override_global("PAGE_SHIFT", &page_shift, true);
+        if let Some(bytes) = opts.oom_ring_bytes {
+            loader.map_max_entries("OOM_EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(TracerError::Load)?;
+        init_ebpf_logger(&mut ebpf);
+
+        let btf = Btf::from_sys_fs().ok();
+        let mut hooks = Vec::new();
+        for hook in HOOKS {
+            let forced = opts.forced.iter().find(|f| f.hook == hook.name);
+            let mut status =
+                HookStatus {
+                hook: hook.name,
+                required: hook.required,
+                selected: None,
+                also_works: vec![],
+                rejected: vec![],
+            };
+            for variant in hook.variants {
+                if forced.is_some_and(|f| f.kind != variant.attach.kind()) {
+                    status.rejected.push(Rejected { variant: *variant, reason: "not the --variant asked for".into() });
+                    continue;
+                }
+                match attach(&mut ebpf, variant, btf.as_ref(), &tracefs) {
+                    Ok(()) if status.selected.is_none() => {
+                        status.selected = Some(*variant);
+                        if !opts.try_all {
+                            break;
+                        }
+                    }
+                    Ok(()) => status.also_works.push(*variant),
+                    Err(reason) => {
+                        log::info!("{} via {}: {reason}", hook.name, variant.attach.kind());
+                        status.rejected.push(Rejected { variant: *variant, reason });
+                    }
+                }
+            }
+            if hook.required && status.selected.is_none() {
+                let reasons = status
+                    .rejected
+                    .iter()
+                    .map(|r| format!("{} {}: {}", r.variant.attach.kind(), r.variant.attach.target(), r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(TracerError::RequiredHook { hook: hook.name, reasons });
+            }
+            hooks.push(status);
+        }
+
+        let map = ebpf.take_map("OOM_EVENTS").ok_or(TracerError::MissingMap("OOM_EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map { name: "OOM_EVENTS", source })?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its lifetime.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| TracerError::Poll(e.into()))?;
+        Ok((Self { ebpf, hooks }, ring))
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters, TracerError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(TracerError::MissingMap("COUNTERS"))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| TracerError::Map { name: "COUNTERS", source })?;
+        let sum = |i: u32| -> Result<u64, TracerError> {
+            let v = arr.get(&i, 0).map_err(|source| TracerError::Map { name: "COUNTERS", source })?;
+            Ok(v.iter().sum())
+        };
+        Ok(KernelCounters {
+            oom_seen: sum(counters::OOM_SEEN)?,
+            oom_ringbuf_full: sum(counters::OOM_RINGBUF_FULL)?,
+            oom_read_errors: sum(counters::OOM_READ_ERRORS)?,
+        })
+    }
+
+    /// The selected variant of `hook`, if any.
+    pub fn selected(&self, hook: &str) -> Option<Variant> {
+        self.hooks.iter().find(|h| h.hook == hook).and_then(|h| h.selected)
+    }
+}
+
+/// Loads and attaches one variant; the error is a one-line reason for `memtrace probes`.
+fn attach(ebpf: &mut Ebpf, variant: &Variant, btf: Option<&Btf>, tracefs: &Tracefs) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(variant.program)
+        .ok_or_else(|| format!("program {} is not in the eBPF object", variant.program))?;
+    match variant.attach {
+        Attach::TpBtf { event } => {
+            let btf = btf.ok_or("no kernel BTF")?;
+            let p: &mut BtfTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load(event, btf).map_err(|e| explain(&e))?;
+            p.attach().map_err(|e| explain(&e))?;
+        }
+        Attach::Tracepoint { category, name } => {
+            if !tracefs.has_event(category, name) {
+                return Err(format!("tracepoint {category}:{name} does not exist on this kernel"));
+            }
+            let p: &mut TracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load().map_err(|e| explain(&e))?;
+            p.attach(category, name).map_err(|e| explain(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A short reason, without the full verifier log (which `RUST_LOG=debug` shows).
+fn explain(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            log::debug!("verifier log:\n{verifier_log}");
+            match io_error.raw_os_error() {
+                Some(libc::EPERM) => format!("refused by the kernel ({io_error}): missing privileges or a kernel lockdown/policy forbids this program type"),
+                Some(libc::EINVAL) | Some(libc::EACCES) => format!("rejected by the verifier ({io_error}); RUST_LOG=debug shows the log"),
+                _ => format!("load failed: {io_error}"),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn page_shift() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { (size as u64).trailing_zeros() } else { 12 }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (https://lwn.net/Articles/837122/).
+fn raise_memlock_rlimit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("raising RLIMIT_MEMLOCK failed: {}", io::Error::last_os_error());
+    }
+}
+
+/// Forwards the programs' aya-log messages to the `log` crate.
+fn init_ebpf_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        // SAFETY: the logger owns its ring buffer fd for its whole lifetime.
+        Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+            Ok(mut logger) => {
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = logger.readable_mut().await else { break };
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => log::warn!("eBPF logger not polled: {e}"),
+        },
+        Err(e) => log::debug!("no eBPF logger: {e}"),
+    }
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("hooks", &self.hooks).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs everything memtrace needs on a fresh Debian 12 (bookworm) x86_64 host, idempotently.
+# A second run only checks and returns in seconds. See ../shared/BRIEF.md §6 for why each piece.
+set -euo pipefail
+
+NIGHTLY=nightly-2026-08-01      # LLVM 22.1.x: must match bpf-linker's LLVM
+STABLE=1.98.0                   # aya 0.16 needs rustc >= 1.98 (rust-toolchain.toml)
+LLVM=22
+APT_PKGS=(
+  "llvm-${LLVM}-dev" "libpolly-${LLVM}-dev" libzstd-dev zlib1g-dev  # bpf-linker build
+  bpftool bpftrace stress-ng python3 util-linux procps               # tests and benchmarks
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    log "must run as root (apt-get); try: sudo $0"; exit 1
+  fi
+}
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  need_root
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null 2>&1; then
+  log "rustup not found: install it (https://rustup.rs) and re-run"; exit 1
+fi
+
+have_toolchain() { rustup toolchain list | grep -q "^$1"; }
+if ! have_toolchain "$STABLE"; then
+  log "rustup toolchain install $STABLE"
+  rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt
+fi
+if ! have_toolchain "$NIGHTLY" || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup toolchain install $NIGHTLY with rust-src"
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+fi
+
+# bpf-linker must be linked against the same LLVM major as the nightly's rustc.
+want_llvm=$(rustc "+$NIGHTLY" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+if [ "$want_llvm" != "$LLVM" ]; then
+  log "$NIGHTLY uses LLVM $want_llvm, expected $LLVM"; exit 1
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q "LLVM ${LLVM}\|llvm ${LLVM}\|bpf-linker"; then
+  log "cargo install bpf-linker (LLVM $LLVM)"
+  PATH="/usr/lib/llvm-${LLVM}/bin:$PATH" LLVM_PREFIX="/usr/lib/llvm-${LLVM}" \
+    cargo "+$STABLE" install --locked bpf-linker --no-default-features --features "llvm-${LLVM}"
+fi
+
+# tracefs: tracepoint attach and `memtrace probes` read it.
+if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" = 0 ]; then
+  mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "could not mount tracefs (continuing)"
+fi
+log "ok"
