@@ -10,6 +10,8 @@ pub mod flags {
     pub const SRC_TP_BTF: u32 = 1 << 0;
     /// Produced by the `tracepoint/oom/mark_victim` program (the tracepoint's own fields).
     pub const SRC_TRACEPOINT: u32 = 1 << 1;
+    /// Produced by the `raw_tp/mark_victim` program (raw `task_struct *` argument).
+    pub const SRC_RAW_TP: u32 = 1 << 12;
     pub const HAS_VICTIM_TGID: u32 = 1 << 2;
     pub const HAS_VICTIM_MEMCG: u32 = 1 << 3;
     pub const HAS_TRIGGER_MEMCG: u32 = 1 << 4;

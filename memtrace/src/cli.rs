@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{hooks::ForcedVariant, output::Format};
 
 #[derive(Debug, Parser)]
-#[command(name = "memtrace", version, about = "eBPF OOM-kill tracer: every victim, its cgroup and why, in milliseconds")]
+#[command(
+    name = "memtrace",
+    version,
+    about = "eBPF OOM-kill tracer: every victim, its cgroup and why, in milliseconds"
+)]
 pub struct Cli {
     /// More logging on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -66,9 +70,11 @@ mod tests {
 
     #[test]
     fn bad_flags_are_clear_errors() {
-        let e = Cli::try_parse_from(["memtrace", "watch", "--oom-ring-bytes", "1000"]).expect_err("not a power of two");
+        let e = Cli::try_parse_from(["memtrace", "watch", "--oom-ring-bytes", "1000"])
+            .expect_err("not a power of two");
         assert!(e.to_string().contains("power of two"));
-        let e = Cli::try_parse_from(["memtrace", "watch", "--variant", "oom_victim=kprobe"]).expect_err("no such variant");
+        let e = Cli::try_parse_from(["memtrace", "watch", "--variant", "oom_victim=kprobe"])
+            .expect_err("no such variant");
         assert!(e.to_string().contains("no \"kprobe\" variant"));
         let e = Cli::try_parse_from(["memtrace", "watch", "--output", "xml"]).expect_err("bad format");
         assert!(e.to_string().contains("xml"));

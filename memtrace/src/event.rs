@@ -23,6 +23,7 @@ pub enum DecodeError {
 #[serde(rename_all = "snake_case")]
 pub enum HookSource {
     TpBtf,
+    RawTp,
     Tracepoint,
 }
 
@@ -30,6 +31,7 @@ impl HookSource {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TpBtf => "tp_btf",
+            Self::RawTp => "raw_tp",
             Self::Tracepoint => "tracepoint",
         }
     }
@@ -80,7 +82,10 @@ impl TryFrom<&[u8]> for VictimRecord {
     fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
         // The ring buffer rounds records up to 8 bytes; ours is a multiple of 8 already.
         if raw.len() != OOM_VICTIM_RECORD_LEN {
-            return Err(DecodeError::Length { got: raw.len(), want: OOM_VICTIM_RECORD_LEN });
+            return Err(DecodeError::Length {
+                got: raw.len(),
+                want: OOM_VICTIM_RECORD_LEN,
+            });
         }
         let mut b = raw;
         let kind = b.get_u32_le();
@@ -89,9 +94,10 @@ impl TryFrom<&[u8]> for VictimRecord {
         }
         let f = b.get_u32_le();
         let has = |bit: u32| f & bit != 0;
-        let source = match (has(flags::SRC_TP_BTF), has(flags::SRC_TRACEPOINT)) {
-            (true, false) => HookSource::TpBtf,
-            (false, true) => HookSource::Tracepoint,
+        let source = match f & (flags::SRC_TP_BTF | flags::SRC_RAW_TP | flags::SRC_TRACEPOINT) {
+            flags::SRC_TP_BTF => HookSource::TpBtf,
+            flags::SRC_RAW_TP => HookSource::RawTp,
+            flags::SRC_TRACEPOINT => HookSource::Tracepoint,
             _ => return Err(DecodeError::Source(f)),
         };
         let ktime_boot_ns = b.get_u64_le();
@@ -207,9 +213,7 @@ mod tests {
         assert_eq!(bytes.len(), OOM_VICTIM_RECORD_LEN);
         // Same bytes as the in-memory repr(C) struct: the decoder's field order is the layout.
         // SAFETY: OomVictimRecord is repr(C) plain data with no padding (asserted in common).
-        let mem = unsafe {
-            std::slice::from_raw_parts((&raw const r).cast::<u8>(), OOM_VICTIM_RECORD_LEN)
-        };
+        let mem = unsafe { std::slice::from_raw_parts((&raw const r).cast::<u8>(), OOM_VICTIM_RECORD_LEN) };
         assert_eq!(bytes, mem);
     }
 
@@ -219,7 +223,10 @@ mod tests {
         assert_eq!(d.source, HookSource::TpBtf);
         assert_eq!((d.victim_pid, d.victim_tgid), (1001, Some(1000)));
         assert_eq!(d.victim_comm.as_deref(), Some("python3"));
-        assert_eq!(d.trigger_comm, "exactly16bytes!!", "a comm without NUL is kept whole");
+        assert_eq!(
+            d.trigger_comm, "exactly16bytes!!",
+            "a comm without NUL is kept whole"
+        );
         assert_eq!(d.oom_score_adj, Some(-17));
         assert_eq!(d.rss_kb.map(|r| r.anon), Some(65_000));
         assert_eq!(d.memcg_pages, Some((16_384, 16_384)));
@@ -237,15 +244,24 @@ mod tests {
             v.resize(len, 0);
             assert_eq!(
                 VictimRecord::try_from(v.as_slice()),
-                Err(DecodeError::Length { got: len, want: OOM_VICTIM_RECORD_LEN })
+                Err(DecodeError::Length {
+                    got: len,
+                    want: OOM_VICTIM_RECORD_LEN
+                })
             );
         }
         let mut r = sample();
         r.kind = 9;
-        assert_eq!(VictimRecord::try_from(wire(&r).as_slice()), Err(DecodeError::Kind(9)));
+        assert_eq!(
+            VictimRecord::try_from(wire(&r).as_slice()),
+            Err(DecodeError::Kind(9))
+        );
         let mut r = sample();
         r.flags |= flags::SRC_TRACEPOINT;
-        assert!(matches!(VictimRecord::try_from(wire(&r).as_slice()), Err(DecodeError::Source(_))));
+        assert!(matches!(
+            VictimRecord::try_from(wire(&r).as_slice()),
+            Err(DecodeError::Source(_))
+        ));
     }
 
     #[test]

@@ -12,21 +12,28 @@ use serde::Serialize;
 pub enum Attach {
     /// BTF-typed tracepoint (`tp_btf/<event>`): typed arguments, kernel >= 5.5 with BTF.
     TpBtf { event: &'static str },
+    /// Raw tracepoint (`raw_tp/<event>`): untyped arguments, kernel >= 4.17; memtrace uses
+    /// it only where BTF says the first argument is a `struct task_struct *`.
+    RawTp { event: &'static str },
     /// Classic tracepoint: the record the kernel formats, layout from tracefs.
-    Tracepoint { category: &'static str, name: &'static str },
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
 }
 
 impl Attach {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::TpBtf { .. } => "tp_btf",
+            Self::RawTp { .. } => "raw_tp",
             Self::Tracepoint { .. } => "tracepoint",
         }
     }
 
     pub fn target(&self) -> String {
         match self {
-            Self::TpBtf { event } => (*event).to_owned(),
+            Self::TpBtf { event } | Self::RawTp { event } => (*event).to_owned(),
             Self::Tracepoint { category, name } => format!("{category}:{name}"),
         }
     }
@@ -54,10 +61,20 @@ pub const HOOKS: &[Hook] = &[Hook {
     what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
     required: true,
     variants: &[
-        Variant { program: "oom_victim_btf", attach: Attach::TpBtf { event: "mark_victim" } },
+        Variant {
+            program: "oom_victim_btf",
+            attach: Attach::TpBtf { event: "mark_victim" },
+        },
+        Variant {
+            program: "oom_victim_raw",
+            attach: Attach::RawTp { event: "mark_victim" },
+        },
         Variant {
             program: "oom_victim_tp",
-            attach: Attach::Tracepoint { category: "oom", name: "mark_victim" },
+            attach: Attach::Tracepoint {
+                category: "oom",
+                name: "mark_victim",
+            },
         },
     ],
 }];
@@ -99,23 +116,40 @@ pub enum ForcedVariantError {
     #[error("unknown hook {0:?}; known: {1}")]
     Hook(String, String),
     #[error("hook {hook} has no {kind:?} variant; it has: {known}")]
-    Kind { hook: String, kind: String, known: String },
+    Kind {
+        hook: String,
+        kind: String,
+        known: String,
+    },
 }
 
 impl std::str::FromStr for ForcedVariant {
     type Err = ForcedVariantError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (h, k) = s.split_once('=').ok_or_else(|| ForcedVariantError::Syntax(s.into()))?;
+        let (h, k) = s
+            .split_once('=')
+            .ok_or_else(|| ForcedVariantError::Syntax(s.into()))?;
         let hook = hook(h).ok_or_else(|| {
             let known = HOOKS.iter().map(|h| h.name).collect::<Vec<_>>().join(", ");
             ForcedVariantError::Hook(h.into(), known)
         })?;
-        let variant = hook.variants.iter().find(|v| v.attach.kind() == k).ok_or_else(|| {
-            let known = hook.variants.iter().map(|v| v.attach.kind()).collect::<Vec<_>>();
-            ForcedVariantError::Kind { hook: h.into(), kind: k.into(), known: known.join(", ") }
-        })?;
-        Ok(Self { hook: hook.name, kind: variant.attach.kind() })
+        let variant = hook
+            .variants
+            .iter()
+            .find(|v| v.attach.kind() == k)
+            .ok_or_else(|| {
+                let known = hook.variants.iter().map(|v| v.attach.kind()).collect::<Vec<_>>();
+                ForcedVariantError::Kind {
+                    hook: h.into(),
+                    kind: k.into(),
+                    known: known.join(", "),
+                }
+            })?;
+        Ok(Self {
+            hook: hook.name,
+            kind: variant.attach.kind(),
+        })
     }
 }
 
@@ -129,7 +163,11 @@ mod tests {
             assert!(!h.variants.is_empty(), "{} has no variant", h.name);
             for v in h.variants {
                 // bpftool shows 15 characters of a program name.
-                assert!(v.program.len() <= 15, "{} is too long for BPF_OBJ_NAME_LEN", v.program);
+                assert!(
+                    v.program.len() <= 15,
+                    "{} is too long for BPF_OBJ_NAME_LEN",
+                    v.program
+                );
             }
         }
     }
@@ -137,9 +175,21 @@ mod tests {
     #[test]
     fn forced_variant_parsing() {
         let f: ForcedVariant = "oom_victim=tracepoint".parse().expect("valid");
-        assert_eq!(f, ForcedVariant { hook: "oom_victim", kind: "tracepoint" });
-        assert!(matches!("oom_victim".parse::<ForcedVariant>(), Err(ForcedVariantError::Syntax(_))));
-        assert!(matches!("x=tp_btf".parse::<ForcedVariant>(), Err(ForcedVariantError::Hook(..))));
+        assert_eq!(
+            f,
+            ForcedVariant {
+                hook: "oom_victim",
+                kind: "tracepoint"
+            }
+        );
+        assert!(matches!(
+            "oom_victim".parse::<ForcedVariant>(),
+            Err(ForcedVariantError::Syntax(_))
+        ));
+        assert!(matches!(
+            "x=tp_btf".parse::<ForcedVariant>(),
+            Err(ForcedVariantError::Hook(..))
+        ));
         assert!(matches!(
             "oom_victim=kprobe".parse::<ForcedVariant>(),
             Err(ForcedVariantError::Kind { .. })

@@ -13,9 +13,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error(
-        "{path}: kernel BTF not found; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-    )]
+    #[error("{path}: kernel BTF not found; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     Missing { path: PathBuf },
     #[error("{path}: could not parse kernel BTF: {source}")]
     Parse { path: PathBuf, source: btf_rs::Error },
@@ -36,10 +34,14 @@ pub struct Resolved {
 impl KernelBtf {
     pub fn load(path: &Path) -> Result<Self, BtfError> {
         if !path.exists() {
-            return Err(BtfError::Missing { path: path.to_owned() });
+            return Err(BtfError::Missing {
+                path: path.to_owned(),
+            });
         }
-        let btf = Btf::from_file(path)
-            .map_err(|source| BtfError::Parse { path: path.to_owned(), source })?;
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Self { btf })
     }
 
@@ -54,11 +56,51 @@ impl KernelBtf {
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
+    /// Does tracepoint `event` pass a `struct task_struct *` as its first argument? Its
+    /// prototype is the BTF typedef `btf_trace_<event>`: `void (*)(void *, args...)`.
+    pub fn tracepoint_arg_is_task(&self, event: &str) -> bool {
+        let proto = (|| {
+            let ty = self
+                .btf
+                .resolve_types_by_name(&format!("btf_trace_{event}"))
+                .ok()?
+                .into_iter()
+                .next()?;
+            match self.strip(ty)? {
+                Type::Ptr(p) => match self.btf.resolve_chained_type(&p).ok()? {
+                    Type::FuncProto(f) => Some(f),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })();
+        let Some(proto) = proto else { return false };
+        let Some(param) = proto.parameters.get(1) else {
+            return false;
+        };
+        match self
+            .btf
+            .resolve_chained_type(param)
+            .ok()
+            .and_then(|t| self.strip(t))
+        {
+            Some(Type::Ptr(p)) => match self.btf.resolve_chained_type(&p).ok().and_then(|t| self.strip(t)) {
+                Some(Type::Struct(s)) => self.btf.resolve_name(&s).is_ok_and(|n| n == "task_struct"),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
-        self.btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -89,14 +131,12 @@ impl KernelBtf {
                 }
                 return Some((m.bit_offset() / 8, self.btf.resolve_chained_type(m).ok()?));
             }
-            if name.is_empty() {
-                if let Some(Type::Struct(inner) | Type::Union(inner)) =
+            if name.is_empty()
+                && let Some(Type::Struct(inner) | Type::Union(inner)) =
                     self.btf.resolve_chained_type(m).ok().and_then(|t| self.strip(t))
-                {
-                    if let Some((off, ty)) = self.find_member(&inner, member, depth + 1) {
-                        return Some((m.bit_offset() / 8 + off, ty));
-                    }
-                }
+                && let Some((off, ty)) = self.find_member(&inner, member, depth + 1)
+            {
+                return Some((m.bit_offset() / 8 + off, ty));
             }
         }
         None
@@ -205,8 +245,14 @@ impl KernelBtf {
             mm_swapents: self.enum_value("", "MM_SWAPENTS").unwrap_or(2),
             mm_shmempages: self.enum_value("", "MM_SHMEMPAGES").unwrap_or(3),
             cset_subsys: get("css_set.subsys", self.offset("css_set", "subsys")),
-            memory_cgrp_id: get("memory_cgrp_id", self.enum_value("cgroup_subsys_id", "memory_cgrp_id")),
-            css_cgroup: get("cgroup_subsys_state.cgroup", self.offset("cgroup_subsys_state", "cgroup")),
+            memory_cgrp_id: get(
+                "memory_cgrp_id",
+                self.enum_value("cgroup_subsys_id", "memory_cgrp_id"),
+            ),
+            css_cgroup: get(
+                "cgroup_subsys_state.cgroup",
+                self.offset("cgroup_subsys_state", "cgroup"),
+            ),
             cgroup_kn: get("cgroup.kn", self.offset("cgroup", "kn")),
             kn_id: get("kernfs_node.id", self.offset("kernfs_node", "id")),
             memcg_memory: get(
@@ -237,16 +283,26 @@ mod tests {
         let l = r.layout;
         assert_eq!(l.mm_anonpages, 1);
         assert_eq!(l.mm_filepages, 0);
-        assert!(l.task_tgid == l.task_pid + 4, "pid and tgid are adjacent pid_t: {l:?}");
+        assert!(
+            l.task_tgid == l.task_pid + 4,
+            "pid and tgid are adjacent pid_t: {l:?}"
+        );
         assert!(l.mm_rss_stride >= 8);
         assert!(l.memory_cgrp_id < 16);
         assert!(btf.has_function("oom_kill_process") || btf.has_function("out_of_memory"));
         assert!(!btf.has_function("no_such_function_memtrace"));
+        assert!(
+            btf.tracepoint_arg_is_task("mark_victim"),
+            "6.8+ passes the victim's task_struct"
+        );
+        assert!(!btf.tracepoint_arg_is_task("cgroup_mkdir"));
     }
 
     #[test]
     fn missing_btf_is_a_clear_error() {
-        let err = KernelBtf::load(Path::new("/nonexistent/vmlinux")).err().map(|e| e.to_string());
+        let err = KernelBtf::load(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("CONFIG_DEBUG_INFO_BTF")));
     }
 }

@@ -72,23 +72,41 @@ impl Enricher {
     pub fn new(paths: Option<CgroupPaths>) -> Self {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        Self { paths, page_size, seq: 0 }
+        Self {
+            paths,
+            page_size,
+            seq: 0,
+        }
     }
 
     fn cgroup(&mut self, id: Option<u64>, pid: u32) -> Option<CgroupRef> {
         let paths = self.paths.as_mut()?;
         if let Some(id) = id {
-            return Some(CgroupRef { id: Some(id), path: paths.resolve(id), source: PathSource::Kernel });
+            return Some(CgroupRef {
+                id: Some(id),
+                path: paths.resolve(id),
+                source: PathSource::Kernel,
+            });
         }
         // No id from the kernel (plain tracepoint, victim is not the current task): ask /proc
-        // while the victim still exists (SIGKILL is pending, it has not exited yet).
+        // while the victim still exists. A task already in do_exit() has been moved to the root
+        // css_set (kernel/cgroup/cgroup.c cgroup_exit), so "/" is not trusted: better no path
+        // than the wrong one.
         let version = paths.hierarchy().version;
-        proc_memory_cgroup(pid, version).map(|path| CgroupRef { id: None, path: Some(path), source: PathSource::Procfs })
+        let path = proc_memory_cgroup(pid, version).filter(|p| p != "/");
+        Some(CgroupRef {
+            id: None,
+            path,
+            source: PathSource::Procfs,
+        })
     }
 
     pub fn enrich(&mut self, r: VictimRecord) -> OomKill {
         self.seq += 1;
-        let tgid = r.victim_tgid.or_else(|| proc_tgid(r.victim_pid)).unwrap_or(r.victim_pid);
+        let tgid = r
+            .victim_tgid
+            .or_else(|| proc_tgid(r.victim_pid))
+            .unwrap_or(r.victim_pid);
         let kb = |v: u64| v.saturating_mul(1024);
         let page = self.page_size;
         let (usage, limit) = match r.memcg_pages {
@@ -127,7 +145,10 @@ impl Enricher {
 
 fn proc_tgid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -148,7 +169,12 @@ mod tests {
             trigger_tgid: 10,
             trigger_comm: "python3".into(),
             trigger_memcg_id: None,
-            rss_kb: Some(RssKb { total_vm: 100, anon: 64, file: 2, shmem: 1 }),
+            rss_kb: Some(RssKb {
+                total_vm: 100,
+                anon: 64,
+                file: 2,
+                shmem: 1,
+            }),
             swap_pages: Some(3),
             pgtables_kb: Some(8),
             oom_score_adj: Some(0),

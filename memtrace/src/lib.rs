@@ -1,5 +1,6 @@
 //! memtrace: an eBPF OOM-kill tracer. The binary (`main.rs`) is a thin shell over this library.
 
+pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

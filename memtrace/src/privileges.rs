@@ -50,7 +50,9 @@ impl Privileges {
             .into_iter()
             .filter_map(|(have, name)| (!have).then_some(name))
             .collect();
-        Err(MissingCapabilities { missing: missing.join(", ") })
+        Err(MissingCapabilities {
+            missing: missing.join(", "),
+        })
     }
 }
 
@@ -74,15 +76,27 @@ mod tests {
 
     #[test]
     fn cap_eff_and_lockdown() {
-        assert_eq!(parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ff_ffff_ffff)
+        );
         assert_eq!(parse_cap_eff("CapEff:\tzz"), None);
-        assert_eq!(selected_lockdown("none [integrity] confidentiality\n").as_deref(), Some("integrity"));
+        assert_eq!(
+            selected_lockdown("none [integrity] confidentiality\n").as_deref(),
+            Some("integrity")
+        );
         assert_eq!(selected_lockdown("none"), None);
     }
 
     #[test]
     fn missing_caps_are_named() {
-        let p = Privileges { euid: 1000, cap_bpf: true, cap_perfmon: false, cap_sys_admin: false, lockdown: None };
+        let p = Privileges {
+            euid: 1000,
+            cap_bpf: true,
+            cap_perfmon: false,
+            cap_sys_admin: false,
+            lockdown: None,
+        };
         let e = p.check().expect_err("missing perfmon");
         assert_eq!(e.missing, "CAP_PERFMON");
         assert!(e.to_string().contains("CAP_PERFMON"));

@@ -46,7 +46,9 @@ impl Tracefs {
             }
         }
         mount_tracefs().map_err(|source| TracefsError::NotMounted { source })?;
-        Ok(Self { root: CANDIDATES[0].into() })
+        Ok(Self {
+            root: CANDIDATES[0].into(),
+        })
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Self {
@@ -62,9 +64,15 @@ impl Tracefs {
         let path = self.root.join("events").join(category).join(name).join("format");
         let text = std::fs::read_to_string(&path).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
-                TracefsError::NoEvent { category: category.into(), name: name.into() }
+                TracefsError::NoEvent {
+                    category: category.into(),
+                    name: name.into(),
+                }
             } else {
-                TracefsError::Io { path: path.clone(), source }
+                TracefsError::Io {
+                    path: path.clone(),
+                    source,
+                }
             }
         })?;
         parse_format(&text).map_err(|line| TracefsError::Format { path, line })
@@ -74,7 +82,10 @@ impl Tracefs {
     pub fn mark_victim_layout(&self) -> Result<MarkVictimTpLayout, TracefsError> {
         let fields = self.fields("oom", "mark_victim")?;
         let at = |name: &str, size: u32| {
-            fields.get(name).filter(|f| f.size == size).map_or(ABSENT, |f| f.offset)
+            fields
+                .get(name)
+                .filter(|f| f.size == size)
+                .map_or(ABSENT, |f| f.offset)
         };
         Ok(MarkVictimTpLayout {
             pid: at("pid", 4),
@@ -95,7 +106,11 @@ fn mount_tracefs() -> io::Result<()> {
         .args(["-t", "tracefs", "tracefs", CANDIDATES[0]])
         .stderr(std::process::Stdio::null())
         .status()?;
-    if status.success() { Ok(()) } else { Err(io::Error::other(format!("mount exited with {status}"))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("mount exited with {status}")))
+    }
 }
 
 /// Parses lines like `\tfield:unsigned long total_vm;\toffset:16;\tsize:8;\tsigned:0;`.
@@ -104,7 +119,9 @@ pub fn parse_format(text: &str) -> Result<HashMap<String, Field>, usize> {
     let mut fields = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';').map(str::trim);
         let decl = parts.next().ok_or(i + 1)?;
         let mut value = |key: &str| {

@@ -8,7 +8,7 @@ use std::io;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
 };
 use memtrace_common::counters;
 use tokio::io::unix::AsyncFd;
@@ -38,7 +38,10 @@ pub enum TracerError {
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("registering the ring buffer with the runtime: {0}")]
     Poll(#[source] io::Error),
 }
@@ -80,7 +83,10 @@ impl Tracer {
         let kbtf = KernelBtf::from_sys()?;
         let resolved = kbtf.kernel_layout();
         if !resolved.missing.is_empty() {
-            log::warn!("kernel BTF lacks {}: those event fields stay empty", resolved.missing.join(", "));
+            log::warn!(
+                "kernel BTF lacks {}: those event fields stay empty",
+                resolved.missing.join(", ")
+            );
         }
         let tracefs = Tracefs::locate()?;
         let tp_layout = tracefs.mark_victim_layout()?;
@@ -98,11 +104,15 @@ impl Tracer {
         init_ebpf_logger(&mut ebpf);
 
         let btf = Btf::from_sys_fs().ok();
+        let env = AttachEnv {
+            btf: btf.as_ref(),
+            kbtf: &kbtf,
+            tracefs: &tracefs,
+        };
         let mut hooks = Vec::new();
         for hook in HOOKS {
             let forced = opts.forced.iter().find(|f| f.hook == hook.name);
-            let mut status =
-                HookStatus {
+            let mut status = HookStatus {
                 hook: hook.name,
                 required: hook.required,
                 selected: None,
@@ -111,10 +121,13 @@ impl Tracer {
             };
             for variant in hook.variants {
                 if forced.is_some_and(|f| f.kind != variant.attach.kind()) {
-                    status.rejected.push(Rejected { variant: *variant, reason: "not the --variant asked for".into() });
+                    status.rejected.push(Rejected {
+                        variant: *variant,
+                        reason: "not the --variant asked for".into(),
+                    });
                     continue;
                 }
-                match attach(&mut ebpf, variant, btf.as_ref(), &tracefs) {
+                match attach(&mut ebpf, variant, &env) {
                     Ok(()) if status.selected.is_none() => {
                         status.selected = Some(*variant);
                         if !opts.try_all {
@@ -124,7 +137,10 @@ impl Tracer {
                     Ok(()) => status.also_works.push(*variant),
                     Err(reason) => {
                         log::info!("{} via {}: {reason}", hook.name, variant.attach.kind());
-                        status.rejected.push(Rejected { variant: *variant, reason });
+                        status.rejected.push(Rejected {
+                            variant: *variant,
+                            reason,
+                        });
                     }
                 }
             }
@@ -132,16 +148,31 @@ impl Tracer {
                 let reasons = status
                     .rejected
                     .iter()
-                    .map(|r| format!("{} {}: {}", r.variant.attach.kind(), r.variant.attach.target(), r.reason))
+                    .map(|r| {
+                        format!(
+                            "{} {}: {}",
+                            r.variant.attach.kind(),
+                            r.variant.attach.target(),
+                            r.reason
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ");
-                return Err(TracerError::RequiredHook { hook: hook.name, reasons });
+                return Err(TracerError::RequiredHook {
+                    hook: hook.name,
+                    reasons,
+                });
             }
             hooks.push(status);
         }
 
-        let map = ebpf.take_map("OOM_EVENTS").ok_or(TracerError::MissingMap("OOM_EVENTS"))?;
-        let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map { name: "OOM_EVENTS", source })?;
+        let map = ebpf
+            .take_map("OOM_EVENTS")
+            .ok_or(TracerError::MissingMap("OOM_EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map {
+            name: "OOM_EVENTS",
+            source,
+        })?;
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its lifetime.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| TracerError::Poll(e.into()))?;
@@ -149,10 +180,19 @@ impl Tracer {
     }
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(TracerError::MissingMap("COUNTERS"))?;
-        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| TracerError::Map { name: "COUNTERS", source })?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(TracerError::MissingMap("COUNTERS"))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| TracerError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
         let sum = |i: u32| -> Result<u64, TracerError> {
-            let v = arr.get(&i, 0).map_err(|source| TracerError::Map { name: "COUNTERS", source })?;
+            let v = arr.get(&i, 0).map_err(|source| TracerError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
             Ok(v.iter().sum())
         };
         Ok(KernelCounters {
@@ -164,25 +204,47 @@ impl Tracer {
 
     /// The selected variant of `hook`, if any.
     pub fn selected(&self, hook: &str) -> Option<Variant> {
-        self.hooks.iter().find(|h| h.hook == hook).and_then(|h| h.selected)
+        self.hooks
+            .iter()
+            .find(|h| h.hook == hook)
+            .and_then(|h| h.selected)
     }
 }
 
+/// What attaching needs to know about the kernel.
+struct AttachEnv<'a> {
+    btf: Option<&'a Btf>,
+    kbtf: &'a KernelBtf,
+    tracefs: &'a Tracefs,
+}
+
 /// Loads and attaches one variant; the error is a one-line reason for `memtrace probes`.
-fn attach(ebpf: &mut Ebpf, variant: &Variant, btf: Option<&Btf>, tracefs: &Tracefs) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(), String> {
     let program = ebpf
         .program_mut(variant.program)
         .ok_or_else(|| format!("program {} is not in the eBPF object", variant.program))?;
     match variant.attach {
         Attach::TpBtf { event } => {
-            let btf = btf.ok_or("no kernel BTF")?;
+            let btf = env.btf.ok_or("no kernel BTF")?;
             let p: &mut BtfTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load(event, btf).map_err(|e| explain(&e))?;
             p.attach().map_err(|e| explain(&e))?;
         }
+        Attach::RawTp { event } => {
+            if !env.kbtf.tracepoint_arg_is_task(event) {
+                return Err(format!(
+                    "{event}'s first argument is not a task_struct on this kernel"
+                ));
+            }
+            let p: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load().map_err(|e| explain(&e))?;
+            p.attach(event).map_err(|e| explain(&e))?;
+        }
         Attach::Tracepoint { category, name } => {
-            if !tracefs.has_event(category, name) {
-                return Err(format!("tracepoint {category}:{name} does not exist on this kernel"));
+            if !env.tracefs.has_event(category, name) {
+                return Err(format!(
+                    "tracepoint {category}:{name} does not exist on this kernel"
+                ));
             }
             let p: &mut TracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load().map_err(|e| explain(&e))?;
@@ -195,11 +257,18 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, btf: Option<&Btf>, tracefs: &Trace
 /// A short reason, without the full verifier log (which `RUST_LOG=debug` shows).
 fn explain(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             log::debug!("verifier log:\n{verifier_log}");
             match io_error.raw_os_error() {
-                Some(libc::EPERM) => format!("refused by the kernel ({io_error}): missing privileges or a kernel lockdown/policy forbids this program type"),
-                Some(libc::EINVAL) | Some(libc::EACCES) => format!("rejected by the verifier ({io_error}); RUST_LOG=debug shows the log"),
+                Some(libc::EPERM) => format!(
+                    "refused by the kernel ({io_error}): missing privileges or a kernel lockdown/policy forbids this program type"
+                ),
+                Some(libc::EINVAL) | Some(libc::EACCES) => {
+                    format!("rejected by the verifier ({io_error}); RUST_LOG=debug shows the log")
+                }
                 _ => format!("load failed: {io_error}"),
             }
         }
@@ -210,12 +279,19 @@ fn explain(e: &ProgramError) -> String {
 fn page_shift() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { (size as u64).trailing_zeros() } else { 12 }
+    if size > 0 {
+        (size as u64).trailing_zeros()
+    } else {
+        12
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (https://lwn.net/Articles/837122/).
 fn raise_memlock_rlimit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("raising RLIMIT_MEMLOCK failed: {}", io::Error::last_os_error());
@@ -226,11 +302,14 @@ fn raise_memlock_rlimit() {
 fn init_ebpf_logger(ebpf: &mut Ebpf) {
     match aya_log::EbpfLogger::init(ebpf) {
         // SAFETY: the logger owns its ring buffer fd for its whole lifetime.
-        Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+        Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        {
             Ok(mut logger) => {
                 tokio::spawn(async move {
                     loop {
-                        let Ok(mut guard) = logger.readable_mut().await else { break };
+                        let Ok(mut guard) = logger.readable_mut().await else {
+                            break;
+                        };
                         guard.get_inner_mut().flush();
                         guard.clear_ready();
                     }
@@ -244,6 +323,8 @@ fn init_ebpf_logger(ebpf: &mut Ebpf) {
 
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracer").field("hooks", &self.hooks).finish_non_exhaustive()
+        f.debug_struct("Tracer")
+            .field("hooks", &self.hooks)
+            .finish_non_exhaustive()
     }
 }

@@ -1,1 +1,136 @@
+//! Test harness: real memory cgroups, real allocators, the real `memtrace` binary.
+//!
+//! eBPF tests need root (or CAP_BPF + CAP_PERFMON). Without it they print a loud SKIPPED line,
+//! unless `MEMTRACE_REQUIRE_EBPF=1` (set by `cargo xtask test` in CI), which turns the skip
+//! into a failure: CI never silently skips the kernel side.
 
+pub mod cgroup;
+pub mod procs;
+pub mod watcher;
+
+pub use cgroup::TestCgroup;
+pub use watcher::Watcher;
+
+/// Returns false (after saying so loudly) when eBPF tests cannot run here; panics instead when
+/// `MEMTRACE_REQUIRE_EBPF=1`.
+pub fn ebpf_available(test: &str) -> bool {
+    let p = memtrace::privileges::Privileges::current();
+    let why = if p.check().is_err() {
+        Some("not root and no CAP_BPF + CAP_PERFMON")
+    } else if memtrace::cgroup::MemoryHierarchy::detect().is_err() {
+        Some("no memory cgroup controller mounted")
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var("MEMTRACE_REQUIRE_EBPF").is_ok_and(|v| v == "1") => {
+            panic!("{test}: eBPF test cannot run ({why}) and MEMTRACE_REQUIRE_EBPF=1")
+        }
+        Some(why) => {
+            eprintln!(
+                "\n!!! SKIPPED {test}: {why}. Run as root, or set MEMTRACE_REQUIRE_EBPF=1 to fail instead.\n"
+            );
+            false
+        }
+    }
+}
+
+/// The memtrace binary under test: `$MEMTRACE_BIN`, else the workspace's target/debug.
+pub fn memtrace_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("MEMTRACE_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/memtrace");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p memtrace` or `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// BPF object ids (programs, maps, links) by kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BpfIds {
+    pub progs: Vec<u64>,
+    pub maps: Vec<u64>,
+    pub links: Vec<u64>,
+}
+
+impl BpfIds {
+    pub fn is_empty(&self) -> bool {
+        self.progs.is_empty() && self.maps.is_empty() && self.links.is_empty()
+    }
+
+    /// The ids in `self` that are also in `other`.
+    pub fn intersect(&self, other: &Self) -> Self {
+        let keep = |a: &[u64], b: &[u64]| a.iter().copied().filter(|x| b.contains(x)).collect();
+        Self {
+            progs: keep(&self.progs, &other.progs),
+            maps: keep(&self.maps, &other.maps),
+            links: keep(&self.links, &other.links),
+        }
+    }
+}
+
+/// The BPF objects a process holds, from its fds' fdinfo (`prog_id:`, `map_id:`, `link_id:`).
+pub fn bpf_ids_of(pid: u32) -> BpfIds {
+    let mut ids = BpfIds::default();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in dir.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            let mut kv = line.splitn(2, ':').map(str::trim);
+            let (Some(k), Some(v)) = (kv.next(), kv.next()) else {
+                continue;
+            };
+            let Ok(v) = v.parse() else { continue };
+            match k {
+                "prog_id" => ids.progs.push(v),
+                "map_id" => ids.maps.push(v),
+                "link_id" => ids.links.push(v),
+                _ => {}
+            }
+        }
+    }
+    ids
+}
+
+/// Polls until none of `ids` is loaded any more; returns those still there at the deadline.
+pub fn wait_until_freed(ids: &BpfIds, timeout: std::time::Duration) -> BpfIds {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = ids.intersect(&loaded_bpf_ids());
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every BPF object loaded in the kernel now, from bpftool.
+pub fn loaded_bpf_ids() -> BpfIds {
+    let list = |what: &str| -> Vec<u64> {
+        let out = std::process::Command::new("bpftool")
+            .args([what, "show", "--json"])
+            .output()
+            .expect("bpftool is installed by scripts/setup.sh");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["id"].as_u64())
+            .collect()
+    };
+    BpfIds {
+        progs: list("prog"),
+        maps: list("map"),
+        links: list("link"),
+    }
+}

@@ -1,18 +1,19 @@
 //! `mark_victim`: called once for every task the OOM killer kills, in the context of the task
 //! that triggered the OOM (mm/oom_kill.c: `mark_oom_victim()` -> `trace_mark_victim()`).
 //!
-//! Two variants, chosen by userspace: `tp_btf` gets the victim's `task_struct *` and reads
+//! Three variants, chosen by userspace: `tp_btf` and `raw_tp` get the victim's
+//! `task_struct *` (TP_PROTO(struct task_struct *task, uid_t uid), since 6.8) and read
 //! everything from it; the plain tracepoint gets the record the kernel formats (pid only before
 //! 6.8) and can only see the trigger's own task.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel_str_bytes,
     },
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use memtrace_common::{
@@ -38,7 +39,14 @@ macro_rules! tp_off {
 
 #[btf_tracepoint(function = "mark_victim")]
 pub fn oom_victim_btf(ctx: BtfTracePointContext) -> u32 {
-    match try_oom_victim_btf(&ctx) {
+    match try_oom_victim_task(&ctx, ctx.arg(0), ctx.arg(1), flags::SRC_TP_BTF) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn oom_victim_raw(ctx: RawTracePointContext) -> u32 {
+    match try_oom_victim_task(&ctx, ctx.arg(0), ctx.arg(1), flags::SRC_RAW_TP) {
         Ok(ret) | Err(ret) => ret,
     }
 }
@@ -52,9 +60,7 @@ pub fn oom_victim_tp(ctx: TracePointContext) -> u32 {
 
 /// Reserves a zeroed record with the trigger's identity and the time filled in.
 #[inline(always)]
-fn start_record(
-    src: u32,
-) -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<OomVictimRecord>, u32> {
+fn start_record(src: u32) -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<OomVictimRecord>, u32> {
     bump(OOM_SEEN);
     let Some(mut entry) = OOM_EVENTS.reserve::<OomVictimRecord>(0) else {
         bump(OOM_RINGBUF_FULL);
@@ -70,11 +76,11 @@ fn start_record(
         rec.trigger_comm = comm;
     }
     let current = unsafe { bpf_get_current_task() } as *const u8;
-    if let Ok(memcg) = kernel::task_memcg(current) {
-        if let Ok(id) = kernel::css_cgroup_id(memcg) {
-            rec.trigger_memcg_id = id;
-            rec.flags |= flags::HAS_TRIGGER_MEMCG;
-        }
+    if let Ok(memcg) = kernel::task_memcg(current)
+        && let Ok(id) = kernel::css_cgroup_id(memcg)
+    {
+        rec.trigger_memcg_id = id;
+        rec.flags |= flags::HAS_TRIGGER_MEMCG;
     }
     entry.write(rec);
     Ok(entry)
@@ -105,18 +111,20 @@ fn fill_memcg(rec: &mut OomVictimRecord, task: *const u8) -> bool {
     ok
 }
 
-fn try_oom_victim_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    // TP_PROTO(struct task_struct *task, uid_t uid)
-    let task: *const u8 = ctx.arg(0);
-    let uid: u32 = ctx.arg(1);
-    let mut entry = start_record(flags::SRC_TP_BTF)?;
+/// Fills a record from the victim's `task_struct` (tp_btf and raw_tp variants).
+#[inline(always)]
+fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: u32) -> Result<u32, u32> {
+    let mut entry = start_record(src)?;
     // SAFETY: start_record initialised the entry.
     let rec = unsafe { entry.assume_init_mut() };
     let mut ok = true;
 
     rec.victim_uid = uid;
     rec.flags |= flags::HAS_UID;
-    match (read::<i32>(task, off!(task_pid)), read::<i32>(task, off!(task_tgid))) {
+    match (
+        read::<i32>(task, off!(task_pid)),
+        read::<i32>(task, off!(task_tgid)),
+    ) {
         (Ok(pid), Ok(tgid)) => {
             rec.victim_pid = pid as u32;
             rec.victim_tgid = tgid as u32;
@@ -130,22 +138,25 @@ fn try_oom_victim_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         ok = false;
     }
     ok &= fill_memcg(rec, task);
-    if let Ok(signal) = read::<*const u8>(task, off!(task_signal)) {
-        if let Ok(adj) = read::<i16>(signal, off!(signal_oom_score_adj)) {
-            rec.oom_score_adj = i32::from(adj);
-            rec.flags |= flags::HAS_OOM_SCORE_ADJ;
-        }
+    if let Ok(signal) = read::<*const u8>(task, off!(task_signal))
+        && let Ok(adj) = read::<i16>(signal, off!(signal_oom_score_adj))
+    {
+        rec.oom_score_adj = i32::from(adj);
+        rec.flags |= flags::HAS_OOM_SCORE_ADJ;
     }
     // A victim already past exit_mm() has no mm: no sizes, but still a victim.
-    if let Ok(mm) = read::<*const u8>(task, off!(task_mm)) {
-        if !mm.is_null() {
-            ok &= fill_mm(rec, mm);
-        }
+    if let Ok(mm) = read::<*const u8>(task, off!(task_mm))
+        && !mm.is_null()
+    {
+        ok &= fill_mm(rec, mm);
     }
     if !ok {
         rec.flags |= flags::READ_ERROR;
         bump(OOM_READ_ERRORS);
-        warn!(ctx, "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid);
+        warn!(
+            ctx,
+            "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid
+        );
     }
     entry.submit(0);
     Ok(0)
@@ -193,13 +204,15 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         Err(_) => ok = false,
     }
     let comm = tp_off!(comm);
-    if comm != ABSENT {
-        if let Ok(loc) = read::<u32>(base, comm) {
-            let at = base.wrapping_add((loc & 0xffff) as usize);
-            if unsafe { bpf_probe_read_kernel_str_bytes(at, &mut rec.victim_comm) }.is_ok() {
-                rec.flags |= flags::HAS_VICTIM_COMM;
-            }
+    // __data_loc: the low 16 bits are the string's offset in the record.
+    if comm != ABSENT
+        && let Ok(loc) = read::<u32>(base, comm)
+        && unsafe {
+            bpf_probe_read_kernel_str_bytes(base.wrapping_add((loc & 0xffff) as usize), &mut rec.victim_comm)
         }
+        .is_ok()
+    {
+        rec.flags |= flags::HAS_VICTIM_COMM;
     }
     if let (Ok(total_vm), Ok(anon), Ok(file), Ok(shmem)) = (
         read::<u64>(base, tp_off!(total_vm)),
@@ -236,7 +249,10 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     if !ok {
         rec.flags |= flags::READ_ERROR;
         bump(OOM_READ_ERRORS);
-        warn!(ctx, "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid);
+        warn!(
+            ctx,
+            "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid
+        );
     }
     entry.submit(0);
     Ok(0)

@@ -8,10 +8,11 @@ use std::{
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupVersion {
     V1,
+    #[default]
     V2,
 }
 
@@ -25,7 +26,9 @@ pub struct MemoryHierarchy {
 pub enum HierarchyError {
     #[error("/proc/self/mountinfo: {0}")]
     Io(#[from] io::Error),
-    #[error("no memory cgroup controller is mounted (neither cgroup v1 `memory` nor cgroup2 with memory enabled)")]
+    #[error(
+        "no memory cgroup controller is mounted (neither cgroup v1 `memory` nor cgroup2 with memory enabled)"
+    )]
     NotMounted,
 }
 
@@ -43,7 +46,9 @@ impl MemoryHierarchy {
         let mut v2 = None;
         for line in text.lines() {
             // id parent major:minor root mountpoint options [optional...] - fstype source super
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mount_point = left.split(' ').nth(4)?;
             let mut r = right.split(' ');
             let fstype = r.next()?;
@@ -51,12 +56,16 @@ impl MemoryHierarchy {
             let root = PathBuf::from(unescape(mount_point));
             match fstype {
                 "cgroup" if super_opts.split(',').any(|o| o == "memory") => {
-                    return Some(Self { version: CgroupVersion::V1, root });
+                    return Some(Self {
+                        version: CgroupVersion::V1,
+                        root,
+                    });
                 }
-                "cgroup2" if v2.is_none() => {
-                    if controllers(&root).split_whitespace().any(|c| c == "memory") {
-                        v2 = Some(Self { version: CgroupVersion::V2, root });
-                    }
+                "cgroup2" if v2.is_none() && controllers(&root).split_whitespace().any(|c| c == "memory") => {
+                    v2 = Some(Self {
+                        version: CgroupVersion::V2,
+                        root,
+                    });
                 }
                 _ => {}
             }
@@ -77,7 +86,8 @@ fn unescape(s: &str) -> String {
     while let Some(c) = it.next() {
         if c == '\\' {
             let oct: String = it.clone().take(3).collect();
-            if let Ok(v) = u8::from_str_radix(&oct, 8) {
+            let is_octal = oct.len() == 3 && oct.bytes().all(|b| (b'0'..=b'7').contains(&b));
+            if let Some(v) = is_octal.then(|| u8::from_str_radix(&oct, 8).ok()).flatten() {
                 out.push(char::from(v));
                 it.nth(2);
                 continue;

@@ -1,7 +1,10 @@
-//! Memory cgroups: where the memory controller is mounted, and cgroup id -> path.
+//! Memory cgroups: where the memory controller is mounted, cgroup id -> path, and typed
+//! readers of the memory files (v1 and v2).
 
 pub mod hierarchy;
 pub mod paths;
+pub mod stats;
 
 pub use hierarchy::{CgroupVersion, MemoryHierarchy};
 pub use paths::CgroupPaths;
+pub use stats::{MemoryStats, StatsError, read_memory_stats};

@@ -24,7 +24,11 @@ pub struct CgroupPaths {
 
 impl CgroupPaths {
     pub fn new(hierarchy: MemoryHierarchy) -> Self {
-        let mut s = Self { hierarchy, by_id: HashMap::new(), last_scan: None };
+        let mut s = Self {
+            hierarchy,
+            by_id: HashMap::new(),
+            last_scan: None,
+        };
         s.rescan();
         s
     }
@@ -56,13 +60,21 @@ impl CgroupPaths {
         let root = self.hierarchy.root.clone();
         let mut stack = vec![(root.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
             self.by_id.insert(meta.ino(), rel.clone());
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
+                    let child = if rel == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{rel}/{name}")
+                    };
                     stack.push((entry.path(), child));
                 }
             }
@@ -105,8 +117,14 @@ mod tests {
     #[test]
     fn proc_cgroup_lines() {
         let text = "9:name=systemd:/\n4:memory:/a/b\n0::/unified\n";
-        assert_eq!(parse_proc_cgroup(text, CgroupVersion::V1).as_deref(), Some("/a/b"));
-        assert_eq!(parse_proc_cgroup(text, CgroupVersion::V2).as_deref(), Some("/unified"));
+        assert_eq!(
+            parse_proc_cgroup(text, CgroupVersion::V1).as_deref(),
+            Some("/a/b")
+        );
+        assert_eq!(
+            parse_proc_cgroup(text, CgroupVersion::V2).as_deref(),
+            Some("/unified")
+        );
         assert_eq!(parse_proc_cgroup("garbage", CgroupVersion::V1), None);
     }
 
@@ -123,7 +141,11 @@ mod tests {
         assert_eq!(paths.resolve(ino).as_deref(), Some("/pod/ctr"));
         std::fs::remove_dir(&child).expect("rmdir");
         paths.rescan();
-        assert_eq!(paths.resolve(ino).as_deref(), Some("/pod/ctr"), "kept after removal");
+        assert_eq!(
+            paths.resolve(ino).as_deref(),
+            Some("/pod/ctr"),
+            "kept after removal"
+        );
         assert_eq!(paths.resolve(u64::MAX), None);
     }
 }

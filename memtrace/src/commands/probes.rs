@@ -27,7 +27,10 @@ struct Report {
 }
 
 pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let (btf, missing) = match KernelBtf::from_sys() {
         Ok(b) => (Some(VMLINUX_BTF.to_owned()), b.kernel_layout().missing),
         Err(e) => {
@@ -38,13 +41,27 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
     let cgroup = MemoryHierarchy::detect()
         .map(|h| format!("{:?} at {}", h.version, h.root.display()).to_lowercase())
         .ok();
-    let (hooks, error) = match Tracer::start(&TracerOptions { try_all: true, ..TracerOptions::default() }) {
+    let (hooks, error) = match Tracer::start(&TracerOptions {
+        try_all: true,
+        ..TracerOptions::default()
+    }) {
         Ok((tracer, _ring)) => (tracer.hooks.clone(), None),
         Err(e) => (vec![], Some(e.to_string())),
     };
-    let report = Report { kernel, btf, btf_missing_fields: missing, cgroup, privileges: Privileges::current(), hooks, error };
+    let report = Report {
+        kernel,
+        btf,
+        btf_missing_fields: missing,
+        cgroup,
+        privileges: Privileges::current(),
+        hooks,
+        error,
+    };
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report).context("serialising")?),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("serialising")?
+        ),
         Format::Text => print_text(&report),
     }
     if let Some(e) = report.error {
@@ -57,9 +74,15 @@ fn print_text(r: &Report) {
     println!("kernel      {}", r.kernel);
     println!("btf         {}", r.btf.as_deref().unwrap_or("MISSING"));
     if !r.btf_missing_fields.is_empty() {
-        println!("            fields not in BTF: {}", r.btf_missing_fields.join(", "));
+        println!(
+            "            fields not in BTF: {}",
+            r.btf_missing_fields.join(", ")
+        );
     }
-    println!("cgroup      {}", r.cgroup.as_deref().unwrap_or("no memory controller mounted"));
+    println!(
+        "cgroup      {}",
+        r.cgroup.as_deref().unwrap_or("no memory controller mounted")
+    );
     let p = &r.privileges;
     println!(
         "privileges  euid={} CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={} lockdown={}",
@@ -71,14 +94,28 @@ fn print_text(r: &Report) {
     );
     for h in &r.hooks {
         match h.selected {
-            Some(v) => println!("hook        {:<12} {} {} (selected)", h.hook, v.attach.kind(), v.attach.target()),
+            Some(v) => println!(
+                "hook        {:<12} {} {} (selected)",
+                h.hook,
+                v.attach.kind(),
+                v.attach.target()
+            ),
             None => println!("hook        {:<12} NONE", h.hook),
         }
         for v in &h.also_works {
-            println!("              also works: {} {}", v.attach.kind(), v.attach.target());
+            println!(
+                "              also works: {} {}",
+                v.attach.kind(),
+                v.attach.target()
+            );
         }
         for rej in &h.rejected {
-            println!("              not {} {}: {}", rej.variant.attach.kind(), rej.variant.attach.target(), rej.reason);
+            println!(
+                "              not {} {}: {}",
+                rej.variant.attach.kind(),
+                rej.variant.attach.target(),
+                rej.reason
+            );
         }
     }
 }

@@ -29,7 +29,11 @@ struct Delivery {
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let opts = TracerOptions { forced: args.variants.clone(), oom_ring_bytes: args.oom_ring_bytes, try_all: false };
+    let opts = TracerOptions {
+        forced: args.variants.clone(),
+        oom_ring_bytes: args.oom_ring_bytes,
+        try_all: false,
+    };
     let (tracer, mut ring) = Tracer::start(&opts)?;
     let paths = match MemoryHierarchy::detect() {
         Ok(h) => Some(CgroupPaths::new(h)),
@@ -65,7 +69,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             Format::Text => text::event(&kill, delay),
             Format::Json => json::event(&kill, &host, delay).to_string(),
         };
-        writeln!(stdout, "{line}").and_then(|()| stdout.flush()).context("writing to stdout")?;
+        writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .context("writing to stdout")?;
         delivery.delivered += 1;
         Ok(())
     };
@@ -143,5 +149,7 @@ fn summary(c: &KernelCounters, d: &Delivery) {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

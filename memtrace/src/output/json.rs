@@ -29,7 +29,14 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     o.put("timestamp", clock::rfc3339(k.time))
         .put("severity_text", "ERROR")
         .put("event.name", "memtrace.oom_kill")
-        .put("body", format!("OOM kill: pid {} ({comm}) in cgroup {}", k.pid, path.unwrap_or("?")))
+        .put(
+            "body",
+            format!(
+                "OOM kill: pid {} ({comm}) in cgroup {}",
+                k.pid,
+                path.unwrap_or("?")
+            ),
+        )
         .put("host.name", host)
         .put("process.pid", k.pid)
         .opt("process.executable.name", k.comm.clone())
@@ -48,13 +55,19 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         .opt("memtrace.victim.pgtables_bytes", k.pgtables_bytes)
         .opt("memtrace.cgroup.path", path)
         .opt("memtrace.cgroup.id", k.cgroup.as_ref().and_then(|c| c.id))
-        .opt("memtrace.cgroup.path_source", k.cgroup.as_ref().map(|c| json!(c.source)))
+        .opt(
+            "memtrace.cgroup.path_source",
+            k.cgroup.as_ref().map(|c| json!(c.source)),
+        )
         .opt("memtrace.memcg.usage_bytes", k.memcg_usage_bytes)
         .opt("memtrace.memcg.limit_bytes", k.memcg_limit_bytes)
         .put("memtrace.trigger.pid", k.trigger_pid)
         .put("memtrace.trigger.tid", k.trigger_tid)
         .put("memtrace.trigger.comm", k.trigger_comm.clone())
-        .opt("memtrace.trigger.cgroup.path", k.trigger_cgroup.as_ref().and_then(|c| c.path.clone()))
+        .opt(
+            "memtrace.trigger.cgroup.path",
+            k.trigger_cgroup.as_ref().and_then(|c| c.path.clone()),
+        )
         .put("memtrace.trigger.is_victim", k.trigger_pid == k.pid);
     if k.read_error {
         o.put("memtrace.read_error", true);
@@ -88,7 +101,11 @@ mod tests {
             shmem_rss_bytes: None,
             swap_bytes: None,
             pgtables_bytes: None,
-            cgroup: Some(CgroupRef { id: Some(9), path: Some("/a/b".into()), source: PathSource::Kernel }),
+            cgroup: Some(CgroupRef {
+                id: Some(9),
+                path: Some("/a/b".into()),
+                source: PathSource::Kernel,
+            }),
             memcg_usage_bytes: Some(1 << 26),
             memcg_limit_bytes: Some(1 << 26),
             trigger_pid: 10,
@@ -106,6 +123,9 @@ mod tests {
         assert_eq!(v["memtrace.cgroup.path_source"], "kernel");
         assert_eq!(v["memtrace.emit_delay_us"], 1);
         assert_eq!(v["memtrace.trigger.is_victim"], true);
-        assert!(v.get("memtrace.victim.swap_bytes").is_none(), "unknown fields are left out");
+        assert!(
+            v.get("memtrace.victim.swap_bytes").is_none(),
+            "unknown fields are left out"
+        );
     }
 }

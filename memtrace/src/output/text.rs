@@ -9,7 +9,13 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
     let mut s = String::with_capacity(256);
     let comm = k.comm.as_deref().unwrap_or("?");
     let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref()).unwrap_or("?");
-    let _ = write!(s, "{} OOM kill #{}: pid {} ({comm}) in {path}", clock::rfc3339(k.time), k.seq, k.pid);
+    let _ = write!(
+        s,
+        "{} OOM kill #{}: pid {} ({comm}) in {path}",
+        clock::rfc3339(k.time),
+        k.seq,
+        k.pid
+    );
     if let (Some(anon), Some(file), Some(shmem)) = (k.anon_rss_bytes, k.file_rss_bytes, k.shmem_rss_bytes) {
         let _ = write!(
             s,
@@ -40,8 +46,16 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
     if k.trigger_pid == k.pid {
         let _ = write!(s, " | triggered by itself");
     } else {
-        let tpath = k.trigger_cgroup.as_ref().and_then(|c| c.path.as_deref()).unwrap_or("?");
-        let _ = write!(s, " | triggered by pid {} ({}) in {tpath}", k.trigger_pid, k.trigger_comm);
+        let tpath = k
+            .trigger_cgroup
+            .as_ref()
+            .and_then(|c| c.path.as_deref())
+            .unwrap_or("?");
+        let _ = write!(
+            s,
+            " | triggered by pid {} ({}) in {tpath}",
+            k.trigger_pid, k.trigger_comm
+        );
     }
     let _ = write!(s, " | {} +{:.1}ms", k.hook.as_str(), emit_delay_ns as f64 / 1e6);
     s

@@ -1,0 +1,179 @@
+//! Real OOM kills in real memory cgroups, observed through `memtrace watch --output json`.
+
+use std::time::Duration;
+
+use memtrace_tests::{TestCgroup, Watcher, ebpf_available, procs};
+use serde_json::Value;
+
+const LIMIT: u64 = 64 << 20;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    &v[key]
+}
+
+/// One allocator in a 64 MiB cgroup; the event must name it, its cgroup and its size.
+fn allocator_is_reported(variant: Option<&str>, tag: &str) {
+    let mut args = vec![];
+    if let Some(v) = variant {
+        args.extend(["--variant", v]);
+    }
+    let mut w = Watcher::start(&args);
+    let cg = TestCgroup::new(tag, LIMIT);
+    let mut child = procs::python_in(&cg, procs::ALLOCATE_FOREVER, None);
+    let pid = child.id();
+    let status = child.wait().expect("wait allocator");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "allocator was SIGKILLed"
+    );
+
+    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    eprintln!("event: {ev}");
+    assert_eq!(field(&ev, "event.name"), "memtrace.oom_kill");
+    assert_eq!(field(&ev, "process.executable.name"), "python3");
+    assert_eq!(field(&ev, "memtrace.cgroup.path"), cg.rel.as_str());
+    assert_eq!(
+        field(&ev, "memtrace.trigger.pid"),
+        pid,
+        "the allocator triggered its own kill"
+    );
+    let anon = field(&ev, "memtrace.victim.anon_rss_bytes")
+        .as_u64()
+        .expect("anon rss");
+    assert!(
+        anon * 10 >= LIMIT * 8,
+        "anon rss {anon} is under 80% of the {LIMIT} limit"
+    );
+    assert!(anon <= LIMIT + (1 << 20), "anon rss {anon} over the limit");
+    assert_eq!(field(&ev, "memtrace.memcg.limit_bytes"), LIMIT);
+    let delay = field(&ev, "memtrace.emit_delay_us").as_u64().expect("delay");
+    assert!(delay < 100_000, "event emitted {delay} us after the kill");
+    if let Some(v) = variant {
+        assert_eq!(
+            field(&ev, "memtrace.hook"),
+            v.split('=').nth(1).unwrap_or_default()
+        );
+    }
+    assert!(ev["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    drop(cg);
+    let ours = w.bpf_ids();
+    assert!(
+        !ours.progs.is_empty() && !ours.links.is_empty(),
+        "memtrace holds its programs: {ours:?}"
+    );
+    let s = w.stop();
+    assert_eq!(
+        s.kernel_seen,
+        s.delivered + s.dropped_ringbuf_full + s.decode_errors,
+        "{s:?}"
+    );
+    assert!(s.delivered >= 1);
+    // The kernel frees programs and maps asynchronously once their last fd is closed.
+    let left = memtrace_tests::wait_until_freed(&ours, Duration::from_secs(10));
+    assert!(
+        left.is_empty(),
+        "BPF objects left in the kernel after exit: {left:?}"
+    );
+}
+
+#[test]
+fn oom_kill_reported_default_hook() {
+    if ebpf_available("oom_kill_reported_default_hook") {
+        allocator_is_reported(None, "default");
+    }
+}
+
+#[test]
+fn oom_kill_reported_tp_btf() {
+    if ebpf_available("oom_kill_reported_tp_btf") {
+        allocator_is_reported(Some("oom_victim=tp_btf"), "tpbtf");
+    }
+}
+
+#[test]
+fn oom_kill_reported_raw_tp() {
+    if ebpf_available("oom_kill_reported_raw_tp") {
+        allocator_is_reported(Some("oom_victim=raw_tp"), "raw");
+    }
+}
+
+#[test]
+fn oom_kill_reported_tracepoint() {
+    if ebpf_available("oom_kill_reported_tracepoint") {
+        allocator_is_reported(Some("oom_victim=tracepoint"), "tp");
+    }
+}
+
+/// A big idle process (oom_score_adj 1000) and a small allocator share a cgroup: the idle one
+/// is killed, in the allocator's context. Victim and trigger must not be confused.
+/// `exact_path`: the variant knows the victim's task (tp_btf, raw_tp); the plain tracepoint
+/// only has its pid and may not name the cgroup of a victim that is already exiting, but must
+/// never name a wrong one.
+fn bystander_is_named(variant: &str, tag: &str, exact_path: bool) {
+    let mut w = Watcher::start(&["--variant", variant]);
+    let cg = TestCgroup::new(tag, LIMIT);
+    let mut idle = procs::python_in(
+        &cg,
+        "import sys,time\nb=bytearray(40<<20)\nfor i in range(0,len(b),4096): b[i]=1\nprint('ready',flush=True)\ntime.sleep(600)",
+        Some(1000),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(idle.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("idle ready");
+    assert_eq!(line.trim(), "ready");
+    let mut alloc = procs::python_in(&cg, procs::ALLOCATE_FOREVER, None);
+    let (idle_pid, alloc_pid) = (idle.id(), alloc.id());
+
+    let ev = w.next_event(WAIT, |v| v["process.pid"] == idle_pid);
+    eprintln!("event: {ev}");
+    if exact_path {
+        assert_eq!(field(&ev, "memtrace.cgroup.path"), cg.rel.as_str());
+        assert_eq!(field(&ev, "memtrace.cgroup.path_source"), "kernel");
+    } else {
+        let path = &ev["memtrace.cgroup.path"];
+        assert!(
+            path.is_null() || path == cg.rel.as_str(),
+            "wrong victim cgroup: {path}"
+        );
+    }
+    assert_eq!(field(&ev, "memtrace.trigger.pid"), alloc_pid);
+    assert_eq!(field(&ev, "memtrace.trigger.cgroup.path"), cg.rel.as_str());
+    assert_eq!(field(&ev, "memtrace.trigger.is_victim"), false);
+    assert_eq!(field(&ev, "memtrace.victim.oom_score_adj"), 1000);
+    let anon = field(&ev, "memtrace.victim.anon_rss_bytes")
+        .as_u64()
+        .expect("anon");
+    assert!(anon >= 40 << 20, "the idle victim holds its 40 MiB: {anon}");
+    let _ = idle.wait();
+    let _ = alloc.kill();
+    let _ = alloc.wait();
+    drop(cg);
+    w.stop();
+}
+
+#[test]
+fn bystander_victim_tp_btf() {
+    if ebpf_available("bystander_victim_tp_btf") {
+        bystander_is_named("oom_victim=tp_btf", "bys-btf", true);
+    }
+}
+
+#[test]
+fn bystander_victim_raw_tp() {
+    if ebpf_available("bystander_victim_raw_tp") {
+        bystander_is_named("oom_victim=raw_tp", "bys-raw", true);
+    }
+}
+
+#[test]
+fn bystander_victim_tracepoint() {
+    if ebpf_available("bystander_victim_tracepoint") {
+        bystander_is_named("oom_victim=tracepoint", "bys-tp", false);
+    }
+}
