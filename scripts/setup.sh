@@ -50,10 +50,12 @@ want_llvm=$(rustc "+$NIGHTLY" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 if [ "$want_llvm" != "$LLVM" ]; then
   log "$NIGHTLY uses LLVM $want_llvm, expected $LLVM"; exit 1
 fi
-if ! bpf-linker --version 2>/dev/null | grep -q "LLVM ${LLVM}\|llvm ${LLVM}\|bpf-linker"; then
+# bpf-linker links libLLVM dynamically: check it is the LLVM we want, not just present.
+linker=$(command -v bpf-linker || true)
+if [ -z "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "libLLVM.so.${LLVM}"; then
   log "cargo install bpf-linker (LLVM $LLVM)"
   PATH="/usr/lib/llvm-${LLVM}/bin:$PATH" LLVM_PREFIX="/usr/lib/llvm-${LLVM}" \
-    cargo "+$STABLE" install --locked bpf-linker --no-default-features --features "llvm-${LLVM}"
+    cargo "+$STABLE" install --locked bpf-linker --version 0.13.0 --no-default-features --features "llvm-${LLVM}"
 fi
 
 # tracefs: tracepoint attach and `memtrace probes` read it.

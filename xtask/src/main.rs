@@ -1,1 +1,24 @@
-fn main() {}
+//! Developer tasks, run as `cargo xtask <task>`.
+
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "memtrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build memtrace and run every test, the real-OOM eBPF tests included.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Test(args) => test::run(&args),
+    }
+}

@@ -1,0 +1,49 @@
+//! `cargo xtask test`: builds the memtrace binary the integration tests run, then the tests.
+//! In CI (`CI=true`) or with `--require-ebpf`, an eBPF test that cannot run fails instead of
+//! skipping.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Fail, rather than skip, eBPF tests that cannot run here (default in CI).
+    #[arg(long)]
+    require_ebpf: bool,
+    /// Also run clippy (-D warnings) and rustfmt --check.
+    #[arg(long)]
+    lint: bool,
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(args);
+    c
+}
+
+fn run_ok(mut c: Command) -> anyhow::Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if args.lint {
+        run_ok(cargo(&["fmt", "--all", "--check"]))?;
+        run_ok(cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    run_ok(cargo(&["build", "--package", "memtrace", "--bin", "memtrace"]))?;
+    let mut test = cargo(&["test"]);
+    test.args(&args.cargo_args);
+    if args.require_ebpf || in_ci {
+        test.env("MEMTRACE_REQUIRE_EBPF", "1");
+    }
+    run_ok(test)
+}
