@@ -8,7 +8,7 @@ STABLE=1.98.0                   # aya 0.16 needs rustc >= 1.98 (rust-toolchain.t
 LLVM=22
 APT_PKGS=(
   "llvm-${LLVM}-dev" "libpolly-${LLVM}-dev" libzstd-dev zlib1g-dev  # bpf-linker build
-  bpftool bpftrace stress-ng python3 util-linux procps               # tests and benchmarks
+  bpftool bpftrace stress-ng util-linux procps               # tests and benchmarks
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

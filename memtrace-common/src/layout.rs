@@ -47,6 +47,11 @@ pub struct KernelLayout {
     pub memcg_memory: u32,
     pub page_counter_usage: u32,
     pub page_counter_max: u32,
+    /// `page_counter.parent`: the ancestor memcg's counter (hierarchy walk to the OOM memcg).
+    pub page_counter_parent: u32,
+    /// `task_struct.flags` (PF_EXITING): a victim already exiting is marked by the OOM killer
+    /// without being killed (mm/oom_kill.c task_will_free_mem).
+    pub task_flags: u32,
 }
 
 impl KernelLayout {
@@ -76,6 +81,8 @@ impl KernelLayout {
             memcg_memory: ABSENT,
             page_counter_usage: ABSENT,
             page_counter_max: ABSENT,
+            page_counter_parent: ABSENT,
+            task_flags: ABSENT,
         }
     }
 }

@@ -24,6 +24,11 @@ pub mod flags {
     pub const HAS_OOM_SCORE_ADJ: u32 = 1 << 9;
     pub const HAS_UID: u32 = 1 << 10;
     pub const HAS_VICTIM_COMM: u32 = 1 << 11;
+    /// `oom_memcg_*` are valid: an ancestor-or-self memcg was at its limit at the kill.
+    pub const HAS_OOM_MEMCG: u32 = 1 << 13;
+    /// The victim was already exiting (PF_EXITING): the OOM killer marked
+    /// it to reap its memory faster but sent no kill (mm/oom_kill.c task_will_free_mem).
+    pub const VICTIM_EXITING: u32 = 1 << 14;
     /// At least one kernel read failed while filling the record.
     pub const READ_ERROR: u32 = 1 << 15;
 }
@@ -52,6 +57,14 @@ pub struct OomVictimRecord {
     /// The victim memcg's `page_counter` usage and max, in pages, read at the hook.
     pub memcg_usage_pages: u64,
     pub memcg_limit_pages: u64,
+    /// The nearest ancestor-or-self of the victim's memcg whose usage was within a charge
+    /// batch of its limit: the memcg that hit its limit (none in a global OOM).
+    pub oom_memcg_id: u64,
+    pub oom_memcg_usage_pages: u64,
+    pub oom_memcg_limit_pages: u64,
+    /// Levels above the victim's memcg (0 = the victim's own).
+    pub oom_memcg_depth: u32,
+    pub _pad: u32,
     /// Victim thread id (`task->pid`) and process id (`task->tgid`).
     pub victim_pid: u32,
     pub victim_tgid: u32,
@@ -82,6 +95,11 @@ impl OomVictimRecord {
             pgtables_kb: 0,
             memcg_usage_pages: 0,
             memcg_limit_pages: 0,
+            oom_memcg_id: 0,
+            oom_memcg_usage_pages: 0,
+            oom_memcg_limit_pages: 0,
+            oom_memcg_depth: 0,
+            _pad: 0,
             victim_pid: 0,
             victim_tgid: 0,
             victim_uid: 0,
@@ -95,4 +113,4 @@ impl OomVictimRecord {
 }
 
 // The decoder reads the fields in this order; keep the layout free of padding.
-const _: () = assert!(OOM_VICTIM_RECORD_LEN == 8 + 8 * 11 + 4 * 6 + 2 * COMM_LEN);
+const _: () = assert!(OOM_VICTIM_RECORD_LEN == 8 + 8 * 14 + 4 * 2 + 4 * 6 + 2 * COMM_LEN);

@@ -84,6 +84,52 @@ pub fn memcg_usage_limit(memcg: *const u8) -> Result<(u64, u64), i64> {
     Ok((usage.max(0) as u64, max))
 }
 
+/// How close to its limit a memcg must be to count as the one that hit it: try_charge fails
+/// when usage + the charge exceeds max, and a charge is at most a batch (MEMCG_CHARGE_BATCH =
+/// 64 pages) or a THP (512 pages on x86_64).
+const AT_LIMIT_SLACK_PAGES: u64 = 512 + 64;
+/// Deepest hierarchy walked; deeper ones are reported as unknown.
+const MAX_DEPTH: u32 = 12;
+
+/// The memcg that hit its limit: walks `memory.parent` up from `memcg` to the first counter
+/// whose usage is within [`AT_LIMIT_SLACK_PAGES`] of its max. Returns (cgroup id, usage,
+/// max, depth).
+#[inline(always)]
+pub fn oom_memcg(memcg: *const u8) -> Option<(u64, u64, u64, u32)> {
+    let counter_off = off!(memcg_memory);
+    let usage_off = off!(page_counter_usage);
+    let max_off = off!(page_counter_max);
+    let parent_off = off!(page_counter_parent);
+    if counter_off == ABSENT || usage_off == ABSENT || max_off == ABSENT || parent_off == ABSENT {
+        return None;
+    }
+    let mut counter = memcg.wrapping_add(counter_off as usize);
+    for depth in 0..MAX_DEPTH {
+        if counter.is_null() {
+            return None;
+        }
+        let usage: i64 = read(counter, usage_off).ok()?;
+        let max: u64 = read(counter, max_off).ok()?;
+        let usage = usage.max(0) as u64;
+        if usage.saturating_add(AT_LIMIT_SLACK_PAGES) >= max {
+            // container_of(counter, struct mem_cgroup, memory); css is at offset 0.
+            let css = counter.wrapping_sub(counter_off as usize);
+            let id = css_cgroup_id(css).ok()?;
+            return Some((id, usage, max, depth));
+        }
+        counter = read(counter, parent_off).ok()?;
+    }
+    None
+}
+
+/// PF_EXITING (include/linux/sched.h): the task is already in do_exit(). SIGNAL_GROUP_EXIT is
+/// no use here: __oom_kill_process() sends SIGKILL, which sets it, before mark_oom_victim().
+#[inline(always)]
+pub fn task_exiting(task: *const u8) -> bool {
+    const PF_EXITING: u32 = 0x4;
+    read::<u32>(task, off!(task_flags)).is_ok_and(|pf| pf & PF_EXITING != 0)
+}
+
 /// `get_mm_counter(mm, member)`: the approximate count, as the kernel's own tracepoint reads it
 /// (`percpu_counter_read_positive` since 6.2, an `atomic_long_t` before).
 #[inline(always)]

@@ -37,6 +37,13 @@ pub struct WatchArgs {
     /// Size of the OOM event ring buffer in bytes (power-of-two multiple of the page size).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub oom_ring_bytes: Option<u32>,
+    /// Working-set alert threshold (fraction of the limit) the verdict checks against.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.9, value_parser = parse_ratio)]
+    pub ws_alert_ratio: f64,
+    /// Where OCI bundles' config.json live, `{id}` standing for the container id (repeatable;
+    /// replaces the containerd / CRI-O / docker defaults).
+    #[arg(long = "oci-bundle", value_name = "PATTERN")]
+    pub oci_bundles: Vec<std::path::PathBuf>,
     /// Exit after this many kills have been reported.
     #[arg(long, value_name = "N")]
     pub exit_after: Option<u64>,
@@ -47,6 +54,14 @@ pub struct ProbesArgs {
     /// Output format on stdout.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if !(r > 0.0 && r <= 1.0) {
+        return Err(format!("{r} must be in (0, 1]"));
+    }
+    Ok(r)
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -46,6 +46,16 @@ pub struct RssKb {
     pub shmem: u64,
 }
 
+/// The memcg at its limit, from the in-kernel walk up the hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomMemcg {
+    pub id: u64,
+    pub usage_pages: u64,
+    pub limit_pages: u64,
+    /// Levels above the victim's memcg.
+    pub depth: u32,
+}
+
 /// One decoded `mark_victim` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VictimRecord {
@@ -66,6 +76,10 @@ pub struct VictimRecord {
     pub oom_score_adj: Option<i32>,
     /// The victim memcg's page counter (usage, limit) in pages, read in the kernel at the hook.
     pub memcg_pages: Option<(u64, u64)>,
+    /// The memcg that was at its limit at the kill (none: a global OOM, or not known).
+    pub oom_memcg: Option<OomMemcg>,
+    /// The victim was already exiting: marked, not killed.
+    pub victim_exiting: bool,
     /// A kernel read failed while the record was filled: some fields may be missing.
     pub read_error: bool,
 }
@@ -113,6 +127,13 @@ impl TryFrom<&[u8]> for VictimRecord {
         let pgtables_kb = b.get_u64_le();
         let memcg_usage = b.get_u64_le();
         let memcg_limit = b.get_u64_le();
+        let oom_memcg = OomMemcg {
+            id: b.get_u64_le(),
+            usage_pages: b.get_u64_le(),
+            limit_pages: b.get_u64_le(),
+            depth: b.get_u32_le(),
+        };
+        let _pad = b.get_u32_le();
         let victim_pid = b.get_u32_le();
         let victim_tgid = b.get_u32_le();
         let victim_uid = b.get_u32_le();
@@ -138,6 +159,8 @@ impl TryFrom<&[u8]> for VictimRecord {
             pgtables_kb: has(flags::HAS_PGTABLES).then_some(pgtables_kb),
             oom_score_adj: has(flags::HAS_OOM_SCORE_ADJ).then_some(oom_score_adj),
             memcg_pages: has(flags::HAS_MEMCG_COUNTERS).then_some((memcg_usage, memcg_limit)),
+            oom_memcg: has(flags::HAS_OOM_MEMCG).then_some(oom_memcg),
+            victim_exiting: has(flags::VICTIM_EXITING),
             read_error: has(flags::READ_ERROR),
         })
     }
@@ -167,7 +190,13 @@ mod tests {
             r.pgtables_kb,
             r.memcg_usage_pages,
             r.memcg_limit_pages,
+            r.oom_memcg_id,
+            r.oom_memcg_usage_pages,
+            r.oom_memcg_limit_pages,
         ] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [r.oom_memcg_depth, r._pad] {
             v.extend_from_slice(&x.to_le_bytes());
         }
         for x in [r.victim_pid, r.victim_tgid, r.victim_uid] {
@@ -190,7 +219,12 @@ mod tests {
             | flags::HAS_RSS
             | flags::HAS_OOM_SCORE_ADJ
             | flags::HAS_VICTIM_MEMCG
-            | flags::HAS_MEMCG_COUNTERS;
+            | flags::HAS_MEMCG_COUNTERS
+            | flags::HAS_OOM_MEMCG;
+        r.oom_memcg_id = 77;
+        r.oom_memcg_usage_pages = 16_380;
+        r.oom_memcg_limit_pages = 16_384;
+        r.oom_memcg_depth = 1;
         r.ktime_boot_ns = 123_456_789;
         r.victim_memcg_id = 4242;
         r.anon_rss_kb = 65_000;
@@ -231,6 +265,16 @@ mod tests {
         assert_eq!(d.rss_kb.map(|r| r.anon), Some(65_000));
         assert_eq!(d.memcg_pages, Some((16_384, 16_384)));
         assert_eq!(d.victim_memcg_id, Some(4242));
+        assert_eq!(
+            d.oom_memcg,
+            Some(OomMemcg {
+                id: 77,
+                usage_pages: 16_380,
+                limit_pages: 16_384,
+                depth: 1
+            })
+        );
+        assert!(!d.victim_exiting);
         assert_eq!(d.victim_uid, None, "HAS_UID not set");
         assert_eq!(d.swap_pages, None);
         assert!(!d.read_error);

@@ -261,6 +261,8 @@ impl KernelBtf {
             ),
             page_counter_usage: get("page_counter.usage", self.offset("page_counter", "usage")),
             page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
+            page_counter_parent: get("page_counter.parent", self.offset("page_counter", "parent")),
+            task_flags: get("task_struct.flags", self.offset("task_struct", "flags")),
         };
         Resolved { layout, missing }
     }

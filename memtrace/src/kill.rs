@@ -1,11 +1,14 @@
 //! The OOM kill event as memtrace reports it: the kernel record, plus what userspace adds at
-//! once (wall time, sequence number, the cgroup's path).
+//! once: wall time, sequence number, cgroup paths, a post-kill snapshot of the cgroup stats,
+//! container attribution, the badness score and a verdict.
 
-use std::time::SystemTime;
+use std::{collections::HashMap, time::SystemTime};
 
 use crate::{
-    cgroup::{CgroupPaths, paths::proc_memory_cgroup},
+    attribution::{self, Attribution, BundleRoots, K8sNames},
+    cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
     clock,
+    diagnosis::{self, Badness, Facts, Verdict},
     event::{HookSource, VictimRecord},
 };
 
@@ -24,6 +27,32 @@ pub struct CgroupRef {
     /// was gone before memtrace first saw it.
     pub path: Option<String>,
     pub source: PathSource,
+}
+
+/// The cgroup that hit its limit, with its usage and limit read in the kernel at the kill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OomCgroup {
+    pub cgroup: CgroupRef,
+    pub usage_bytes: u64,
+    pub limit_bytes: u64,
+    /// Levels above the victim's cgroup (0: the victim's own).
+    pub depth: u32,
+}
+
+/// Stats read just after the kill, or why they could not be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Snapshot {
+    Read(Box<MemoryStats>),
+    Failed(String),
+}
+
+impl Snapshot {
+    pub fn stats(&self) -> Option<&MemoryStats> {
+        match self {
+            Self::Read(s) => Some(s),
+            Self::Failed(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,10 +77,18 @@ pub struct OomKill {
     /// The victim memcg's usage and limit in bytes, read in the kernel at the kill.
     pub memcg_usage_bytes: Option<u64>,
     pub memcg_limit_bytes: Option<u64>,
+    pub oom_cgroup: Option<OomCgroup>,
+    /// Post-kill snapshot of the OOM cgroup (or, in a global OOM, the victim's cgroup).
+    pub snapshot: Option<Snapshot>,
+    pub attribution: Option<Attribution>,
+    pub badness: Option<Badness>,
+    pub verdict: Verdict,
     pub trigger_pid: u32,
     pub trigger_tid: u32,
     pub trigger_comm: String,
     pub trigger_cgroup: Option<CgroupRef>,
+    /// Marked as a victim while already exiting: the kernel sent no kill.
+    pub victim_exiting: bool,
     pub read_error: bool,
 }
 
@@ -61,33 +98,66 @@ fn limit_bytes(pages: u64, page_size: u64) -> Option<u64> {
     (bytes < (1 << 62)).then_some(bytes)
 }
 
+#[derive(Debug, Clone)]
+pub struct EnrichOptions {
+    /// Working-set alert threshold as a fraction of the limit, for the verdict.
+    pub ws_alert_ratio: f64,
+    pub bundles: BundleRoots,
+}
+
+impl Default for EnrichOptions {
+    fn default() -> Self {
+        Self {
+            ws_alert_ratio: 0.9,
+            bundles: BundleRoots::default(),
+        }
+    }
+}
+
 /// Builds [`OomKill`]s; owns what enrichment needs across events.
 pub struct Enricher {
     paths: Option<CgroupPaths>,
     page_size: u64,
     seq: u64,
+    opts: EnrichOptions,
+    /// Container id -> names, kept after the container is gone.
+    names: HashMap<String, Option<K8sNames>>,
+    /// Kills reported per victim cgroup path (exiting victims excluded), for reconciliation.
+    pub kills_by_cgroup: HashMap<String, u64>,
 }
 
 impl Enricher {
-    pub fn new(paths: Option<CgroupPaths>) -> Self {
+    pub fn new(paths: Option<CgroupPaths>, opts: EnrichOptions) -> Self {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         Self {
             paths,
             page_size,
             seq: 0,
+            opts,
+            names: HashMap::new(),
+            kills_by_cgroup: HashMap::new(),
         }
     }
 
+    pub fn paths(&self) -> Option<&CgroupPaths> {
+        self.paths.as_ref()
+    }
+
+    pub fn paths_mut(&mut self) -> Option<&mut CgroupPaths> {
+        self.paths.as_mut()
+    }
+
     fn cgroup(&mut self, id: Option<u64>, pid: u32) -> Option<CgroupRef> {
-        let paths = self.paths.as_mut()?;
         if let Some(id) = id {
+            let path = self.paths.as_mut().and_then(|p| p.resolve(id));
             return Some(CgroupRef {
                 id: Some(id),
-                path: paths.resolve(id),
+                path,
                 source: PathSource::Kernel,
             });
         }
+        let paths = self.paths.as_mut()?;
         // No id from the kernel (plain tracepoint, victim is not the current task): ask /proc
         // while the victim still exists. A task already in do_exit() has been moved to the root
         // css_set (kernel/cgroup/cgroup.c cgroup_exit), so "/" is not trusted: better no path
@@ -99,6 +169,33 @@ impl Enricher {
             path,
             source: PathSource::Procfs,
         })
+    }
+
+    fn snapshot(&self, path: &str) -> Option<Snapshot> {
+        let paths = self.paths.as_ref()?;
+        let h = paths.hierarchy();
+        Some(match read_memory_stats(&h.dir(path), h.version) {
+            Ok(s) => Snapshot::Read(Box::new(s)),
+            Err(e) => Snapshot::Failed(e.to_string()),
+        })
+    }
+
+    fn attribute(&mut self, path: &str) -> Option<Attribution> {
+        let mut a = attribution::parse_cgroup_path(path);
+        if let Some(id) = a.container_id.clone() {
+            let names =
+                self.names
+                    .entry(id)
+                    .or_insert_with_key(|id| match self.opts.bundles.lookup_names(id) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            log::warn!("container {id}: {e}");
+                            None
+                        }
+                    });
+            a.names = names.clone();
+        }
+        (a != Attribution::default()).then_some(a)
     }
 
     pub fn enrich(&mut self, r: VictimRecord) -> OomKill {
@@ -115,6 +212,60 @@ impl Enricher {
         };
         let cgroup = self.cgroup(r.victim_memcg_id, r.victim_pid);
         let trigger_cgroup = self.cgroup(r.trigger_memcg_id, r.trigger_pid);
+        let oom_cgroup = r.oom_memcg.and_then(|m| {
+            let cgroup = self.cgroup(Some(m.id), 0)?;
+            Some(OomCgroup {
+                cgroup,
+                usage_bytes: m.usage_pages.saturating_mul(page),
+                limit_bytes: m.limit_pages.saturating_mul(page),
+                depth: m.depth,
+            })
+        });
+        let victim_path = cgroup.as_ref().and_then(|c| c.path.clone());
+        let snap_path = oom_cgroup
+            .as_ref()
+            .and_then(|o| o.cgroup.path.clone())
+            .or_else(|| victim_path.clone());
+        let snapshot = snap_path.as_deref().and_then(|p| self.snapshot(p));
+        let attribution = victim_path.as_deref().and_then(|p| self.attribute(p));
+        if let Some(p) = &victim_path
+            && !r.victim_exiting
+        {
+            *self.kills_by_cgroup.entry(p.clone()).or_default() += 1;
+        }
+
+        let badness = r.rss_kb.map(|rss| {
+            let rss_pages = kb(rss.anon + rss.file + rss.shmem) / page;
+            let totalpages = match &oom_cgroup {
+                Some(o) => {
+                    o.limit_bytes / page
+                        + swap_pages_usable(snapshot.as_ref().and_then(Snapshot::stats), page)
+                }
+                None => machine_pages(page),
+            };
+            diagnosis::badness(
+                rss_pages,
+                r.swap_pages.unwrap_or(0),
+                r.pgtables_kb.map_or(0, |k| kb(k) / page),
+                r.oom_score_adj.unwrap_or(0),
+                totalpages,
+            )
+        });
+        let oom_path = oom_cgroup
+            .as_ref()
+            .map(|o| o.cgroup.path.as_deref().unwrap_or("?"));
+        let verdict = diagnosis::verdict(&Facts {
+            victim_is_trigger: r.trigger_tgid == tgid,
+            victim_anon: r.rss_kb.map_or(0, |x| kb(x.anon)),
+            victim_shmem: r.rss_kb.map_or(0, |x| kb(x.shmem)),
+            oom_cgroup: oom_cgroup
+                .as_ref()
+                .zip(oom_path)
+                .map(|(o, p)| (p, o.usage_bytes, o.limit_bytes)),
+            post_kill: snapshot.as_ref().and_then(Snapshot::stats),
+            ws_alert_ratio: self.opts.ws_alert_ratio,
+        });
+
         OomKill {
             seq: self.seq,
             time: clock::wall_time(r.ktime_boot_ns),
@@ -134,13 +285,42 @@ impl Enricher {
             cgroup,
             memcg_usage_bytes: usage,
             memcg_limit_bytes: limit,
+            oom_cgroup,
+            snapshot,
+            attribution,
+            badness,
+            verdict,
             trigger_pid: r.trigger_tgid,
             trigger_tid: r.trigger_pid,
             trigger_comm: r.trigger_comm,
             trigger_cgroup,
+            victim_exiting: r.victim_exiting,
             read_error: r.read_error,
         }
     }
+}
+
+/// Swap the memcg may use, for totalpages (mm/memcontrol.c mem_cgroup_get_max): min(swap
+/// limit, swap on the machine). Zero without swap.
+fn swap_pages_usable(stats: Option<&MemoryStats>, page: u64) -> u64 {
+    let total = meminfo_kb("SwapTotal:").unwrap_or(0).saturating_mul(1024) / page;
+    let limit = stats.and_then(|s| s.swap_limit).map_or(u64::MAX, |b| b / page);
+    total.min(limit)
+}
+
+/// RAM + swap in pages: totalpages of a global OOM.
+fn machine_pages(page: u64) -> u64 {
+    let kb = meminfo_kb("MemTotal:")
+        .unwrap_or(0)
+        .saturating_add(meminfo_kb("SwapTotal:").unwrap_or(0));
+    kb.saturating_mul(1024) / page
+}
+
+fn meminfo_kb(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn proc_tgid(pid: u32) -> Option<u32> {
@@ -154,7 +334,7 @@ fn proc_tgid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::RssKb;
+    use crate::event::{OomMemcg, RssKb};
 
     fn record() -> VictimRecord {
         VictimRecord {
@@ -179,13 +359,20 @@ mod tests {
             pgtables_kb: Some(8),
             oom_score_adj: Some(0),
             memcg_pages: Some((16_384, u64::MAX / 4096)),
+            oom_memcg: Some(OomMemcg {
+                id: 5,
+                usage_pages: 16_384,
+                limit_pages: 16_384,
+                depth: 0,
+            }),
+            victim_exiting: false,
             read_error: false,
         }
     }
 
     #[test]
-    fn units_and_sequence() {
-        let mut e = Enricher::new(None);
+    fn units_sequence_and_verdict() {
+        let mut e = Enricher::new(None, EnrichOptions::default());
         let k = e.enrich(record());
         assert_eq!((k.seq, k.pid, k.tid), (1, 10, 11));
         assert_eq!(k.anon_rss_bytes, Some(64 * 1024));
@@ -193,6 +380,7 @@ mod tests {
         assert_eq!(k.swap_bytes, Some(3 * e.page_size));
         assert_eq!(k.memcg_usage_bytes, Some(16_384 * e.page_size));
         assert_eq!(k.memcg_limit_bytes, None, "PAGE_COUNTER_MAX is no limit");
+        assert!(k.verdict.victim_is_trigger);
         assert_eq!(e.enrich(record()).seq, 2);
     }
 }

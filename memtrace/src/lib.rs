@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod diagnosis;
 pub mod event;
 pub mod hooks;
 pub mod kernel_btf;

@@ -7,18 +7,39 @@ use std::{
 
 use crate::TestCgroup;
 
-/// Appends 1 MiB bytearrays until the OOM killer stops it (the brief's verified allocator).
-pub const ALLOCATE_FOREVER: &str = "a=[]\nwhile True: a.append(bytearray(1<<20))";
+/// The test allocator binary (src/bin/memtrace-alloc.rs): `$MEMTRACE_ALLOC`, else next to the
+/// test executables.
+pub fn alloc_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("MEMTRACE_ALLOC") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/memtrace-alloc
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("memtrace-alloc"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not built: cargo build -p memtrace-tests --bins",
+        bin.display()
+    );
+    bin
+}
 
-/// Starts `python3 -c script` inside `cg`: the child joins the cgroup between fork and exec.
-pub fn python_in(cg: &TestCgroup, script: &str, oom_score_adj: Option<i32>) -> Child {
+/// The allocator's comm, as the kernel reports it.
+pub const ALLOC_COMM: &str = "memtrace-alloc";
+
+/// Starts `memtrace-alloc args...` inside `cg`: the child joins the cgroup between fork and
+/// exec, so everything it allocates is charged there.
+pub fn alloc_in(cg: &TestCgroup, args: &[&str], oom_score_adj: Option<i32>) -> Child {
     let procs = cg.procs_file();
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(script)
+    let mut cmd = Command::new(alloc_bin());
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::inherit());
     // SAFETY: only async-signal-safe work between fork and exec: open/write/close via std::fs
     // allocate, so write the pid with raw syscalls.
     unsafe {
@@ -30,7 +51,15 @@ pub fn python_in(cg: &TestCgroup, script: &str, oom_score_adj: Option<i32>) -> C
             Ok(())
         });
     }
-    cmd.spawn().expect("spawn python3")
+    cmd.spawn().expect("spawn memtrace-alloc")
+}
+
+/// Waits for the child's "ready" line.
+pub fn wait_ready(child: &mut Child) {
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("piped stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read ready");
+    assert_eq!(line.trim(), "ready", "allocator did not get ready");
 }
 
 fn join_cgroup(procs: &std::path::Path) -> std::io::Result<()> {

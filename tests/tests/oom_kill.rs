@@ -20,7 +20,7 @@ fn allocator_is_reported(variant: Option<&str>, tag: &str) {
     }
     let mut w = Watcher::start(&args);
     let cg = TestCgroup::new(tag, LIMIT);
-    let mut child = procs::python_in(&cg, procs::ALLOCATE_FOREVER, None);
+    let mut child = procs::alloc_in(&cg, &["grow"], None);
     let pid = child.id();
     let status = child.wait().expect("wait allocator");
     assert_eq!(
@@ -32,7 +32,7 @@ fn allocator_is_reported(variant: Option<&str>, tag: &str) {
     let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
     eprintln!("event: {ev}");
     assert_eq!(field(&ev, "event.name"), "memtrace.oom_kill");
-    assert_eq!(field(&ev, "process.executable.name"), "python3");
+    assert_eq!(field(&ev, "process.executable.name"), procs::ALLOC_COMM);
     assert_eq!(field(&ev, "memtrace.cgroup.path"), cg.rel.as_str());
     assert_eq!(
         field(&ev, "memtrace.trigger.pid"),
@@ -115,19 +115,9 @@ fn oom_kill_reported_tracepoint() {
 fn bystander_is_named(variant: &str, tag: &str, exact_path: bool) {
     let mut w = Watcher::start(&["--variant", variant]);
     let cg = TestCgroup::new(tag, LIMIT);
-    let mut idle = procs::python_in(
-        &cg,
-        "import sys,time\nb=bytearray(40<<20)\nfor i in range(0,len(b),4096): b[i]=1\nprint('ready',flush=True)\ntime.sleep(600)",
-        Some(1000),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(idle.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("idle ready");
-    assert_eq!(line.trim(), "ready");
-    let mut alloc = procs::python_in(&cg, procs::ALLOCATE_FOREVER, None);
+    let mut idle = procs::alloc_in(&cg, &["hold", "40"], Some(1000));
+    procs::wait_ready(&mut idle);
+    let mut alloc = procs::alloc_in(&cg, &["grow"], None);
     let (idle_pid, alloc_pid) = (idle.id(), alloc.id());
 
     let ev = w.next_event(WAIT, |v| v["process.pid"] == idle_pid);

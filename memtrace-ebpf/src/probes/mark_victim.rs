@@ -108,6 +108,13 @@ fn fill_memcg(rec: &mut OomVictimRecord, task: *const u8) -> bool {
         }
         Err(_) => ok = false,
     }
+    if let Some((id, usage, limit, depth)) = kernel::oom_memcg(memcg) {
+        rec.oom_memcg_id = id;
+        rec.oom_memcg_usage_pages = usage;
+        rec.oom_memcg_limit_pages = limit;
+        rec.oom_memcg_depth = depth;
+        rec.flags |= flags::HAS_OOM_MEMCG;
+    }
     ok
 }
 
@@ -138,6 +145,9 @@ fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: 
         ok = false;
     }
     ok &= fill_memcg(rec, task);
+    if kernel::task_exiting(task) {
+        rec.flags |= flags::VICTIM_EXITING;
+    }
     if let Ok(signal) = read::<*const u8>(task, off!(task_signal))
         && let Ok(adj) = read::<i16>(signal, off!(signal_oom_score_adj))
     {

@@ -12,14 +12,17 @@ use std::{
 
 use super::MemoryHierarchy;
 
-/// Re-walks the tree on a miss at most this often, so a flood of unknown ids stays cheap.
-const RESCAN_EVERY: Duration = Duration::from_millis(50);
+/// An id still unknown after a walk is not walked for again for this long, so a flood of
+/// unknown ids stays cheap; a new id always gets one walk.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+const NEGATIVE_MAX: usize = 4096;
 
 #[derive(Debug)]
 pub struct CgroupPaths {
     hierarchy: MemoryHierarchy,
     by_id: HashMap<u64, String>,
-    last_scan: Option<Instant>,
+    /// Ids not found by the last walk, and when.
+    unknown: HashMap<u64, Instant>,
 }
 
 impl CgroupPaths {
@@ -27,7 +30,7 @@ impl CgroupPaths {
         let mut s = Self {
             hierarchy,
             by_id: HashMap::new(),
-            last_scan: None,
+            unknown: HashMap::new(),
         };
         s.rescan();
         s
@@ -42,10 +45,18 @@ impl CgroupPaths {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
-        if self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
-            self.rescan();
+        if self.unknown.get(&id).is_some_and(|t| t.elapsed() < NEGATIVE_TTL) {
+            return None;
         }
-        self.by_id.get(&id).cloned()
+        self.rescan();
+        let found = self.by_id.get(&id).cloned();
+        if found.is_none() {
+            if self.unknown.len() >= NEGATIVE_MAX {
+                self.unknown.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
+            }
+            self.unknown.insert(id, Instant::now());
+        }
+        found
     }
 
     /// Records a path learnt elsewhere (e.g. /proc/<pid>/cgroup).
@@ -56,7 +67,6 @@ impl CgroupPaths {
     /// Walks the hierarchy. Directories that vanish during the walk are skipped; cached
     /// entries for removed cgroups are kept.
     pub fn rescan(&mut self) {
-        self.last_scan = Some(Instant::now());
         let root = self.hierarchy.root.clone();
         let mut stack = vec![(root.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {

@@ -10,11 +10,12 @@ use tokio::{
 };
 
 use crate::{
+    attribution::BundleRoots,
     cgroup::{CgroupPaths, MemoryHierarchy},
     cli::WatchArgs,
     clock,
     event::VictimRecord,
-    kill::Enricher,
+    kill::{EnrichOptions, Enricher},
     output::{Format, json, text},
     tracer::{KernelCounters, Tracer, TracerOptions},
 };
@@ -42,7 +43,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let mut enricher = Enricher::new(paths);
+    let mut opts = EnrichOptions {
+        ws_alert_ratio: args.ws_alert_ratio,
+        ..EnrichOptions::default()
+    };
+    if !args.oci_bundles.is_empty() {
+        opts.bundles = BundleRoots(args.oci_bundles.clone());
+    }
+    let mut enricher = Enricher::new(paths, opts);
     let host = hostname();
     let via: Vec<String> = tracer
         .hooks

@@ -3,7 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{clock, kill::OomKill};
+use crate::{
+    clock,
+    kill::{OomKill, Snapshot},
+};
 
 /// Inserts `key: value` unless the value is `None`.
 struct Obj(Map<String, Value>);
@@ -69,6 +72,60 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             k.trigger_cgroup.as_ref().and_then(|c| c.path.clone()),
         )
         .put("memtrace.trigger.is_victim", k.trigger_pid == k.pid);
+    if let Some(oc) = &k.oom_cgroup {
+        o.opt("memtrace.oom_cgroup.path", oc.cgroup.path.clone())
+            .opt("memtrace.oom_cgroup.id", oc.cgroup.id)
+            .put("memtrace.oom_cgroup.depth", oc.depth)
+            .put("memtrace.oom_cgroup.usage_bytes", oc.usage_bytes)
+            .put("memtrace.oom_cgroup.limit_bytes", oc.limit_bytes);
+    }
+    match &k.snapshot {
+        Some(Snapshot::Read(s)) => {
+            o.put("memtrace.snapshot.when", "post_kill")
+                .put("memtrace.snapshot.usage_bytes", s.usage)
+                .put("memtrace.snapshot.working_set_bytes", s.working_set())
+                .opt("memtrace.snapshot.limit_bytes", s.limit)
+                .put("memtrace.snapshot.anon_bytes", s.anon)
+                .put("memtrace.snapshot.file_bytes", s.file)
+                .put("memtrace.snapshot.inactive_file_bytes", s.inactive_file)
+                .put("memtrace.snapshot.shmem_bytes", s.shmem)
+                .opt("memtrace.snapshot.kernel_bytes", s.kernel)
+                .opt("memtrace.snapshot.swap_bytes", s.swap_usage)
+                .opt("memtrace.snapshot.oom_kills", s.oom_kills);
+        }
+        Some(Snapshot::Failed(e)) => {
+            o.put("memtrace.snapshot.error", e.clone());
+        }
+        None => {}
+    }
+    if let Some(b) = &k.badness {
+        o.put("memtrace.badness.points", b.points)
+            .put("memtrace.badness.rss_pages", b.rss_pages)
+            .put("memtrace.badness.swap_pages", b.swap_pages)
+            .put("memtrace.badness.pgtables_pages", b.pgtables_pages)
+            .put("memtrace.badness.adj_points", b.adj_points)
+            .put("memtrace.badness.totalpages", b.totalpages);
+    }
+    let v = &k.verdict;
+    o.put("memtrace.verdict", v.summary.clone())
+        .put("memtrace.constraint", json!(v.constraint))
+        .put("memtrace.filled_by", json!(v.filled_by))
+        .opt("memtrace.working_set_ratio", v.working_set_ratio)
+        .opt("memtrace.ws_alert_would_fire", v.ws_alert_would_fire);
+    if let Some(a) = &k.attribution {
+        let names = a.names.as_ref();
+        o.opt("container.id", a.container_id.clone())
+            .opt("container.runtime", a.runtime.map(|r| json!(r)))
+            .opt("k8s.pod.uid", a.pod_uid.clone())
+            .opt("k8s.pod.qos_class", a.qos.map(|q| json!(q)))
+            .opt("k8s.namespace.name", names.and_then(|n| n.namespace.clone()))
+            .opt("k8s.pod.name", names.and_then(|n| n.pod.clone()))
+            .opt("k8s.container.name", names.and_then(|n| n.container.clone()))
+            .opt("memtrace.systemd_unit", a.systemd_unit.clone());
+    }
+    if k.victim_exiting {
+        o.put("memtrace.victim.exiting", true);
+    }
     if k.read_error {
         o.put("memtrace.read_error", true);
     }
@@ -108,6 +165,12 @@ mod tests {
             }),
             memcg_usage_bytes: Some(1 << 26),
             memcg_limit_bytes: Some(1 << 26),
+            oom_cgroup: None,
+            snapshot: None,
+            attribution: None,
+            badness: None,
+            verdict: crate::diagnosis::verdict(&crate::diagnosis::Facts::default()),
+            victim_exiting: false,
             trigger_pid: 10,
             trigger_tid: 11,
             trigger_comm: "python3".into(),

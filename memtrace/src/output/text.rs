@@ -57,6 +57,26 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
             k.trigger_pid, k.trigger_comm
         );
     }
+    if let Some(a) = &k.attribution {
+        let names = a.names.as_ref();
+        if let Some(pod) = names.and_then(|n| n.pod.as_deref()) {
+            let ns = names.and_then(|n| n.namespace.as_deref()).unwrap_or("?");
+            let ctr = names.and_then(|n| n.container.as_deref()).unwrap_or("?");
+            let _ = write!(s, " | pod {ns}/{pod} container {ctr}");
+        } else if let Some(uid) = &a.pod_uid {
+            let _ = write!(s, " | pod uid {uid}");
+        }
+        if let Some(id) = &a.container_id {
+            let _ = write!(s, " id {}", &id[..id.len().min(12)]);
+        }
+    }
+    if let Some(b) = &k.badness {
+        let _ = write!(s, " | badness {} (totalpages {})", b.points, b.totalpages);
+    }
     let _ = write!(s, " | {} +{:.1}ms", k.hook.as_str(), emit_delay_ns as f64 / 1e6);
+    let _ = write!(s, "\n    why: {}", k.verdict.summary);
+    if k.victim_exiting {
+        let _ = write!(s, " (victim was already exiting: marked, not killed)");
+    }
     s
 }

@@ -1,0 +1,268 @@
+//! Why a task was killed: the kernel's badness score recomputed, and a one-line verdict.
+//! Pure functions of what the kernel reported at the kill and the cgroup snapshot read just
+//! after it, so they are tested without a kernel.
+
+use serde::Serialize;
+
+use crate::{cgroup::MemoryStats, output::human_bytes};
+
+/// `oom_score_adj` value that exempts a task from the OOM killer.
+pub const OOM_SCORE_ADJ_MIN: i32 = -1000;
+
+/// The victim's score as mm/oom_kill.c `oom_badness()` computes it:
+/// `rss + swap entries + page-table pages + oom_score_adj * (totalpages / 1000)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Badness {
+    pub points: i64,
+    pub rss_pages: u64,
+    pub swap_pages: u64,
+    pub pgtables_pages: u64,
+    pub adj_points: i64,
+    /// The size of the OOM domain in pages (the memcg's limit, plus usable swap, for a memcg
+    /// OOM; RAM + swap for a global one). Not the victim's size.
+    pub totalpages: u64,
+}
+
+pub fn badness(
+    rss_pages: u64,
+    swap_pages: u64,
+    pgtables_pages: u64,
+    oom_score_adj: i32,
+    totalpages: u64,
+) -> Badness {
+    let base = rss_pages
+        .saturating_add(swap_pages)
+        .saturating_add(pgtables_pages);
+    // The kernel divides totalpages by 1000 first (integer arithmetic): keep that rounding.
+    let adj_points =
+        i64::from(oom_score_adj).saturating_mul(i64::try_from(totalpages / 1000).unwrap_or(i64::MAX));
+    let points = if oom_score_adj == OOM_SCORE_ADJ_MIN {
+        i64::MIN // the kernel returns LONG_MIN: never chosen
+    } else {
+        i64::try_from(base).unwrap_or(i64::MAX).saturating_add(adj_points)
+    };
+    Badness {
+        points,
+        rss_pages,
+        swap_pages,
+        pgtables_pages,
+        adj_points,
+        totalpages,
+    }
+}
+
+/// Which limit was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// A memory cgroup reached its limit.
+    Memcg,
+    /// No cgroup was at its limit: the machine ran out of memory.
+    Global,
+}
+
+/// What filled the memory that ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilledBy {
+    Anon,
+    Shmem,
+    PageCache,
+    Kernel,
+    Unknown,
+}
+
+impl FilledBy {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Anon => "anonymous memory (heap/stack growth)",
+            Self::Shmem => "shmem/tmpfs (files in memory that no kill frees)",
+            Self::PageCache => "page cache that could not be reclaimed",
+            Self::Kernel => "kernel memory (slab, sockets, page tables)",
+            Self::Unknown => "unknown contents",
+        }
+    }
+}
+
+/// Everything the verdict is computed from. Sizes in bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Facts<'a> {
+    pub victim_is_trigger: bool,
+    pub victim_anon: u64,
+    pub victim_shmem: u64,
+    /// The OOM cgroup (memcg OOM) with its usage and limit at the kill, from the kernel.
+    pub oom_cgroup: Option<(&'a str, u64, u64)>,
+    /// The OOM cgroup's (or, in a global OOM, the victim's cgroup's) stats after the kill.
+    pub post_kill: Option<&'a MemoryStats>,
+    /// Fraction of the limit at which a working-set alert fires (e.g. 0.9).
+    pub ws_alert_ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub constraint: Constraint,
+    pub filled_by: FilledBy,
+    pub victim_is_trigger: bool,
+    /// Working set (usage - inactive_file) over the limit at the kill; usage is the kernel's
+    /// at the kill, inactive_file from the snapshot just after.
+    pub working_set_ratio: Option<f64>,
+    /// Whether an alert on working set >= `ws_alert_ratio` x limit would have fired.
+    pub ws_alert_would_fire: Option<bool>,
+    pub summary: String,
+}
+
+/// The largest of what filled the cgroup. The victim's anon memory is freed by the kill, so
+/// anon is the larger of the snapshot's and the victim's own at the kill; shmem and page cache
+/// outlive the kill and are read from the snapshot.
+fn filled_by(f: &Facts<'_>) -> FilledBy {
+    let Some(s) = f.post_kill else {
+        return if f.victim_anon > 0 {
+            FilledBy::Anon
+        } else {
+            FilledBy::Unknown
+        };
+    };
+    let anon = s.anon.max(f.victim_anon);
+    let shmem = s.shmem.max(f.victim_shmem);
+    // v1 cache and v2 file both include shmem.
+    let cache = s.file.saturating_sub(s.shmem);
+    let kernel = s.kernel.unwrap_or(0);
+    let parts = [
+        (anon, FilledBy::Anon),
+        (shmem, FilledBy::Shmem),
+        (cache, FilledBy::PageCache),
+        (kernel, FilledBy::Kernel),
+    ];
+    parts
+        .into_iter()
+        .filter(|(v, _)| *v > 0)
+        .max_by_key(|(v, _)| *v)
+        .map_or(FilledBy::Unknown, |(_, k)| k)
+}
+
+pub fn verdict(f: &Facts<'_>) -> Verdict {
+    let constraint = if f.oom_cgroup.is_some() {
+        Constraint::Memcg
+    } else {
+        Constraint::Global
+    };
+    let filled = filled_by(f);
+    let (working_set_ratio, ws_alert_would_fire) = match (f.oom_cgroup, f.post_kill) {
+        (Some((_, usage, limit)), Some(s)) if limit > 0 => {
+            let ratio = usage.saturating_sub(s.inactive_file) as f64 / limit as f64;
+            (Some(ratio), Some(ratio >= f.ws_alert_ratio))
+        }
+        _ => (None, None),
+    };
+    let mut summary = match f.oom_cgroup {
+        Some((path, _, limit)) => format!("memcg OOM: {path} hit its {} limit", human_bytes(limit)),
+        None => "global OOM: no cgroup was at its limit, the machine ran out of memory".to_owned(),
+    };
+    summary.push_str(&format!("; filled by {}", filled.describe()));
+    summary.push_str(if f.victim_is_trigger {
+        "; the victim triggered it"
+    } else {
+        "; the victim was a bystander (another task's allocation triggered it)"
+    });
+    if let (Some(r), Some(fire)) = (working_set_ratio, ws_alert_would_fire) {
+        summary.push_str(&format!(
+            "; working set was {:.0}% of the limit: a {:.0}% working-set alert {}",
+            r * 100.0,
+            f.ws_alert_ratio * 100.0,
+            if fire {
+                "would have fired"
+            } else {
+                "would NOT have fired"
+            }
+        ));
+    }
+    Verdict {
+        constraint,
+        filled_by: filled,
+        victim_is_trigger: f.victim_is_trigger,
+        working_set_ratio,
+        ws_alert_would_fire,
+        summary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn badness_matches_the_kernel_formula() {
+        // 64 MiB limit = 16384 pages; totalpages / 1000 = 16 (integer division first).
+        let b = badness(16_000, 10, 40, 500, 16_384);
+        assert_eq!(b.adj_points, 500 * 16);
+        assert_eq!(b.points, 16_050 + 8_000);
+        assert_eq!(badness(100, 0, 0, -999, 16_384).points, 100 - 999 * 16);
+        assert_eq!(badness(100, 0, 0, OOM_SCORE_ADJ_MIN, 16_384).points, i64::MIN);
+        assert_eq!(badness(u64::MAX, u64::MAX, 1, 1000, u64::MAX).points, i64::MAX);
+    }
+
+    fn stats(anon: u64, file: u64, shmem: u64, inactive_file: u64) -> MemoryStats {
+        MemoryStats {
+            anon,
+            file,
+            shmem,
+            inactive_file,
+            kernel: Some(1 << 20),
+            ..MemoryStats::default()
+        }
+    }
+
+    #[test]
+    fn anon_vs_tmpfs_vs_cache() {
+        let mib = 1u64 << 20;
+        let anon_after = stats(mib, 2 * mib, 0, mib);
+        let f = Facts {
+            victim_is_trigger: true,
+            victim_anon: 63 * mib,
+            oom_cgroup: Some(("/a", 64 * mib, 64 * mib)),
+            post_kill: Some(&anon_after),
+            ws_alert_ratio: 0.9,
+            ..Facts::default()
+        };
+        let v = verdict(&f);
+        assert_eq!((v.constraint, v.filled_by), (Constraint::Memcg, FilledBy::Anon));
+        assert_eq!(v.ws_alert_would_fire, Some(true));
+        assert!(
+            v.summary
+                .starts_with("memcg OOM: /a hit its 64.0 MiB limit; filled by anonymous"),
+            "{}",
+            v.summary
+        );
+
+        let tmpfs = stats(mib, 60 * mib, 58 * mib, 0);
+        let v = verdict(&Facts {
+            victim_anon: 3 * mib,
+            post_kill: Some(&tmpfs),
+            ..f.clone()
+        });
+        assert_eq!(v.filled_by, FilledBy::Shmem);
+
+        // Mostly inactive page cache: the working-set alert would not have fired.
+        let cache = stats(mib, 62 * mib, 0, 40 * mib);
+        let v = verdict(&Facts {
+            victim_anon: mib,
+            post_kill: Some(&cache),
+            ..f.clone()
+        });
+        assert_eq!(v.filled_by, FilledBy::PageCache);
+        assert_eq!(v.ws_alert_would_fire, Some(false));
+        assert!(v.summary.contains("would NOT have fired"));
+    }
+
+    #[test]
+    fn global_and_bystander() {
+        let v = verdict(&Facts {
+            victim_is_trigger: false,
+            victim_anon: 1,
+            ..Facts::default()
+        });
+        assert_eq!(v.constraint, Constraint::Global);
+        assert!(v.summary.contains("bystander"));
+        assert_eq!(v.working_set_ratio, None);
+    }
+}

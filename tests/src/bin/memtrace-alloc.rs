@@ -1,0 +1,60 @@
+//! The test allocator: a small static-free program with a known allocating function, so tests
+//! need no interpreter (the VM images have none) and stack tests can look for its name.
+//!
+//! memtrace-alloc grow [CHUNK_MIB]      allocate and touch CHUNK_MIB (default 1) forever
+//! memtrace-alloc hold MIB              allocate and touch MIB, print "ready", sleep
+//! memtrace-alloc shm PATH MIB          write MIB to a tmpfs file, print "ready", sleep
+
+use std::{hint::black_box, io::Write as _, time::Duration};
+
+/// Allocates `bytes` and touches every page, so the memory is charged now.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn memtrace_test_allocate_chunk(bytes: usize) -> *mut u8 {
+    let mut v = vec![0u8; bytes];
+    for i in (0..bytes).step_by(4096) {
+        v[i] = 1;
+    }
+    black_box(Box::leak(v.into_boxed_slice()).as_mut_ptr())
+}
+
+fn ready_then_sleep() -> ! {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn mib(arg: Option<String>, default: usize) -> usize {
+    arg.and_then(|a| a.parse().ok()).unwrap_or(default) << 20
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("grow") => {
+            let chunk = mib(args.next(), 1);
+            loop {
+                memtrace_test_allocate_chunk(chunk);
+            }
+        }
+        Some("hold") => {
+            memtrace_test_allocate_chunk(mib(args.next(), 16));
+            ready_then_sleep()
+        }
+        Some("shm") => {
+            let path = args.next().unwrap_or_else(|| "/dev/shm/memtrace-test".into());
+            let data = vec![7u8; mib(args.next(), 16)];
+            if let Err(e) = std::fs::write(&path, data) {
+                eprintln!("memtrace-alloc: {path}: {e}");
+                std::process::exit(1);
+            }
+            ready_then_sleep()
+        }
+        _ => {
+            eprintln!("usage: memtrace-alloc grow [CHUNK_MIB] | hold MIB | shm PATH MIB");
+            std::process::exit(2);
+        }
+    }
+}
