@@ -120,9 +120,32 @@ impl MarkVictimTpLayout {
     }
 }
 
+/// Field offsets of the `cgroup:cgroup_mkdir` tracepoint record, from tracefs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupMkdirTpLayout {
+    pub root: u32,
+    pub level: u32,
+    pub id: u32,
+    /// `__data_loc char[] path`.
+    pub path: u32,
+}
+
+impl CgroupMkdirTpLayout {
+    pub const fn absent() -> Self {
+        Self {
+            root: ABSENT,
+            level: ABSENT,
+            id: ABSENT,
+            path: ABSENT,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are #[repr(C)] structs of u32 only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::MarkVictimTpLayout {}
+    unsafe impl aya::Pod for super::CgroupMkdirTpLayout {}
 }

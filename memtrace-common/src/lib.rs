@@ -6,6 +6,7 @@
 //! hand the layouts to the programs as global variables.
 #![no_std]
 
+pub mod cgroup;
 pub mod counters;
 pub mod layout;
 pub mod oom;

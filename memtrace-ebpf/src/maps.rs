@@ -11,6 +11,10 @@ use memtrace_common::counters::COUNTERS_LEN;
 #[map]
 pub static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// cgroup creation records (rare, small): id -> path before any kill needs it.
+#[map]
+pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
 /// Per-CPU event counters, indexed by `memtrace_common::counters`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);

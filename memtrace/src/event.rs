@@ -5,7 +5,10 @@
 //! the `flags` bits decide which fields are meaningful.
 
 use bytes::Buf;
-use memtrace_common::oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, flags};
+use memtrace_common::{
+    cgroup::{CGROUP_MKDIR_RECORD_LEN, CGROUP_PATH_LEN, KIND_CGROUP_MKDIR, flags as cgroup_flags},
+    oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, flags},
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +169,45 @@ impl TryFrom<&[u8]> for VictimRecord {
     }
 }
 
+/// A cgroup was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupCreated {
+    /// Hierarchy id (0: the cgroup2 default hierarchy).
+    pub root: u32,
+    pub id: u64,
+    /// Relative to the hierarchy root; `None` when the kernel's path did not fit.
+    pub path: Option<String>,
+}
+
+impl TryFrom<&[u8]> for CgroupCreated {
+    type Error = DecodeError;
+
+    fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
+        if raw.len() != CGROUP_MKDIR_RECORD_LEN {
+            return Err(DecodeError::Length {
+                got: raw.len(),
+                want: CGROUP_MKDIR_RECORD_LEN,
+            });
+        }
+        let mut b = raw;
+        let kind = b.get_u32_le();
+        if kind != KIND_CGROUP_MKDIR {
+            return Err(DecodeError::Kind(kind));
+        }
+        let f = b.get_u32_le();
+        let root = b.get_u32_le();
+        let _level = b.get_u32_le();
+        let id = b.get_u64_le();
+        let path = comm(&b[..CGROUP_PATH_LEN]);
+        let truncated = f & cgroup_flags::PATH_TRUNCATED != 0;
+        Ok(Self {
+            root,
+            id,
+            path: (!truncated && path.starts_with('/')).then_some(path),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use memtrace_common::oom::OomVictimRecord;
@@ -306,6 +348,32 @@ mod tests {
             VictimRecord::try_from(wire(&r).as_slice()),
             Err(DecodeError::Source(_))
         ));
+    }
+
+    #[test]
+    fn cgroup_mkdir_records() {
+        let mut v = Vec::new();
+        for x in [KIND_CGROUP_MKDIR, 0, 4, 1] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(&77u64.to_le_bytes());
+        let mut path = [0u8; CGROUP_PATH_LEN];
+        path[..6].copy_from_slice(b"/a/b/c");
+        v.extend_from_slice(&path);
+        let c = CgroupCreated::try_from(v.as_slice()).expect("decode");
+        assert_eq!(
+            c,
+            CgroupCreated {
+                root: 4,
+                id: 77,
+                path: Some("/a/b/c".into())
+            }
+        );
+        v[4] = cgroup_flags::PATH_TRUNCATED as u8;
+        assert_eq!(CgroupCreated::try_from(v.as_slice()).map(|c| c.path), Ok(None));
+        assert!(CgroupCreated::try_from(&v[..10]).is_err());
+        v[0] = 9;
+        assert_eq!(CgroupCreated::try_from(v.as_slice()), Err(DecodeError::Kind(9)));
     }
 
     #[test]

@@ -56,28 +56,42 @@ pub struct Hook {
 }
 
 /// Every hook memtrace knows, and its variants in order of preference.
-pub const HOOKS: &[Hook] = &[Hook {
-    name: "oom_victim",
-    what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
-    required: true,
-    variants: &[
-        Variant {
-            program: "oom_victim_btf",
-            attach: Attach::TpBtf { event: "mark_victim" },
-        },
-        Variant {
-            program: "oom_victim_raw",
-            attach: Attach::RawTp { event: "mark_victim" },
-        },
-        Variant {
-            program: "oom_victim_tp",
-            attach: Attach::Tracepoint {
-                category: "oom",
-                name: "mark_victim",
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        name: "oom_victim",
+        what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
+        required: true,
+        variants: &[
+            Variant {
+                program: "oom_victim_btf",
+                attach: Attach::TpBtf { event: "mark_victim" },
             },
-        },
-    ],
-}];
+            Variant {
+                program: "oom_victim_raw",
+                attach: Attach::RawTp { event: "mark_victim" },
+            },
+            Variant {
+                program: "oom_victim_tp",
+                attach: Attach::Tracepoint {
+                    category: "oom",
+                    name: "mark_victim",
+                },
+            },
+        ],
+    },
+    Hook {
+        name: "cgroup_mkdir",
+        what: "cgroup id -> path as cgroups are created, so removed ones are still named",
+        required: false,
+        variants: &[Variant {
+            program: "cgroup_mkdir",
+            attach: Attach::Tracepoint {
+                category: "cgroup",
+                name: "cgroup_mkdir",
+            },
+        }],
+    },
+];
 
 pub fn hook(name: &str) -> Option<&'static Hook> {
     HOOKS.iter().find(|h| h.name == name)

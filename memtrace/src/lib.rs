@@ -12,5 +12,6 @@ pub mod kernel_btf;
 pub mod kill;
 pub mod output;
 pub mod privileges;
+pub mod reconcile;
 pub mod tracefs;
 pub mod tracer;

@@ -10,7 +10,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
 };
-use memtrace_common::counters;
+use memtrace_common::{counters, layout::CgroupMkdirTpLayout};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -64,6 +64,8 @@ pub struct KernelCounters {
     pub oom_ringbuf_full: u64,
     /// Records sent with some fields missing after a failed kernel read.
     pub oom_read_errors: u64,
+    /// cgroup_mkdir records lost to a full buffer (paths then come from rescans).
+    pub cgroup_ringbuf_full: u64,
 }
 
 pub struct Tracer {
@@ -71,13 +73,28 @@ pub struct Tracer {
     pub hooks: Vec<HookStatus>,
 }
 
-/// The OOM ring buffer, readable from tokio.
-pub type OomRing = AsyncFd<RingBuf<MapData>>;
+/// A ring buffer, readable from tokio.
+pub type AsyncRing = AsyncFd<RingBuf<MapData>>;
+
+/// The ring buffers userspace reads: OOM records on their own, so nothing delays them.
+pub struct Rings {
+    pub oom: AsyncRing,
+    /// Cgroup creations, when the cgroup_mkdir hook attached.
+    pub cgroups: Option<AsyncRing>,
+}
+
+fn async_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<AsyncRing, TracerError> {
+    let map = ebpf.take_map(name).ok_or(TracerError::MissingMap(name))?;
+    let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map { name, source })?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its lifetime.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| TracerError::Poll(e.into()))
+}
 
 impl Tracer {
     /// Checks privileges, resolves layouts, loads and attaches. Must run inside a tokio
     /// runtime (the ring buffer is registered with it).
-    pub fn start(opts: &TracerOptions) -> Result<(Self, OomRing), TracerError> {
+    pub fn start(opts: &TracerOptions) -> Result<(Self, Rings), TracerError> {
         Privileges::current().check()?;
         raise_memlock_rlimit();
         let kbtf = KernelBtf::from_sys()?;
@@ -90,12 +107,17 @@ impl Tracer {
         }
         let tracefs = Tracefs::locate()?;
         let tp_layout = tracefs.mark_victim_layout()?;
+        // Optional hook: without its layout the program fails to attach and is reported so.
+        let mkdir_layout = tracefs
+            .cgroup_mkdir_layout()
+            .unwrap_or(CgroupMkdirTpLayout::absent());
         let page_shift = page_shift();
 
         let mut loader = EbpfLoader::new();
         loader
             .override_global("KERNEL_LAYOUT", &resolved.layout, true)
             .override_global("MARK_VICTIM_TP", &tp_layout, true)
+            .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true);
         if let Some(bytes) = opts.oom_ring_bytes {
             loader.map_max_entries("OOM_EVENTS", bytes);
@@ -166,17 +188,16 @@ impl Tracer {
             hooks.push(status);
         }
 
-        let map = ebpf
-            .take_map("OOM_EVENTS")
-            .ok_or(TracerError::MissingMap("OOM_EVENTS"))?;
-        let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map {
-            name: "OOM_EVENTS",
-            source,
-        })?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its lifetime.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| TracerError::Poll(e.into()))?;
-        Ok((Self { ebpf, hooks }, ring))
+        let oom = async_ring(&mut ebpf, "OOM_EVENTS")?;
+        let mkdir_attached = hooks
+            .iter()
+            .any(|h| h.hook == "cgroup_mkdir" && h.selected.is_some());
+        let cgroups = if mkdir_attached {
+            Some(async_ring(&mut ebpf, "CGROUP_EVENTS")?)
+        } else {
+            None
+        };
+        Ok((Self { ebpf, hooks }, Rings { oom, cgroups }))
     }
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
@@ -199,6 +220,7 @@ impl Tracer {
             oom_seen: sum(counters::OOM_SEEN)?,
             oom_ringbuf_full: sum(counters::OOM_RINGBUF_FULL)?,
             oom_read_errors: sum(counters::OOM_READ_ERRORS)?,
+            cgroup_ringbuf_full: sum(counters::CGROUP_RINGBUF_FULL)?,
         })
     }
 

@@ -1,3 +1,4 @@
 //! One file per hook. Each program fills the same record types from `memtrace_common`.
 
+mod cgroup_mkdir;
 mod mark_victim;

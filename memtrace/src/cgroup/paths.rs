@@ -91,6 +91,11 @@ impl CgroupPaths {
         }
     }
 
+    /// Every known path (removed cgroups included).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.by_id.values().map(String::as_str)
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

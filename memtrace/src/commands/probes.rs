@@ -45,7 +45,7 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         try_all: true,
         ..TracerOptions::default()
     }) {
-        Ok((tracer, _ring)) => (tracer.hooks.clone(), None),
+        Ok((tracer, _rings)) => (tracer.hooks.clone(), None),
         Err(e) => (vec![], Some(e.to_string())),
     };
     let report = Report {

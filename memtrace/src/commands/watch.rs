@@ -14,10 +14,11 @@ use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     cli::WatchArgs,
     clock,
-    event::VictimRecord,
+    event::{CgroupCreated, VictimRecord},
     kill::{EnrichOptions, Enricher},
     output::{Format, json, text},
-    tracer::{KernelCounters, Tracer, TracerOptions},
+    reconcile::Reconciler,
+    tracer::{AsyncRing, KernelCounters, Rings, Tracer, TracerOptions},
 };
 
 /// How often the kernel counters are checked for lost events.
@@ -35,7 +36,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         oom_ring_bytes: args.oom_ring_bytes,
         try_all: false,
     };
-    let (tracer, mut ring) = Tracer::start(&opts)?;
+    let (tracer, rings) = Tracer::start(&opts)?;
+    let Rings {
+        oom: mut ring,
+        cgroups: mut cgroup_ring,
+    } = rings;
     let paths = match MemoryHierarchy::detect() {
         Ok(h) => Some(CgroupPaths::new(h)),
         Err(e) => {
@@ -70,31 +75,49 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
 
-    let mut emit = |r: VictimRecord, delivery: &mut Delivery| -> anyhow::Result<()> {
-        let kill = enricher.enrich(r);
-        let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
-        let line = match args.output {
-            Format::Text => text::event(&kill, delay),
-            Format::Json => json::event(&kill, &host, delay).to_string(),
+    let mut reconciler = enricher.paths().map(Reconciler::new);
+    let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
+    let mut reconciled_at = 0;
+
+    let mut emit =
+        |r: VictimRecord, enricher: &mut Enricher, delivery: &mut Delivery| -> anyhow::Result<()> {
+            let kill = enricher.enrich(r);
+            let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
+            let line = match args.output {
+                Format::Text => text::event(&kill, delay),
+                Format::Json => json::event(&kill, &host, delay).to_string(),
+            };
+            writeln!(stdout, "{line}")
+                .and_then(|()| stdout.flush())
+                .context("writing to stdout")?;
+            delivery.delivered += 1;
+            Ok(())
         };
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .context("writing to stdout")?;
-        delivery.delivered += 1;
-        Ok(())
-    };
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the OOM ring buffer")?;
+                // Cgroups created just before the kill are learnt first.
+                learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for r in drain(guard.get_inner_mut(), &mut delivery) {
-                    emit(r, &mut delivery)?;
+                    emit(r, &mut enricher, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost);
+                // Compare with the kernel's counters while kills keep coming, and once more after.
+                if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
+                    reconciled_at = delivery.delivered;
+                    for m in rec.check_persistent(&enricher.kills_by_cgroup) {
+                        log::error!(
+                            "RECONCILE: cgroup {}: the kernel counted {} OOM kills since memtrace started, memtrace reported {}",
+                            m.cgroup, m.kernel, m.reported
+                        );
+                    }
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -104,14 +127,38 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
     }
     // Records that arrived with the signal are still reported.
+    learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery) {
-        emit(r, &mut delivery)?;
+        emit(r, &mut enricher, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost);
-    summary(&counters, &delivery);
+    let reconciled = reconciler.as_ref().map_or_else(
+        || "unavailable".to_owned(),
+        |r| r.check(&enricher.kills_by_cgroup).describe(),
+    );
+    summary(&counters, &delivery, &reconciled);
     drop(tracer);
     Ok(())
+}
+
+/// Records the paths of cgroups created in the memory hierarchy. Read without waiting: the
+/// records only matter when a kill needs them, and every kill drains them first.
+fn learn_cgroups(ring: Option<&mut AsyncRing>, enricher: &mut Enricher, mem_root: Option<u32>) {
+    let (Some(ring), Some(paths)) = (ring, enricher.paths_mut()) else {
+        return;
+    };
+    while let Some(item) = ring.get_mut().next() {
+        match CgroupCreated::try_from(&*item) {
+            Ok(c) if Some(c.root) == mem_root => {
+                if let Some(path) = c.path {
+                    paths.remember(c.id, path);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("undecodable cgroup record: {e}"),
+        }
+    }
 }
 
 /// Decodes every record waiting in the ring buffer; the ring slot is released before any I/O.
@@ -149,9 +196,9 @@ fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
 }
 
 /// One line on stderr at exit: produced == delivered + dropped, checkable by tests.
-fn summary(c: &KernelCounters, d: &Delivery) {
+fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
-        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={}",
+        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} reconciled={reconciled}",
         c.oom_seen, d.delivered, c.oom_ringbuf_full, d.decode_errors, c.oom_read_errors
     );
 }

@@ -45,8 +45,15 @@ fn main() {
         }
         Some("shm") => {
             let path = args.next().unwrap_or_else(|| "/dev/shm/memtrace-test".into());
-            let data = vec![7u8; mib(args.next(), 16)];
-            if let Err(e) = std::fs::write(&path, data) {
+            // 1 MiB at a time: the file's pages are charged, our own anon memory stays small.
+            let chunk = vec![7u8; 1 << 20];
+            let written = std::fs::File::create(&path).and_then(|mut f| {
+                for _ in 0..mib(args.next(), 16) >> 20 {
+                    f.write_all(&chunk)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
                 eprintln!("memtrace-alloc: {path}: {e}");
                 std::process::exit(1);
             }
