@@ -10,3 +10,4 @@ pub mod cgroup;
 pub mod counters;
 pub mod layout;
 pub mod oom;
+pub mod oom_context;

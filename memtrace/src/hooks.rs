@@ -15,6 +15,11 @@ pub enum Attach {
     /// Raw tracepoint (`raw_tp/<event>`): untyped arguments, kernel >= 4.17; memtrace uses
     /// it only where BTF says the first argument is a `struct task_struct *`.
     RawTp { event: &'static str },
+    /// fentry on a kernel function (BPF trampoline): kernel >= 5.5, BTF; refused on some
+    /// hardened kernels.
+    Fentry { function: &'static str },
+    /// kprobe on a kernel function: needs CONFIG_KPROBES.
+    Kprobe { function: &'static str },
     /// Classic tracepoint: the record the kernel formats, layout from tracefs.
     Tracepoint {
         category: &'static str,
@@ -27,6 +32,8 @@ impl Attach {
         match self {
             Self::TpBtf { .. } => "tp_btf",
             Self::RawTp { .. } => "raw_tp",
+            Self::Fentry { .. } => "fentry",
+            Self::Kprobe { .. } => "kprobe",
             Self::Tracepoint { .. } => "tracepoint",
         }
     }
@@ -34,6 +41,7 @@ impl Attach {
     pub fn target(&self) -> String {
         match self {
             Self::TpBtf { event } | Self::RawTp { event } => (*event).to_owned(),
+            Self::Fentry { function } | Self::Kprobe { function } => (*function).to_owned(),
             Self::Tracepoint { category, name } => format!("{category}:{name}"),
         }
     }
@@ -75,6 +83,25 @@ pub const HOOKS: &[Hook] = &[
                 attach: Attach::Tracepoint {
                     category: "oom",
                     name: "mark_victim",
+                },
+            },
+        ],
+    },
+    Hook {
+        name: "oom_context",
+        what: "the OOM killer's decision: OOM domain, totalpages, chosen points, constraint (oom_kill_process)",
+        required: false,
+        variants: &[
+            Variant {
+                program: "oom_ctx_fentry",
+                attach: Attach::Fentry {
+                    function: "oom_kill_process",
+                },
+            },
+            Variant {
+                program: "oom_ctx_kprobe",
+                attach: Attach::Kprobe {
+                    function: "oom_kill_process",
                 },
             },
         ],

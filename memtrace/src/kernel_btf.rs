@@ -263,6 +263,16 @@ impl KernelBtf {
             page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
             page_counter_parent: get("page_counter.parent", self.offset("page_counter", "parent")),
             task_flags: get("task_struct.flags", self.offset("task_struct", "flags")),
+            oc_memcg: get("oom_control.memcg", self.offset("oom_control", "memcg")),
+            oc_gfp_mask: get("oom_control.gfp_mask", self.offset("oom_control", "gfp_mask")),
+            oc_order: get("oom_control.order", self.offset("oom_control", "order")),
+            oc_totalpages: get("oom_control.totalpages", self.offset("oom_control", "totalpages")),
+            oc_chosen: get("oom_control.chosen", self.offset("oom_control", "chosen")),
+            oc_chosen_points: get(
+                "oom_control.chosen_points",
+                self.offset("oom_control", "chosen_points"),
+            ),
+            oc_constraint: get("oom_control.constraint", self.offset("oom_control", "constraint")),
         };
         Resolved { layout, missing }
     }

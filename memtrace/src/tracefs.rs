@@ -55,6 +55,11 @@ impl Tracefs {
         Self { root: root.into() }
     }
 
+    /// Does tracefs have this top-level file (e.g. `kprobe_events` when kprobes exist)?
+    pub fn has_file(&self, name: &str) -> bool {
+        self.root.join(name).exists()
+    }
+
     pub fn has_event(&self, category: &str, name: &str) -> bool {
         self.root.join("events").join(category).join(name).is_dir()
     }

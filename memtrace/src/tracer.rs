@@ -8,7 +8,7 @@ use std::io;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use memtrace_common::{counters, layout::CgroupMkdirTpLayout};
 use tokio::io::unix::AsyncFd;
@@ -64,6 +64,9 @@ pub struct KernelCounters {
     pub oom_ringbuf_full: u64,
     /// Records sent with some fields missing after a failed kernel read.
     pub oom_read_errors: u64,
+    /// oom_kill_process runs, and their records lost to a full OOM ring buffer.
+    pub oom_ctx_seen: u64,
+    pub oom_ctx_ringbuf_full: u64,
     /// cgroup_mkdir records lost to a full buffer (paths then come from rescans).
     pub cgroup_ringbuf_full: u64,
 }
@@ -220,6 +223,8 @@ impl Tracer {
             oom_seen: sum(counters::OOM_SEEN)?,
             oom_ringbuf_full: sum(counters::OOM_RINGBUF_FULL)?,
             oom_read_errors: sum(counters::OOM_READ_ERRORS)?,
+            oom_ctx_seen: sum(counters::OOM_CTX_SEEN)?,
+            oom_ctx_ringbuf_full: sum(counters::OOM_CTX_RINGBUF_FULL)?,
             cgroup_ringbuf_full: sum(counters::CGROUP_RINGBUF_FULL)?,
         })
     }
@@ -251,6 +256,25 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             let p: &mut BtfTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load(event, btf).map_err(|e| explain(&e))?;
             p.attach().map_err(|e| explain(&e))?;
+        }
+        Attach::Fentry { function } => {
+            let btf = env.btf.ok_or("no kernel BTF")?;
+            if !env.kbtf.has_function(function) {
+                return Err(format!(
+                    "{function} is not in the kernel's BTF (inlined or renamed?)"
+                ));
+            }
+            let p: &mut FEntry = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load(function, btf).map_err(|e| explain(&e))?;
+            p.attach().map_err(|e| explain(&e))?;
+        }
+        Attach::Kprobe { function } => {
+            if !env.tracefs.has_file("kprobe_events") {
+                return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());
+            }
+            let p: &mut KProbe = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load().map_err(|e| explain(&e))?;
+            p.attach(function, 0).map_err(|e| explain(&e))?;
         }
         Attach::RawTp { event } => {
             if !env.kbtf.tracepoint_arg_is_task(event) {

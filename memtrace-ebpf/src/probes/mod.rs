@@ -2,3 +2,4 @@
 
 mod cgroup_mkdir;
 mod mark_victim;
+mod oom_kill_process;

@@ -14,7 +14,7 @@ use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     cli::WatchArgs,
     clock,
-    event::{CgroupCreated, VictimRecord},
+    event::{CgroupCreated, OomRecord},
     kill::{EnrichOptions, Enricher},
     output::{Format, json, text},
     reconcile::Reconciler,
@@ -79,20 +79,26 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
 
-    let mut emit =
-        |r: VictimRecord, enricher: &mut Enricher, delivery: &mut Delivery| -> anyhow::Result<()> {
-            let kill = enricher.enrich(r);
-            let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
-            let line = match args.output {
-                Format::Text => text::event(&kill, delay),
-                Format::Json => json::event(&kill, &host, delay).to_string(),
-            };
-            writeln!(stdout, "{line}")
-                .and_then(|()| stdout.flush())
-                .context("writing to stdout")?;
-            delivery.delivered += 1;
-            Ok(())
+    let mut emit = |r: OomRecord, enricher: &mut Enricher, delivery: &mut Delivery| -> anyhow::Result<()> {
+        let r = match r {
+            OomRecord::Victim(r) => r,
+            OomRecord::Context(c) => {
+                enricher.note_context(c);
+                return Ok(());
+            }
         };
+        let kill = enricher.enrich(r);
+        let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
+        let line = match args.output {
+            Format::Text => text::event(&kill, delay),
+            Format::Json => json::event(&kill, &host, delay).to_string(),
+        };
+        writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .context("writing to stdout")?;
+        delivery.delivered += 1;
+        Ok(())
+    };
 
     loop {
         tokio::select! {
@@ -162,10 +168,10 @@ fn learn_cgroups(ring: Option<&mut AsyncRing>, enricher: &mut Enricher, mem_root
 }
 
 /// Decodes every record waiting in the ring buffer; the ring slot is released before any I/O.
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Delivery) -> Vec<VictimRecord> {
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Delivery) -> Vec<OomRecord> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        match VictimRecord::try_from(&*item) {
+        match OomRecord::try_from(&*item) {
             Ok(r) => out.push(r),
             Err(e) => {
                 delivery.decode_errors += 1;
@@ -198,8 +204,16 @@ fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
 /// One line on stderr at exit: produced == delivered + dropped, checkable by tests.
 fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
-        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} reconciled={reconciled}",
-        c.oom_seen, d.delivered, c.oom_ringbuf_full, d.decode_errors, c.oom_read_errors
+        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
+         context_seen={} context_dropped={} cgroup_records_dropped={} reconciled={reconciled}",
+        c.oom_seen,
+        d.delivered,
+        c.oom_ringbuf_full,
+        d.decode_errors,
+        c.oom_read_errors,
+        c.oom_ctx_seen,
+        c.oom_ctx_ringbuf_full,
+        c.cgroup_ringbuf_full,
     );
 }
 

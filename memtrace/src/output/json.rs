@@ -98,6 +98,14 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         }
         None => {}
     }
+    if let Some(c) = &k.context {
+        o.put("memtrace.oom.constraint", json!(c.constraint))
+            .put("memtrace.oom.totalpages", c.totalpages)
+            .put("memtrace.oom.chosen_points", c.chosen_points)
+            .put("memtrace.oom.gfp_mask", format!("{:#x}", c.gfp_mask))
+            .put("memtrace.oom.order", c.order)
+            .opt("memtrace.oom.memcg_id", c.memcg_id);
+    }
     if let Some(b) = &k.badness {
         o.put("memtrace.badness.points", b.points)
             .put("memtrace.badness.rss_pages", b.rss_pages)
@@ -168,6 +176,7 @@ mod tests {
             oom_cgroup: None,
             snapshot: None,
             attribution: None,
+            context: None,
             badness: None,
             verdict: crate::diagnosis::verdict(&crate::diagnosis::Facts::default()),
             victim_exiting: false,

@@ -70,6 +70,13 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
             let _ = write!(s, " id {}", &id[..id.len().min(12)]);
         }
     }
+    if let Some(c) = &k.context {
+        let _ = write!(
+            s,
+            " | kernel: {:?} chosen_points {} totalpages {}",
+            c.constraint, c.chosen_points, c.totalpages
+        );
+    }
     if let Some(b) = &k.badness {
         let _ = write!(s, " | badness {} (totalpages {})", b.points, b.totalpages);
     }
