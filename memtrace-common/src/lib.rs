@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod cgroup;
+pub mod charge;
 pub mod counters;
 pub mod layout;
 pub mod oom;

@@ -83,6 +83,9 @@ pub struct OomKill {
     pub attribution: Option<Attribution>,
     /// The OOM killer's own view (oom_kill_process hook, where the kernel allows it).
     pub context: Option<OomContext>,
+    /// The top charging stacks of the OOM cgroup in the seconds before the kill (filled by
+    /// the daemon, which owns the charge maps).
+    pub hotspots: Vec<crate::stacks::HotStack>,
     pub badness: Option<Badness>,
     pub verdict: Verdict,
     pub trigger_pid: u32,
@@ -314,6 +317,7 @@ impl Enricher {
             snapshot,
             attribution,
             context,
+            hotspots: Vec::new(),
             badness,
             verdict,
             trigger_pid: r.trigger_tgid,

@@ -3,6 +3,8 @@
 pub mod attribution;
 pub mod cgroup;
 pub mod cli;
+pub mod charge_watch;
+pub mod charges;
 pub mod clock;
 pub mod commands;
 pub mod diagnosis;
@@ -13,5 +15,8 @@ pub mod kill;
 pub mod output;
 pub mod privileges;
 pub mod reconcile;
+pub mod stacks;
+pub mod symbolize;
 pub mod tracefs;
 pub mod tracer;
+pub mod warnings;

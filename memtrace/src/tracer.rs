@@ -10,11 +10,12 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
-use memtrace_common::{counters, layout::CgroupMkdirTpLayout};
+use memtrace_common::{charge::ChargeConfig, counters, layout::CgroupMkdirTpLayout};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    hooks::{Attach, ForcedVariant, HOOKS, HookStatus, Rejected, Variant},
+    cgroup::{CgroupVersion, MemoryHierarchy},
+    hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
     kernel_btf::{BtfError, KernelBtf},
     privileges::{MissingCapabilities, Privileges},
     tracefs::{Tracefs, TracefsError},
@@ -53,6 +54,20 @@ pub struct TracerOptions {
     pub oom_ring_bytes: Option<u32>,
     /// Try every variant, not just up to the first that works (`memtrace probes`).
     pub try_all: bool,
+    /// Charge accounting (the charge-path hooks); `None`: OOM hooks only.
+    pub charges: Option<ChargeOptions>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeOptions {
+    /// One stack sample every this many charge events per CPU; 0: no stacks.
+    pub sample_every: u32,
+}
+
+impl Default for ChargeOptions {
+    fn default() -> Self {
+        Self { sample_every: 64 }
+    }
 }
 
 /// Sums of the per-CPU kernel counters.
@@ -122,6 +137,8 @@ impl Tracer {
             .override_global("MARK_VICTIM_TP", &tp_layout, true)
             .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true);
+        let charge_config = charge_config(&kbtf, opts.charges.unwrap_or_default().sample_every);
+        loader.override_global("CHARGE_CONFIG", &charge_config, true);
         if let Some(bytes) = opts.oom_ring_bytes {
             loader.map_max_entries("OOM_EVENTS", bytes);
         }
@@ -136,6 +153,9 @@ impl Tracer {
         };
         let mut hooks = Vec::new();
         for hook in HOOKS {
+            if hook.group == Group::Charge && opts.charges.is_none() {
+                continue;
+            }
             let forced = opts.forced.iter().find(|f| f.hook == hook.name);
             let mut status = HookStatus {
                 hook: hook.name,
@@ -201,6 +221,11 @@ impl Tracer {
             None
         };
         Ok((Self { ebpf, hooks }, Rings { oom, cgroups }))
+    }
+
+    /// The loaded object, for reading maps (charge accounting).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
@@ -276,21 +301,26 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             p.load().map_err(|e| explain(&e))?;
             p.attach(function, 0).map_err(|e| explain(&e))?;
         }
-        Attach::RawTp { event } => {
-            if !env.kbtf.tracepoint_arg_is_task(event) {
-                return Err(format!(
-                    "{event}'s first argument is not a task_struct on this kernel"
-                ));
+        Attach::RawTp { event, first_arg } => {
+            if !env.kbtf.tracepoint_first_arg_is(event, first_arg) {
+                return Err(format!("{event}'s first argument is not a struct {first_arg} * on this kernel"));
             }
             let p: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load().map_err(|e| explain(&e))?;
             p.attach(event).map_err(|e| explain(&e))?;
         }
-        Attach::Tracepoint { category, name } => {
+        Attach::Tracepoint { category, name, fixed } => {
             if !env.tracefs.has_event(category, name) {
-                return Err(format!(
-                    "tracepoint {category}:{name} does not exist on this kernel"
-                ));
+                return Err(format!("tracepoint {category}:{name} does not exist on this kernel"));
+            }
+            if !fixed.is_empty() {
+                let fields = env.tracefs.fields(category, name).map_err(|e| e.to_string())?;
+                for (field, offset, size) in fixed {
+                    let want = crate::tracefs::Field { offset: *offset, size: *size };
+                    if fields.get(*field) != Some(&want) {
+                        return Err(format!("record field {field} is not at offset {offset}, size {size}"));
+                    }
+                }
             }
             let p: &mut TracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load().map_err(|e| explain(&e))?;
@@ -319,6 +349,24 @@ fn explain(e: &ProgramError) -> String {
             }
         }
         other => other.to_string(),
+    }
+}
+
+/// The memcg event items to count, from BTF (`enum vm_event_item` moves with the kernel's
+/// config), and which one stands for a charge when sampling stacks.
+fn charge_config(kbtf: &KernelBtf, sample_every: u32) -> ChargeConfig {
+    let d = ChargeConfig::default_config();
+    let item = |name: &str, default: u32| kbtf.enum_value("vm_event_item", name).unwrap_or(default);
+    let (pgpgin, pgfault) = (item("PGPGIN", d.ev_pgpgin), item("PGFAULT", d.ev_pgfault));
+    // cgroup v1 counts PGPGIN per charge (memcg1_charge_statistics); v2 has no such event.
+    let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
+    ChargeConfig {
+        ev_pgpgin: pgpgin,
+        ev_pgpgout: item("PGPGOUT", d.ev_pgpgout),
+        ev_pgfault: pgfault,
+        ev_pgmajfault: item("PGMAJFAULT", d.ev_pgmajfault),
+        sample_item: if v1 { pgpgin } else { pgfault },
+        sample_every,
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         .ok();
     let (hooks, error) = match Tracer::start(&TracerOptions {
         try_all: true,
+        charges: Some(Default::default()),
         ..TracerOptions::default()
     }) {
         Ok((tracer, _rings)) => (tracer.hooks.clone(), None),

@@ -18,7 +18,9 @@ use crate::{
     kill::{EnrichOptions, Enricher},
     output::{Format, json, text},
     reconcile::Reconciler,
-    tracer::{AsyncRing, KernelCounters, Rings, Tracer, TracerOptions},
+    charge_watch::ChargeWatch,
+    tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
+    warnings::{PreOomWarning, WarnOptions},
 };
 
 /// How often the kernel counters are checked for lost events.
@@ -27,6 +29,7 @@ const COUNTER_CHECK: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Delivery {
     delivered: u64,
+    warnings: u64,
     decode_errors: u64,
 }
 
@@ -35,6 +38,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         forced: args.variants.clone(),
         oom_ring_bytes: args.oom_ring_bytes,
         try_all: false,
+        charges: (!args.no_charges).then_some(ChargeOptions { sample_every: args.stack_sample_every }),
     };
     let (tracer, rings) = Tracer::start(&opts)?;
     let Rings {
@@ -65,6 +69,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None => format!("{} unavailable", h.hook),
         })
         .collect();
+    let mut charge_watch = tracer.selected("charge").map(|_| {
+        ChargeWatch::new(args.kill_context_window, WarnOptions { ratio: args.warn_ratio, every: args.warn_every })
+    });
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
 
@@ -78,8 +85,15 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut reconciler = enricher.paths().map(Reconciler::new);
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
+    let mut write_line = move |line: String| -> anyhow::Result<()> {
+        writeln!(stdout, "{line}").and_then(|()| stdout.flush()).context("writing to stdout")
+    };
 
-    let mut emit = |r: OomRecord, enricher: &mut Enricher, delivery: &mut Delivery| -> anyhow::Result<()> {
+    let mut emit = |r: OomRecord,
+                    enricher: &mut Enricher,
+                    charge_watch: &mut Option<ChargeWatch>,
+                    delivery: &mut Delivery|
+     -> anyhow::Result<()> {
         let r = match r {
             OomRecord::Victim(r) => r,
             OomRecord::Context(c) => {
@@ -87,15 +101,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
         };
-        let kill = enricher.enrich(r);
+        let mut kill = enricher.enrich(r);
+        if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths()) {
+            kill.hotspots = cw.kill_context(&tracer, paths, &kill);
+        }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         let line = match args.output {
             Format::Text => text::event(&kill, delay),
             Format::Json => json::event(&kill, &host, delay).to_string(),
         };
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .context("writing to stdout")?;
+        write_line(line)?;
         delivery.delivered += 1;
         Ok(())
     };
@@ -107,13 +122,18 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 // Cgroups created just before the kill are learnt first.
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for r in drain(guard.get_inner_mut(), &mut delivery) {
-                    emit(r, &mut enricher, &mut delivery)?;
+                    emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost);
+                if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths_mut()) {
+                    for w in cw.tick(&tracer, paths) {
+                        emit_warning(&w, args.output, &host, &mut delivery);
+                    }
+                }
                 // Compare with the kernel's counters while kills keep coming, and once more after.
                 if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
                     reconciled_at = delivery.delivered;
@@ -135,7 +155,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Records that arrived with the signal are still reported.
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery) {
-        emit(r, &mut enricher, &mut delivery)?;
+        emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost);
@@ -146,6 +166,19 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     summary(&counters, &delivery, &reconciled);
     drop(tracer);
     Ok(())
+}
+
+/// Warnings go to stdout like kills (the event loop's writer is busy in `emit`, so this one
+/// locks stdout itself).
+fn emit_warning(w: &PreOomWarning, format: Format, host: &str, delivery: &mut Delivery) {
+    let line = match format {
+        Format::Text => text::warning(w),
+        Format::Json => json::warning(w, host).to_string(),
+    };
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_ok() {
+        delivery.warnings += 1;
+    }
 }
 
 /// Records the paths of cgroups created in the memory hierarchy. Read without waiting: the
@@ -205,7 +238,7 @@ fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
 fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
-         context_seen={} context_dropped={} cgroup_records_dropped={} reconciled={reconciled}",
+         context_seen={} context_dropped={} cgroup_records_dropped={} warnings={} reconciled={reconciled}",
         c.oom_seen,
         d.delivered,
         c.oom_ringbuf_full,
@@ -214,6 +247,7 @@ fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         c.oom_ctx_seen,
         c.oom_ctx_ringbuf_full,
         c.cgroup_ringbuf_full,
+        d.warnings,
     );
 }
 
