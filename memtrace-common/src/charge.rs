@@ -43,7 +43,14 @@ pub struct ChargeConfig {
 
 impl ChargeConfig {
     pub const fn default_config() -> Self {
-        Self { ev_pgpgin: 0, ev_pgpgout: 1, ev_pgfault: 23, ev_pgmajfault: 24, sample_item: 0, sample_every: 0 }
+        Self {
+            ev_pgpgin: 0,
+            ev_pgpgout: 1,
+            ev_pgfault: 23,
+            ev_pgmajfault: 24,
+            sample_item: 0,
+            sample_every: 0,
+        }
     }
 }
 

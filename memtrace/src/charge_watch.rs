@@ -1,14 +1,11 @@
 //! The charge side of `memtrace watch`: polls the charge maps, raises pre-OOM warnings, and
 //! names the top charging stacks of a cgroup in the seconds before one of its kills.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use crate::{
     cgroup::CgroupPaths,
-    charges::{ChargeMonitor, SampleKey, rows},
+    charges::{ChargeMonitor, rows},
     kill::OomKill,
     stacks::HotStack,
     symbolize::Symbols,
@@ -23,16 +20,13 @@ pub struct ChargeWatch {
     monitor: ChargeMonitor,
     warner: Warner,
     symbols: Symbols,
-    /// Stacks symbolized at poll time, while their processes still exist: a killed process's
-    /// /proc/<pid>/maps is gone by the time its kill is reported.
-    resolved: HashMap<SampleKey, HotStack>,
     window: Duration,
     page_size: u64,
 }
 
-/// Symbolizing is bounded per tick; what is left waits for the next one.
+/// User stacks symbolized per tick, while their processes still exist (a killed process's
+/// /proc/<pid>/maps is gone by the time its kill is reported); the rest keep addresses.
 const RESOLVE_PER_TICK: usize = 256;
-const RESOLVED_MAX: usize = 50_000;
 
 impl ChargeWatch {
     pub fn new(window: Duration, warn: WarnOptions) -> Self {
@@ -45,60 +39,62 @@ impl ChargeWatch {
             monitor: ChargeMonitor::new(window + Duration::from_secs(2)),
             warner: Warner::new(warn),
             symbols,
-            resolved: HashMap::new(),
             window,
             page_size,
         }
     }
 
     /// Once a second: new rates, and the warnings they call for.
-    pub fn tick(&mut self, tracer: &Tracer, paths: &mut CgroupPaths) -> Vec<PreOomWarning> {
-        if let Err(e) = self.monitor.poll(tracer.ebpf(), self.page_size) {
+    pub fn tick(&mut self, tracer: &mut Tracer, paths: &mut CgroupPaths) -> Vec<PreOomWarning> {
+        if let Err(e) = self.monitor.poll(tracer.ebpf_mut(), self.page_size) {
             log::warn!("reading charge maps: {e}");
             return vec![];
         }
-        self.resolve_new(tracer);
+        self.resolve_new();
         let rows = rows(&self.monitor, paths);
         self.warner.check(&rows, Instant::now())
     }
 
-    fn resolve_new(&mut self, tracer: &Tracer) {
-        if self.resolved.len() > RESOLVED_MAX {
-            self.resolved.clear();
-        }
-        let fresh: Vec<SampleKey> = self
-            .monitor
-            .latest_keys()
-            .filter(|k| !self.resolved.contains_key(*k))
-            .take(RESOLVE_PER_TICK)
-            .cloned()
-            .collect();
-        for k in fresh {
-            let h = HotStack::resolve(tracer.ebpf(), &mut self.symbols, &k, 0);
-            self.resolved.insert(k, h);
+    /// Symbolizes the user stacks of the latest samples now (names are cached per pid).
+    fn resolve_new(&mut self) {
+        for s in self.monitor.latest().iter().take(RESOLVE_PER_TICK) {
+            if !s.user_ips.is_empty() {
+                let _ = self.symbols.user(s.key.tgid, &s.user_ips);
+            }
         }
     }
 
     /// The top charging stacks of the kill's OOM cgroup (and everything under it) over the
     /// window; the victim's own cgroup in a global OOM.
-    pub fn kill_context(&mut self, tracer: &Tracer, paths: &CgroupPaths, kill: &OomKill) -> Vec<HotStack> {
-        if let Err(e) = self.monitor.poll_samples(tracer.ebpf()) {
+    pub fn kill_context(
+        &mut self,
+        tracer: &mut Tracer,
+        paths: &CgroupPaths,
+        kill: &OomKill,
+    ) -> Vec<HotStack> {
+        if let Err(e) = self.monitor.poll_samples(tracer.ebpf_mut()) {
             log::warn!("reading charge maps: {e}");
         }
-        let scope = kill.oom_cgroup.as_ref().map(|o| &o.cgroup).or(kill.cgroup.as_ref());
+        let scope = kill
+            .oom_cgroup
+            .as_ref()
+            .map(|o| &o.cgroup)
+            .or(kill.cgroup.as_ref());
         let Some(scope) = scope else { return vec![] };
         let mut ids: Vec<u64> = scope.id.into_iter().collect();
         if let Some(prefix) = scope.path.as_deref() {
             let under = format!("{}/", prefix.trim_end_matches('/'));
-            ids.extend(paths.ids_with_paths().filter(|(_, p)| p.starts_with(&under)).map(|(id, _)| id));
+            ids.extend(
+                paths
+                    .ids_with_paths()
+                    .filter(|(_, p)| p.starts_with(&under))
+                    .map(|(id, _)| id),
+            );
         }
-        self.monitor
-            .top_samples(&ids, self.window, KILL_STACKS)
-            .iter()
-            .map(|(k, n)| match self.resolved.get(k) {
-                Some(h) => HotStack { count: *n, ..h.clone() },
-                None => HotStack::resolve(tracer.ebpf(), &mut self.symbols, k, *n),
-            })
+        let top = self.monitor.top_samples(&ids, self.window, KILL_STACKS);
+        log::debug!("kill context: cgroups {ids:?}, {} stacks", top.len());
+        top.iter()
+            .map(|s| HotStack::resolve(&mut self.symbols, s))
             .collect()
     }
 }

@@ -55,14 +55,12 @@ impl ChargeTotals {
     }
 }
 
-/// A sampled (cgroup, process, kernel stack, user stack).
+/// Who was sampled charging: cgroup, process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SampleKey {
     pub cgroup_id: u64,
     pub tgid: u32,
     pub comm: String,
-    pub kernel_stack: Option<u32>,
-    pub user_stack: Option<u32>,
 }
 
 impl From<&StackKey> for SampleKey {
@@ -72,15 +70,25 @@ impl From<&StackKey> for SampleKey {
             cgroup_id: k.cgroup_id,
             tgid: k.tgid,
             comm: String::from_utf8_lossy(&k.comm[..end]).into_owned(),
-            kernel_stack: u32::try_from(k.kernel_stack).ok(),
-            user_stack: u32::try_from(k.user_stack).ok(),
         }
     }
 }
 
+/// Sampled stacks, aggregated: who, from where (instruction pointers, innermost first), and
+/// how many samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub key: SampleKey,
+    pub kernel_ips: Vec<u64>,
+    pub user_ips: Vec<u64>,
+    pub count: u64,
+}
+
 /// Reads the charge maps of a loaded tracer.
 pub fn read_totals(ebpf: &Ebpf) -> Result<HashMap<u64, ChargeTotals>, MapError> {
-    let Some(map) = ebpf.map("CHARGES") else { return Ok(HashMap::new()) };
+    let Some(map) = ebpf.map("CHARGES") else {
+        return Ok(HashMap::new());
+    };
     let map = PerCpuHashMap::<_, u64, ChargeCounters>::try_from(map)?;
     let mut out: HashMap<u64, ChargeTotals> = HashMap::new();
     for entry in map.iter() {
@@ -95,31 +103,75 @@ pub fn read_totals(ebpf: &Ebpf) -> Result<HashMap<u64, ChargeTotals>, MapError> 
     Ok(out)
 }
 
-pub fn read_samples(ebpf: &Ebpf) -> Result<HashMap<SampleKey, u64>, MapError> {
-    let Some(map) = ebpf.map("STACK_COUNTS") else { return Ok(HashMap::new()) };
-    let map = PerCpuHashMap::<_, StackKey, u64>::try_from(map)?;
-    let mut out = HashMap::new();
-    for entry in map.iter() {
-        let Ok((key, per_cpu)) = entry else { continue };
-        *out.entry(SampleKey::from(&key)).or_default() += per_cpu.iter().sum::<u64>();
+/// Takes every sample out of the kernel maps: the counts are read then deleted, and so are
+/// the stacks they point to, so the maps hold one tick's worth and stay cheap to read however
+/// long memtrace runs. A sample counted between the read and the delete is lost (they are
+/// samples, not totals).
+pub fn drain_samples(ebpf: &mut Ebpf) -> Result<Vec<Sample>, MapError> {
+    let Some(map) = ebpf.map("STACK_COUNTS") else {
+        return Ok(vec![]);
+    };
+    let counts = PerCpuHashMap::<_, StackKey, u64>::try_from(map)?;
+    let entries: Vec<(StackKey, u64)> = counts
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+        .collect();
+    if entries.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(out)
-}
-
-/// Instruction pointers of a captured stack, innermost first.
-pub fn stack_ips(ebpf: &Ebpf, id: u32) -> Option<Vec<u64>> {
-    let map = StackTraceMap::try_from(ebpf.map("STACKS")?).ok()?;
-    let trace = map.get(&id, 0).ok()?;
-    Some(trace.frames().iter().map(|f| f.ip).collect())
+    if let Some(map) = ebpf.map_mut("STACK_COUNTS") {
+        let mut counts = PerCpuHashMap::<_, StackKey, u64>::try_from(map)?;
+        for (k, _) in &entries {
+            let _ = counts.remove(k);
+        }
+    }
+    let mut ids: Vec<u32> = entries
+        .iter()
+        .flat_map(|(k, _)| [k.kernel_stack, k.user_stack])
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut frames: HashMap<u32, Vec<u64>> = HashMap::new();
+    if let Some(map) = ebpf.map("STACKS") {
+        let stacks = StackTraceMap::try_from(map)?;
+        for id in &ids {
+            if let Ok(t) = stacks.get(id, 0) {
+                frames.insert(*id, t.frames().iter().map(|f| f.ip).collect());
+            }
+        }
+    }
+    if let Some(map) = ebpf.map_mut("STACKS") {
+        let mut stacks = StackTraceMap::try_from(map)?;
+        for id in &ids {
+            let _ = stacks.remove(id);
+        }
+    }
+    let ips = |id: i32| {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| frames.get(&id).cloned())
+            .unwrap_or_default()
+    };
+    Ok(entries
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| Sample {
+            key: SampleKey::from(k),
+            kernel_ips: ips(k.kernel_stack),
+            user_ips: ips(k.user_stack),
+            count: *n,
+        })
+        .collect())
 }
 
 /// Rates over the last interval and a window of stack samples.
 pub struct ChargeMonitor {
     last: HashMap<u64, ChargeTotals>,
     last_at: Option<Instant>,
-    last_samples: HashMap<SampleKey, u64>,
-    /// Per poll: when, and the samples added since the previous poll.
-    window: VecDeque<(Instant, HashMap<SampleKey, u64>)>,
+    /// Per poll: when, and the samples taken since the previous poll.
+    window: VecDeque<(Instant, Vec<Sample>)>,
     keep: Duration,
     /// Per-second rates from the last poll.
     pub rates: HashMap<u64, Rate>,
@@ -141,15 +193,14 @@ impl ChargeMonitor {
         Self {
             last: HashMap::new(),
             last_at: None,
-            last_samples: HashMap::new(),
             window: VecDeque::new(),
             keep,
             rates: HashMap::new(),
         }
     }
 
-    /// Reads the maps and updates rates and the stack window.
-    pub fn poll(&mut self, ebpf: &Ebpf, page_size: u64) -> Result<(), MapError> {
+    /// Reads the counters (rates) and drains the samples into the window.
+    pub fn poll(&mut self, ebpf: &mut Ebpf, page_size: u64) -> Result<(), MapError> {
         let now = Instant::now();
         let totals = read_totals(ebpf)?;
         if let Some(at) = self.last_at {
@@ -175,48 +226,48 @@ impl ChargeMonitor {
         self.poll_samples(ebpf)
     }
 
-    /// Reads only the stack samples (the rates stay as they were): what a kill needs, fast.
-    pub fn poll_samples(&mut self, ebpf: &Ebpf) -> Result<(), MapError> {
+    /// Drains only the samples (the rates stay as they were): what a kill needs, fast.
+    pub fn poll_samples(&mut self, ebpf: &mut Ebpf) -> Result<(), MapError> {
         let now = Instant::now();
-        let samples = read_samples(ebpf)?;
-        let delta: HashMap<SampleKey, u64> = samples
-            .iter()
-            .filter_map(|(k, &n)| {
-                let before = self.last_samples.get(k).copied().unwrap_or(0);
-                // An LRU-evicted and re-created key starts again from a small count.
-                let d = if n >= before { n - before } else { n };
-                (d > 0).then(|| (k.clone(), d))
-            })
-            .collect();
-        self.last_samples = samples;
-        self.window.push_back((now, delta));
-        while self.window.front().is_some_and(|(t, _)| now.duration_since(*t) > self.keep) {
+        let samples = drain_samples(ebpf)?;
+        self.window.push_back((now, samples));
+        while self
+            .window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > self.keep)
+        {
             self.window.pop_front();
         }
         Ok(())
     }
 
-    /// The sample keys seen in the latest poll.
-    pub fn latest_keys(&self) -> impl Iterator<Item = &SampleKey> {
-        self.window.back().into_iter().flat_map(|(_, d)| d.keys())
+    /// The samples of the latest poll.
+    pub fn latest(&self) -> &[Sample] {
+        self.window.back().map_or(&[], |(_, s)| s.as_slice())
     }
 
     /// The most-sampled stacks of `cgroup_ids` over the last `within`, most first.
-    pub fn top_samples(&self, cgroup_ids: &[u64], within: Duration, n: usize) -> Vec<(SampleKey, u64)> {
+    pub fn top_samples(&self, cgroup_ids: &[u64], within: Duration, n: usize) -> Vec<Sample> {
         let now = Instant::now();
-        let mut sum: HashMap<&SampleKey, u64> = HashMap::new();
-        for (t, delta) in &self.window {
+        let mut sum: HashMap<(&SampleKey, &[u64], &[u64]), u64> = HashMap::new();
+        for (t, samples) in &self.window {
             if now.duration_since(*t) > within {
                 continue;
             }
-            for (k, d) in delta {
-                if cgroup_ids.contains(&k.cgroup_id) {
-                    *sum.entry(k).or_default() += d;
-                }
+            for s in samples.iter().filter(|s| cgroup_ids.contains(&s.key.cgroup_id)) {
+                *sum.entry((&s.key, &s.kernel_ips, &s.user_ips)).or_default() += s.count;
             }
         }
-        let mut v: Vec<(SampleKey, u64)> = sum.into_iter().map(|(k, n)| (k.clone(), n)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.tgid.cmp(&b.0.tgid)));
+        let mut v: Vec<Sample> = sum
+            .into_iter()
+            .map(|((k, kips, uips), count)| Sample {
+                key: k.clone(),
+                kernel_ips: kips.to_vec(),
+                user_ips: uips.to_vec(),
+                count,
+            })
+            .collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.tgid.cmp(&b.key.tgid)));
         v.truncate(n);
         v
     }
@@ -253,7 +304,9 @@ pub fn rows(monitor: &ChargeMonitor, paths: &mut CgroupPaths) -> Vec<Row> {
                 usage_bytes: usage,
                 working_set_bytes: stats.as_ref().map(|s| s.working_set()),
                 limit_bytes: limit,
-                headroom_pct: usage.zip(limit).map(|(u, l)| 100.0 * l.saturating_sub(u) as f64 / l.max(1) as f64),
+                headroom_pct: usage
+                    .zip(limit)
+                    .map(|(u, l)| 100.0 * l.saturating_sub(u) as f64 / l.max(1) as f64),
                 oom_kills: stats.as_ref().and_then(|s| s.oom_kills),
                 rate: *rate,
                 cgroup,
@@ -274,15 +327,28 @@ mod tests {
     #[test]
     fn totals_add_and_subtract_without_underflow() {
         let mut a = ChargeTotals::default();
-        a.add(&ChargeCounters { cgroup_id: 1, charge_events: 5, charged_pages: 7, faults: 3, ..Default::default() });
-        a.add(&ChargeCounters { cgroup_id: 1, charge_events: 1, ..Default::default() });
+        a.add(&ChargeCounters {
+            cgroup_id: 1,
+            charge_events: 5,
+            charged_pages: 7,
+            faults: 3,
+            ..Default::default()
+        });
+        a.add(&ChargeCounters {
+            cgroup_id: 1,
+            charge_events: 1,
+            ..Default::default()
+        });
         assert_eq!((a.charge_events, a.charged_pages, a.faults), (6, 7, 3));
-        let b = ChargeTotals { charge_events: 10, ..Default::default() };
+        let b = ChargeTotals {
+            charge_events: 10,
+            ..Default::default()
+        };
         assert_eq!(a.minus(&b).charge_events, 0);
     }
 
     #[test]
-    fn sample_keys_decode_comm_and_missing_stacks() {
+    fn sample_keys_decode_comm() {
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"alloc");
         let k = SampleKey::from(&StackKey {
@@ -293,7 +359,31 @@ mod tests {
             _pad: 0,
             comm,
         });
-        assert_eq!(k.comm, "alloc");
-        assert_eq!((k.kernel_stack, k.user_stack), (Some(12), None));
+        assert_eq!((k.comm.as_str(), k.cgroup_id, k.tgid), ("alloc", 3, 9));
+    }
+
+    #[test]
+    fn top_samples_aggregate_within_the_window() {
+        let mut m = ChargeMonitor::new(Duration::from_secs(60));
+        let key = SampleKey {
+            cgroup_id: 1,
+            tgid: 5,
+            comm: "a".into(),
+        };
+        let s = |count, user: Vec<u64>| Sample {
+            key: key.clone(),
+            kernel_ips: vec![1],
+            user_ips: user,
+            count,
+        };
+        m.window
+            .push_back((Instant::now(), vec![s(3, vec![10]), s(1, vec![11])]));
+        m.window.push_back((Instant::now(), vec![s(4, vec![10])]));
+        let top = m.top_samples(&[1], Duration::from_secs(10), 5);
+        assert_eq!(
+            top.iter().map(|t| (t.user_ips[0], t.count)).collect::<Vec<_>>(),
+            vec![(10, 7), (11, 1)]
+        );
+        assert!(m.top_samples(&[2], Duration::from_secs(10), 5).is_empty());
     }
 }

@@ -14,7 +14,10 @@ pub enum Attach {
     TpBtf { event: &'static str },
     /// Raw tracepoint (`raw_tp/<event>`): untyped arguments, kernel >= 4.17; memtrace uses
     /// it only where BTF says the first argument is a `struct task_struct *`.
-    RawTp { event: &'static str, first_arg: &'static str },
+    RawTp {
+        event: &'static str,
+        first_arg: &'static str,
+    },
     /// fentry on a kernel function (BPF trampoline): kernel >= 5.5, BTF; refused on some
     /// hardened kernels.
     Fentry { function: &'static str },
@@ -89,11 +92,18 @@ pub const HOOKS: &[Hook] = &[
             },
             Variant {
                 program: "oom_victim_raw",
-                attach: Attach::RawTp { event: "mark_victim", first_arg: "task_struct" },
+                attach: Attach::RawTp {
+                    event: "mark_victim",
+                    first_arg: "task_struct",
+                },
             },
             Variant {
                 program: "oom_victim_tp",
-                attach: Attach::Tracepoint { category: "oom", name: "mark_victim", fixed: &[] },
+                attach: Attach::Tracepoint {
+                    category: "oom",
+                    name: "mark_victim",
+                    fixed: &[],
+                },
             },
         ],
     },
@@ -124,7 +134,11 @@ pub const HOOKS: &[Hook] = &[
         required: false,
         variants: &[Variant {
             program: "cgroup_mkdir",
-            attach: Attach::Tracepoint { category: "cgroup", name: "cgroup_mkdir", fixed: &[] },
+            attach: Attach::Tracepoint {
+                category: "cgroup",
+                name: "cgroup_mkdir",
+                fixed: &[],
+            },
         }],
     },
     Hook {
@@ -133,12 +147,30 @@ pub const HOOKS: &[Hook] = &[
         what: "memcg charges per cgroup, with sampled stacks (try_charge_memcg, or memcg events)",
         required: false,
         variants: &[
-            Variant { program: "charge_fentry", attach: Attach::Fentry { function: "try_charge_memcg" } },
-            Variant { program: "charge_kprobe", attach: Attach::Kprobe { function: "try_charge_memcg" } },
-            Variant { program: "memcg_ev_btf", attach: Attach::TpBtf { event: "count_memcg_events" } },
+            Variant {
+                program: "charge_fentry",
+                attach: Attach::Fentry {
+                    function: "try_charge_memcg",
+                },
+            },
+            Variant {
+                program: "charge_kprobe",
+                attach: Attach::Kprobe {
+                    function: "try_charge_memcg",
+                },
+            },
+            Variant {
+                program: "memcg_ev_btf",
+                attach: Attach::TpBtf {
+                    event: "count_memcg_events",
+                },
+            },
             Variant {
                 program: "memcg_ev_raw",
-                attach: Attach::RawTp { event: "count_memcg_events", first_arg: "mem_cgroup" },
+                attach: Attach::RawTp {
+                    event: "count_memcg_events",
+                    first_arg: "mem_cgroup",
+                },
             },
             Variant {
                 program: "memcg_ev_tp",
@@ -156,10 +188,19 @@ pub const HOOKS: &[Hook] = &[
         what: "memcg direct reclaim start: a charge hit the limit",
         required: false,
         variants: &[
-            Variant { program: "reclaim_beg_btf", attach: Attach::TpBtf { event: "mm_vmscan_memcg_reclaim_begin" } },
+            Variant {
+                program: "reclaim_beg_btf",
+                attach: Attach::TpBtf {
+                    event: "mm_vmscan_memcg_reclaim_begin",
+                },
+            },
             Variant {
                 program: "reclaim_beg_tp",
-                attach: Attach::Tracepoint { category: "vmscan", name: "mm_vmscan_memcg_reclaim_begin", fixed: &[] },
+                attach: Attach::Tracepoint {
+                    category: "vmscan",
+                    name: "mm_vmscan_memcg_reclaim_begin",
+                    fixed: &[],
+                },
             },
         ],
     },
@@ -169,10 +210,19 @@ pub const HOOKS: &[Hook] = &[
         what: "memcg direct reclaim end: the stall's duration",
         required: false,
         variants: &[
-            Variant { program: "reclaim_end_btf", attach: Attach::TpBtf { event: "mm_vmscan_memcg_reclaim_end" } },
+            Variant {
+                program: "reclaim_end_btf",
+                attach: Attach::TpBtf {
+                    event: "mm_vmscan_memcg_reclaim_end",
+                },
+            },
             Variant {
                 program: "reclaim_end_tp",
-                attach: Attach::Tracepoint { category: "vmscan", name: "mm_vmscan_memcg_reclaim_end", fixed: &[] },
+                attach: Attach::Tracepoint {
+                    category: "vmscan",
+                    name: "mm_vmscan_memcg_reclaim_end",
+                    fixed: &[],
+                },
             },
         ],
     },

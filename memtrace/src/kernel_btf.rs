@@ -60,7 +60,12 @@ impl KernelBtf {
     /// prototype is the BTF typedef `btf_trace_<event>`: `void (*)(void *, args...)`.
     pub fn tracepoint_first_arg_is(&self, event: &str, strukt: &str) -> bool {
         let proto = (|| {
-            let ty = self.btf.resolve_types_by_name(&format!("btf_trace_{event}")).ok()?.into_iter().next()?;
+            let ty = self
+                .btf
+                .resolve_types_by_name(&format!("btf_trace_{event}"))
+                .ok()?
+                .into_iter()
+                .next()?;
             match self.strip(ty)? {
                 Type::Ptr(p) => match self.btf.resolve_chained_type(&p).ok()? {
                     Type::FuncProto(f) => Some(f),
@@ -70,8 +75,15 @@ impl KernelBtf {
             }
         })();
         let Some(proto) = proto else { return false };
-        let Some(param) = proto.parameters.get(1) else { return false };
-        match self.btf.resolve_chained_type(param).ok().and_then(|t| self.strip(t)) {
+        let Some(param) = proto.parameters.get(1) else {
+            return false;
+        };
+        match self
+            .btf
+            .resolve_chained_type(param)
+            .ok()
+            .and_then(|t| self.strip(t))
+        {
             Some(Type::Ptr(p)) => match self.btf.resolve_chained_type(&p).ok().and_then(|t| self.strip(t)) {
                 Some(Type::Struct(s)) => self.btf.resolve_name(&s).is_ok_and(|n| n == strukt),
                 _ => false,
@@ -292,10 +304,11 @@ mod tests {
         assert!(btf.has_function("oom_kill_process") || btf.has_function("out_of_memory"));
         assert!(!btf.has_function("no_such_function_memtrace"));
         assert!(
-            btf.tracepoint_arg_is_task("mark_victim"),
-            "6.8+ passes the victim's task_struct"
+            btf.tracepoint_first_arg_is("mark_victim", "task_struct"),
+            "6.8+ passes the task"
         );
-        assert!(!btf.tracepoint_arg_is_task("cgroup_mkdir"));
+        assert!(btf.tracepoint_first_arg_is("count_memcg_events", "mem_cgroup"));
+        assert!(!btf.tracepoint_first_arg_is("cgroup_mkdir", "task_struct"));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 pub mod attribution;
 pub mod cgroup;
-pub mod cli;
 pub mod charge_watch;
 pub mod charges;
+pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod diagnosis;

@@ -1,10 +1,9 @@
 //! Sampled charge stacks made readable: symbolized, as table rows and as folded lines for
 //! flame-graph tools (`comm;outer;...;inner count`).
 
-use aya::Ebpf;
 use serde::Serialize;
 
-use crate::{charges::SampleKey, charges::stack_ips, symbolize::Symbols};
+use crate::{charges::Sample, symbolize::Symbols};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HotStack {
@@ -19,18 +18,30 @@ pub struct HotStack {
 }
 
 impl HotStack {
-    pub fn resolve(ebpf: &Ebpf, syms: &mut Symbols, key: &SampleKey, count: u64) -> Self {
-        let user = key
-            .user_stack
-            .and_then(|id| stack_ips(ebpf, id))
-            .map(|ips| syms.user(key.tgid, &ips))
-            .unwrap_or_default();
-        let mut kernel =
-            key.kernel_stack.and_then(|id| stack_ips(ebpf, id)).map(|ips| syms.kernel(&ips)).unwrap_or_default();
-        // memtrace's own frames (the BPF program and its trampoline) are not the charger's.
-        let own = kernel.iter().take_while(|f| f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run")).count();
+    /// Symbolizes a sample. memtrace's own frames (its BPF program and the tracepoint
+    /// trampoline) are cut: they are not the charger's.
+    pub fn resolve(syms: &mut Symbols, s: &Sample) -> Self {
+        let user = if s.user_ips.is_empty() {
+            vec![]
+        } else {
+            syms.user(s.key.tgid, &s.user_ips)
+        };
+        let mut kernel = syms.kernel(&s.kernel_ips);
+        let own = kernel
+            .iter()
+            .take_while(|f| {
+                f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run") || f.starts_with("__traceiter_")
+            })
+            .count();
         kernel.drain(..own);
-        Self { count, cgroup_id: key.cgroup_id, pid: key.tgid, comm: key.comm.clone(), user, kernel }
+        Self {
+            count: s.count,
+            cgroup_id: s.key.cgroup_id,
+            pid: s.key.tgid,
+            comm: s.key.comm.clone(),
+            user,
+            kernel,
+        }
     }
 
     /// `comm;user outermost..innermost;kernel outermost..innermost count`.

@@ -1,6 +1,7 @@
-//! Stack symbolization with blazesym: kernel addresses from /proc/kallsyms, user addresses
-//! from the process's ELF files (found through /proc/<pid>/maps). A process that is gone
-//! degrades to raw addresses, never an error.
+//! Stack symbolization: kernel addresses from /proc/kallsyms (parsed once: blazesym's file
+//! cache re-reads procfs files, whose mtime always looks new), user addresses with blazesym from
+//! the process's ELF files (found through /proc/<pid>/maps). A process that is gone degrades to
+//! raw addresses, never an error.
 
 use std::collections::HashMap;
 
@@ -8,13 +9,49 @@ use blazesym::{
     Pid,
     symbolize::{
         Input, Symbolized, Symbolizer,
-        source::{Kernel, Process, Source},
+        source::{Process, Source},
     },
 };
 
+/// /proc/kallsyms, sorted by address.
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    syms: Vec<(u64, String)>,
+}
+
+impl Kallsyms {
+    pub fn load() -> Self {
+        std::fs::read_to_string("/proc/kallsyms")
+            .map(|t| Self::parse(&t))
+            .unwrap_or_default()
+    }
+
+    /// Lines like `ffffffff81000000 T _stext [module]`; zero addresses (hidden by kptr_restrict)
+    /// are useless and dropped.
+    pub fn parse(text: &str) -> Self {
+        let mut syms: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = u64::from_str_radix(f.next()?, 16).ok().filter(|a| *a != 0)?;
+                let _kind = f.next()?;
+                Some((addr, f.next()?.to_owned()))
+            })
+            .collect();
+        syms.sort_unstable_by_key(|(a, _)| *a);
+        Self { syms }
+    }
+
+    /// The symbol at or below `addr`.
+    pub fn find(&self, addr: u64) -> Option<&str> {
+        let i = self.syms.partition_point(|(a, _)| *a <= addr);
+        i.checked_sub(1).map(|i| self.syms[i].1.as_str())
+    }
+}
+
 pub struct Symbols {
     symbolizer: Symbolizer,
-    kernel: HashMap<u64, String>,
+    kallsyms: Option<Kallsyms>,
     /// (pid, address) -> name, so a process that exits keeps the names already resolved.
     user: HashMap<(u32, u64), String>,
 }
@@ -29,53 +66,53 @@ fn hex(addr: u64) -> String {
     format!("0x{addr:x}")
 }
 
-fn names(syms: Vec<Symbolized<'_>>, addrs: &[u64]) -> Vec<String> {
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| match syms.get(i) {
-            Some(Symbolized::Sym(s)) => s.name.to_string(),
-            _ => hex(*a),
-        })
-        .collect()
-}
-
 impl Symbols {
     pub fn new() -> Self {
-        Self { symbolizer: Symbolizer::new(), kernel: HashMap::new(), user: HashMap::new() }
+        Self {
+            symbolizer: Symbolizer::new(),
+            kallsyms: None,
+            user: HashMap::new(),
+        }
     }
 
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<String> {
-        let missing: Vec<u64> = addrs.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
-        if !missing.is_empty() {
-            let src = Source::Kernel(Kernel { debug_syms: false, ..Kernel::default() });
-            let resolved = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
-                Ok(s) => names(s, &missing),
-                Err(e) => {
-                    log::debug!("kernel symbolization: {e}");
-                    missing.iter().map(|a| hex(*a)).collect()
-                }
-            };
-            self.kernel.extend(missing.into_iter().zip(resolved));
-        }
-        addrs.iter().map(|a| self.kernel.get(a).cloned().unwrap_or_else(|| hex(*a))).collect()
+        let k = self.kallsyms.get_or_insert_with(Kallsyms::load);
+        addrs
+            .iter()
+            .map(|a| k.find(*a).map_or_else(|| hex(*a), str::to_owned))
+            .collect()
     }
 
     pub fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
-        let missing: Vec<u64> = addrs.iter().copied().filter(|a| !self.user.contains_key(&(pid, *a))).collect();
+        let missing: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.user.contains_key(&(pid, *a)))
+            .collect();
         if !missing.is_empty() {
             let src = Source::Process(Process::new(Pid::from(pid)));
-            let resolved = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
-                Ok(s) => names(s, &missing),
+            let resolved: Vec<String> = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
+                Ok(syms) => missing
+                    .iter()
+                    .zip(syms)
+                    .map(|(a, s)| match s {
+                        Symbolized::Sym(s) => s.name.to_string(),
+                        Symbolized::Unknown(_) => hex(*a),
+                    })
+                    .collect(),
                 // The process is gone (or never readable): addresses, not an error.
                 Err(e) => {
                     log::debug!("symbolizing pid {pid}: {e}");
                     missing.iter().map(|a| hex(*a)).collect()
                 }
             };
-            self.user.extend(missing.into_iter().map(|a| (pid, a)).zip(resolved));
+            self.user
+                .extend(missing.into_iter().map(|a| (pid, a)).zip(resolved));
         }
-        addrs.iter().map(|a| self.user.get(&(pid, *a)).cloned().unwrap_or_else(|| hex(*a))).collect()
+        addrs
+            .iter()
+            .map(|a| self.user.get(&(pid, *a)).cloned().unwrap_or_else(|| hex(*a)))
+            .collect()
     }
 }
 
@@ -85,7 +122,17 @@ mod tests {
 
     #[inline(never)]
     fn marker_function_for_symbolization() -> u64 {
-        marker_function_for_symbolization as usize as u64
+        marker_function_for_symbolization as *const () as usize as u64
+    }
+
+    #[test]
+    fn kallsyms_lookup() {
+        let k =
+            Kallsyms::parse("0000000000000000 A hidden\nffffffff81000100 T b\nffffffff81000000 T a\nbad\n");
+        assert_eq!(k.find(0xffffffff81000000), Some("a"));
+        assert_eq!(k.find(0xffffffff810000ff), Some("a"));
+        assert_eq!(k.find(0xffffffff81000200), Some("b"));
+        assert_eq!(k.find(0x1000), None);
     }
 
     #[test]
@@ -93,7 +140,10 @@ mod tests {
         let mut s = Symbols::new();
         let addr = marker_function_for_symbolization();
         let names = s.user(std::process::id(), &[addr]);
-        assert!(names[0].contains("marker_function_for_symbolization"), "{names:?}");
+        assert!(
+            names[0].contains("marker_function_for_symbolization"),
+            "{names:?}"
+        );
         // pid 0x7fffffff does not exist.
         assert_eq!(s.user(0x7fff_ffff, &[0x1234]), vec!["0x1234".to_owned()]);
     }

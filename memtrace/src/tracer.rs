@@ -228,6 +228,10 @@ impl Tracer {
         &self.ebpf
     }
 
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
         let map = self
             .ebpf
@@ -303,22 +307,35 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
         }
         Attach::RawTp { event, first_arg } => {
             if !env.kbtf.tracepoint_first_arg_is(event, first_arg) {
-                return Err(format!("{event}'s first argument is not a struct {first_arg} * on this kernel"));
+                return Err(format!(
+                    "{event}'s first argument is not a struct {first_arg} * on this kernel"
+                ));
             }
             let p: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load().map_err(|e| explain(&e))?;
             p.attach(event).map_err(|e| explain(&e))?;
         }
-        Attach::Tracepoint { category, name, fixed } => {
+        Attach::Tracepoint {
+            category,
+            name,
+            fixed,
+        } => {
             if !env.tracefs.has_event(category, name) {
-                return Err(format!("tracepoint {category}:{name} does not exist on this kernel"));
+                return Err(format!(
+                    "tracepoint {category}:{name} does not exist on this kernel"
+                ));
             }
             if !fixed.is_empty() {
                 let fields = env.tracefs.fields(category, name).map_err(|e| e.to_string())?;
                 for (field, offset, size) in fixed {
-                    let want = crate::tracefs::Field { offset: *offset, size: *size };
+                    let want = crate::tracefs::Field {
+                        offset: *offset,
+                        size: *size,
+                    };
                     if fields.get(*field) != Some(&want) {
-                        return Err(format!("record field {field} is not at offset {offset}, size {size}"));
+                        return Err(format!(
+                            "record field {field} is not at offset {offset}, size {size}"
+                        ));
                     }
                 }
             }

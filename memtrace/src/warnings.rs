@@ -61,17 +61,24 @@ pub struct Warner {
 
 impl Warner {
     pub fn new(opts: WarnOptions) -> Self {
-        Self { opts, state: HashMap::new() }
+        Self {
+            opts,
+            state: HashMap::new(),
+        }
     }
 
     /// Warnings due for these rows (cgroups with charge activity).
     pub fn check(&mut self, rows: &[Row], now: Instant) -> Vec<PreOomWarning> {
         let mut out = vec![];
         for r in rows {
-            let (Some(usage), Some(ws), Some(limit)) = (r.usage_bytes, r.working_set_bytes, r.limit_bytes) else {
+            let (Some(usage), Some(ws), Some(limit)) = (r.usage_bytes, r.working_set_bytes, r.limit_bytes)
+            else {
                 continue;
             };
-            let st = self.state.entry(r.cgroup.clone()).or_insert(State { armed: true, ..State::default() });
+            let st = self.state.entry(r.cgroup.clone()).or_insert(State {
+                armed: true,
+                ..State::default()
+            });
             let growth = st.last_usage.and_then(|(t, u)| {
                 let secs = now.duration_since(t).as_secs_f64();
                 (secs > 0.0).then(|| (usage as f64 - u as f64) / secs)
@@ -88,7 +95,9 @@ impl Warner {
             } else {
                 continue;
             };
-            let recently = st.warned_at.is_some_and(|t| now.duration_since(t) < self.opts.every);
+            let recently = st
+                .warned_at
+                .is_some_and(|t| now.duration_since(t) < self.opts.every);
             if !st.armed || recently {
                 continue;
             }
@@ -103,7 +112,9 @@ impl Warner {
                 limit_bytes: limit,
                 working_set_ratio: ratio,
                 usage_growth_bytes_per_s: growth,
-                seconds_to_limit: growth.filter(|g| *g > 0.0).map(|g| limit.saturating_sub(usage) as f64 / g),
+                seconds_to_limit: growth
+                    .filter(|g| *g > 0.0)
+                    .map(|g| limit.saturating_sub(usage) as f64 / g),
                 reclaim_stalls_per_s: r.rate.reclaim_stalls_per_s,
             });
         }
@@ -125,13 +136,19 @@ mod tests {
             limit_bytes: Some(100 << 20),
             headroom_pct: None,
             oom_kills: None,
-            rate: Rate { reclaim_stalls_per_s: stalls, ..Rate::default() },
+            rate: Rate {
+                reclaim_stalls_per_s: stalls,
+                ..Rate::default()
+            },
         }
     }
 
     #[test]
     fn one_warning_per_crossing() {
-        let mut w = Warner::new(WarnOptions { ratio: 0.9, every: Duration::from_secs(60) });
+        let mut w = Warner::new(WarnOptions {
+            ratio: 0.9,
+            every: Duration::from_secs(60),
+        });
         let t0 = Instant::now();
         assert!(w.check(&[row(50, 0.0)], t0).is_empty());
         let first = w.check(&[row(92, 0.0)], t0 + Duration::from_secs(1));
@@ -150,8 +167,14 @@ mod tests {
 
     #[test]
     fn reclaim_stalls_warn_below_the_ratio() {
-        let mut w = Warner::new(WarnOptions { ratio: 0.9, every: Duration::from_secs(60) });
+        let mut w = Warner::new(WarnOptions {
+            ratio: 0.9,
+            every: Duration::from_secs(60),
+        });
         let got = w.check(&[row(70, 2.0)], Instant::now());
-        assert_eq!(got.iter().map(|w| w.reason).collect::<Vec<_>>(), vec![Reason::Reclaim]);
+        assert_eq!(
+            got.iter().map(|w| w.reason).collect::<Vec<_>>(),
+            vec![Reason::Reclaim]
+        );
     }
 }

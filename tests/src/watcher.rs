@@ -84,7 +84,7 @@ impl Watcher {
     }
 
     /// The next event for which `pred` holds (other tests' kills are skipped).
-    pub fn next_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn next_event(&mut self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -23,7 +23,14 @@ fn probes_report_is_complete_and_as_expected() {
     assert!(report["btf"].is_string());
     let hooks = report["hooks"].as_array().expect("hooks");
     let names: Vec<&str> = hooks.iter().filter_map(|h| h["hook"].as_str()).collect();
-    for want in ["oom_victim", "oom_context", "cgroup_mkdir"] {
+    for want in [
+        "oom_victim",
+        "oom_context",
+        "cgroup_mkdir",
+        "charge",
+        "reclaim_begin",
+        "reclaim_end",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     for h in hooks {

@@ -43,21 +43,34 @@ enum Count {
 /// plain tracepoint, the cgroup id itself): no kernel read on the hot path once it exists.
 #[inline(always)]
 fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
+    let id = || match known_id {
+        Some(id) => Some(id),
+        None => kernel::css_cgroup_id(memcg).ok(),
+    };
     if let Some(c) = CHARGES.get_ptr_mut(&key) {
+        // An entry inserted on another CPU has a zeroed copy on this one: name it once here.
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe {
+            if (*c).cgroup_id == 0 {
+                (*c).cgroup_id = id()?;
+            }
+        }
         return Some(c);
     }
-    let cgroup_id = match known_id {
-        Some(id) => id,
-        None => kernel::css_cgroup_id(memcg).ok()?,
+    let cgroup_id = id()?;
+    let fresh = ChargeCounters {
+        cgroup_id,
+        ..ChargeCounters::default()
     };
-    let fresh = ChargeCounters { cgroup_id, ..ChargeCounters::default() };
     CHARGES.insert(&key, &fresh, 0).ok()?;
     CHARGES.get_ptr_mut(&key)
 }
 
 #[inline(always)]
 fn account<C: StackIdContext>(ctx: &C, key: u64, memcg: *const u8, known_id: Option<u64>, what: Count) {
-    let Some(c) = counters(key, memcg, known_id) else { return };
+    let Some(c) = counters(key, memcg, known_id) else {
+        return;
+    };
     // SAFETY: a per-CPU map value: this CPU's copy, not shared.
     let c = unsafe { &mut *c };
     match what {
@@ -88,7 +101,9 @@ fn tick() -> bool {
     if every == 0 {
         return false;
     }
-    let Some(t) = SAMPLE_TICK.get_ptr_mut(0) else { return false };
+    let Some(t) = SAMPLE_TICK.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU slot.
     unsafe {
         *t += 1;
@@ -103,7 +118,9 @@ fn tick() -> bool {
 #[inline(always)]
 fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
     let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    let user_stack = ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)).map_or(-1, |id| id as i32);
+    let user_stack = ctx
+        .get_stackid(&STACKS, u64::from(BPF_F_USER_STACK))
+        .map_or(-1, |id| id as i32);
     let key = StackKey {
         cgroup_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
@@ -143,14 +160,32 @@ fn event_count(item: u32, val: u64) -> Option<Count> {
 pub fn charge_fentry(ctx: FEntryContext) -> u32 {
     let memcg: *const u8 = ctx.arg(0);
     let pages: u32 = ctx.arg(2);
-    account(&ctx, memcg as u64, memcg, None, Count::Charge { pages: u64::from(pages) });
+    account(
+        &ctx,
+        memcg as u64,
+        memcg,
+        None,
+        Count::Charge {
+            pages: u64::from(pages),
+        },
+    );
     0
 }
 
 #[kprobe]
 pub fn charge_kprobe(ctx: ProbeContext) -> u32 {
-    let (Some(memcg), Some(pages)) = (ctx.arg::<*const u8>(0), ctx.arg::<u32>(2)) else { return 0 };
-    account(&ctx, memcg as u64, memcg, None, Count::Charge { pages: u64::from(pages) });
+    let (Some(memcg), Some(pages)) = (ctx.arg::<*const u8>(0), ctx.arg::<u32>(2)) else {
+        return 0;
+    };
+    account(
+        &ctx,
+        memcg as u64,
+        memcg,
+        None,
+        Count::Charge {
+            pages: u64::from(pages),
+        },
+    );
     0
 }
 
@@ -180,7 +215,8 @@ pub fn memcg_ev_raw(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "memcg", name = "count_memcg_events")]
 pub fn memcg_ev_tp(ctx: TracePointContext) -> u32 {
     let base = ctx.as_ptr() as *const u8;
-    let (Ok(id), Ok(item), Ok(val)) = (read::<u64>(base, 8), read::<u32>(base, 16), read::<u64>(base, 24)) else {
+    let (Ok(id), Ok(item), Ok(val)) = (read::<u64>(base, 8), read::<u32>(base, 16), read::<u64>(base, 24))
+    else {
         return 0;
     };
     if let Some(what) = event_count(item, val) {
@@ -200,12 +236,16 @@ fn reclaim_begin() {
 fn reclaim_end<C: StackIdContext>(ctx: &C) {
     let pid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: a map value read once, then removed.
-    let Some(start) = (unsafe { RECLAIM_START.get(&pid) }).copied() else { return };
+    let Some(start) = (unsafe { RECLAIM_START.get(&pid) }).copied() else {
+        return;
+    };
     let _ = RECLAIM_START.remove(&pid);
     let took = unsafe { bpf_ktime_get_boot_ns() }.saturating_sub(start);
     // The stall is charged to the stalled task's memcg (the limit may be an ancestor's).
     let current = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(memcg) = kernel::task_memcg(current) else { return };
+    let Ok(memcg) = kernel::task_memcg(current) else {
+        return;
+    };
     let _ = ctx;
     if let Some(c) = counters(memcg as u64, memcg, None) {
         // SAFETY: this CPU's copy.

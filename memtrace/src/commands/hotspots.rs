@@ -17,22 +17,44 @@ use crate::{
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
     let opts = TracerOptions {
-        charges: Some(ChargeOptions { sample_every: args.sample_every }),
+        charges: Some(ChargeOptions {
+            sample_every: args.sample_every,
+        }),
         ..TracerOptions::default()
     };
-    let (tracer, _rings) = Tracer::start(&opts)?;
+    let (mut tracer, _rings) = Tracer::start(&opts)?;
     if tracer.selected("charge").is_none() {
         anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
     }
     let hierarchy = MemoryHierarchy::detect()?;
     let mut monitor = ChargeMonitor::new(args.duration + Duration::from_secs(5));
-    monitor.poll(tracer.ebpf(), 4096).context("reading charge maps")?;
-    eprintln!("memtrace: sampling charges for {}", humantime::format_duration(args.duration));
-    tokio::select! {
-        _ = tokio::time::sleep(args.duration) => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut syms = Symbols::new();
+    monitor
+        .poll(tracer.ebpf_mut(), 4096)
+        .context("reading charge maps")?;
+    eprintln!(
+        "memtrace: sampling charges for {}",
+        humantime::format_duration(args.duration)
+    );
+    // Drain once a second: the kernel maps stay small, and user stacks are symbolized while
+    // their processes still run.
+    let deadline = tokio::time::Instant::now() + args.duration;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep((deadline - now).min(Duration::from_secs(1))) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        monitor
+            .poll(tracer.ebpf_mut(), 4096)
+            .context("reading charge maps")?;
+        for s in monitor.latest() {
+            let _ = syms.user(s.key.tgid, &s.user_ips);
+        }
     }
-    monitor.poll(tracer.ebpf(), 4096).context("reading charge maps")?;
 
     let mut paths = CgroupPaths::new(hierarchy);
     let ids: Vec<u64> = match &args.cgroup {
@@ -50,11 +72,10 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
         None => monitor.rates.keys().copied().collect(),
     };
-    let mut syms = Symbols::new();
     let top: Vec<HotStack> = monitor
-        .top_samples(&ids, args.duration + Duration::from_secs(1), args.top)
+        .top_samples(&ids, args.duration + Duration::from_secs(2), args.top)
         .iter()
-        .map(|(k, n)| HotStack::resolve(tracer.ebpf(), &mut syms, k, *n))
+        .map(|s| HotStack::resolve(&mut syms, s))
         .collect();
     if args.folded {
         for h in &top {
@@ -81,7 +102,10 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
         Format::Text => {
             let total: u64 = top.iter().map(|h| h.count).sum::<u64>().max(1);
-            println!("{:>7} {:>6}  {:<16} {:>7}  {:<40} KERNEL", "SAMPLES", "SHARE", "COMM", "PID", "USER (innermost)");
+            println!(
+                "{:>7} {:>6}  {:<16} {:>7}  {:<40} KERNEL",
+                "SAMPLES", "SHARE", "COMM", "PID", "USER (innermost)"
+            );
             for h in &top {
                 println!(
                     "{:>7} {:>5.1}%  {:<16} {:>7}  {:<40} {}",

@@ -36,8 +36,11 @@ fn print_text(rows: &[Row]) {
 }
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
-    let opts = TracerOptions { charges: Some(ChargeOptions { sample_every: 0 }), ..TracerOptions::default() };
-    let (tracer, _rings) = Tracer::start(&opts)?;
+    let opts = TracerOptions {
+        charges: Some(ChargeOptions { sample_every: 0 }),
+        ..TracerOptions::default()
+    };
+    let (mut tracer, _rings) = Tracer::start(&opts)?;
     if tracer.selected("charge").is_none() {
         anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
     }
@@ -45,7 +48,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut monitor = ChargeMonitor::new(Duration::from_secs(10));
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    monitor.poll(tracer.ebpf(), page).context("reading charge maps")?;
+    monitor
+        .poll(tracer.ebpf_mut(), page)
+        .context("reading charge maps")?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -53,7 +58,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }
-        monitor.poll(tracer.ebpf(), page).context("reading charge maps")?;
+        monitor
+            .poll(tracer.ebpf_mut(), page)
+            .context("reading charge maps")?;
         let rows = rows(&monitor, &mut paths);
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&rows)?),

@@ -12,13 +12,13 @@ use tokio::{
 use crate::{
     attribution::BundleRoots,
     cgroup::{CgroupPaths, MemoryHierarchy},
+    charge_watch::ChargeWatch,
     cli::WatchArgs,
     clock,
     event::{CgroupCreated, OomRecord},
     kill::{EnrichOptions, Enricher},
     output::{Format, json, text},
     reconcile::Reconciler,
-    charge_watch::ChargeWatch,
     tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
     warnings::{PreOomWarning, WarnOptions},
 };
@@ -38,9 +38,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         forced: args.variants.clone(),
         oom_ring_bytes: args.oom_ring_bytes,
         try_all: false,
-        charges: (!args.no_charges).then_some(ChargeOptions { sample_every: args.stack_sample_every }),
+        charges: (!args.no_charges).then_some(ChargeOptions {
+            sample_every: args.stack_sample_every,
+        }),
     };
-    let (tracer, rings) = Tracer::start(&opts)?;
+    let (mut tracer, rings) = Tracer::start(&opts)?;
     let Rings {
         oom: mut ring,
         cgroups: mut cgroup_ring,
@@ -70,7 +72,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let mut charge_watch = tracer.selected("charge").map(|_| {
-        ChargeWatch::new(args.kill_context_window, WarnOptions { ratio: args.warn_ratio, every: args.warn_every })
+        ChargeWatch::new(
+            args.kill_context_window,
+            WarnOptions {
+                ratio: args.warn_ratio,
+                every: args.warn_every,
+            },
+        )
     });
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
@@ -86,10 +94,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
     let mut write_line = move |line: String| -> anyhow::Result<()> {
-        writeln!(stdout, "{line}").and_then(|()| stdout.flush()).context("writing to stdout")
+        writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .context("writing to stdout")
     };
 
     let mut emit = |r: OomRecord,
+                    tracer: &mut Tracer,
                     enricher: &mut Enricher,
                     charge_watch: &mut Option<ChargeWatch>,
                     delivery: &mut Delivery|
@@ -103,7 +114,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         };
         let mut kill = enricher.enrich(r);
         if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths()) {
-            kill.hotspots = cw.kill_context(&tracer, paths, &kill);
+            kill.hotspots = cw.kill_context(tracer, paths, &kill);
         }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         let line = match args.output {
@@ -122,7 +133,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 // Cgroups created just before the kill are learnt first.
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for r in drain(guard.get_inner_mut(), &mut delivery) {
-                    emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
+                    emit(r, &mut tracer, &mut enricher, &mut charge_watch, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
@@ -130,7 +141,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost);
                 if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths_mut()) {
-                    for w in cw.tick(&tracer, paths) {
+                    for w in cw.tick(&mut tracer, paths) {
                         emit_warning(&w, args.output, &host, &mut delivery);
                     }
                 }
@@ -155,7 +166,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Records that arrived with the signal are still reported.
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery) {
-        emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
+        emit(r, &mut tracer, &mut enricher, &mut charge_watch, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost);

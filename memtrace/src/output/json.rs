@@ -171,7 +171,10 @@ pub fn warning(w: &PreOomWarning, host: &str) -> Value {
         .put("memtrace.warning.working_set_bytes", w.working_set_bytes)
         .put("memtrace.warning.limit_bytes", w.limit_bytes)
         .put("memtrace.warning.working_set_ratio", w.working_set_ratio)
-        .opt("memtrace.warning.usage_growth_bytes_per_s", w.usage_growth_bytes_per_s)
+        .opt(
+            "memtrace.warning.usage_growth_bytes_per_s",
+            w.usage_growth_bytes_per_s,
+        )
         .opt("memtrace.warning.seconds_to_limit", w.seconds_to_limit)
         .put("memtrace.warning.reclaim_stalls_per_s", w.reclaim_stalls_per_s);
     Value::Object(o.0)

@@ -28,13 +28,21 @@ pub fn warning_summary(w: &PreOomWarning) -> String {
         ),
     };
     if let (Some(g), Some(t)) = (w.usage_growth_bytes_per_s, w.seconds_to_limit) {
-        let _ = write!(s, "; growing {}/s: limit in about {t:.1} s", human_bytes(g as u64));
+        let _ = write!(
+            s,
+            "; growing {}/s: limit in about {t:.1} s",
+            human_bytes(g as u64)
+        );
     }
     s
 }
 
 pub fn warning(w: &PreOomWarning) -> String {
-    format!("{} PRE-OOM WARNING: {}", clock::rfc3339(w.time), warning_summary(w))
+    format!(
+        "{} PRE-OOM WARNING: {}",
+        clock::rfc3339(w.time),
+        warning_summary(w)
+    )
 }
 
 pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
@@ -115,7 +123,14 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
     let _ = write!(s, " | {} +{:.1}ms", k.hook.as_str(), emit_delay_ns as f64 / 1e6);
     let _ = write!(s, "\n    why: {}", k.verdict.summary);
     if let Some(h) = k.hotspots.first() {
-        let _ = write!(s, "\n    top charger before the kill: {} ({}) in {} ({} samples)", h.comm, h.pid, h.top_user_frame(), h.count);
+        let _ = write!(
+            s,
+            "\n    top charger before the kill: {} ({}) in {} ({} samples)",
+            h.comm,
+            h.pid,
+            h.top_user_frame(),
+            h.count
+        );
     }
     if k.victim_exiting {
         let _ = write!(s, " (victim was already exiting: marked, not killed)");

@@ -56,8 +56,16 @@ fn main() {
             ready_then_sleep()
         }
         Some("trickle") => {
-            let per_s = args.next().and_then(|a| a.parse::<u64>().ok()).unwrap_or(16).max(1);
-            let max = args.next().and_then(|a| a.parse::<usize>().ok()).unwrap_or(64).max(1);
+            let per_s = args
+                .next()
+                .and_then(|a| a.parse::<u64>().ok())
+                .unwrap_or(16)
+                .max(1);
+            let max = args
+                .next()
+                .and_then(|a| a.parse::<usize>().ok())
+                .unwrap_or(64)
+                .max(1);
             let pause = Duration::from_micros(1_000_000 / per_s);
             println!("ready");
             let _ = std::io::stdout().flush();

@@ -1,0 +1,153 @@
+//! Charge hotspots on real allocations: the hotspot report and the kill event name the
+//! allocating function, `top` shows the charging cgroup, and a cgroup driven to 90 % of its
+//! limit gets exactly one warning before its kill.
+
+use std::{process::Command, time::Duration};
+
+use memtrace_tests::{TestCgroup, Watcher, ebpf_available, memtrace_bin, procs};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+/// The allocator's allocating function (tests/src/bin/memtrace-alloc.rs).
+const ALLOC_FN: &str = "memtrace_test_trickle_chunk";
+
+fn memtrace_json(args: &[&str]) -> Value {
+    let out = Command::new(memtrace_bin())
+        .args(args)
+        .output()
+        .expect("run memtrace");
+    assert!(
+        out.status.success(),
+        "memtrace {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn hotspots_name_the_allocating_function() {
+    if !ebpf_available("hotspots_name_the_allocating_function") {
+        return;
+    }
+    let cg = TestCgroup::new("hot", 1024 * MIB);
+    let mut alloc = procs::alloc_in(&cg, &["trickle", "40", "512"], None);
+    procs::wait_ready(&mut alloc);
+    let report = memtrace_json(&[
+        "hotspots",
+        "--cgroup",
+        &cg.rel,
+        "--duration",
+        "3s",
+        "--output",
+        "json",
+    ]);
+    let _ = alloc.kill();
+    let _ = alloc.wait();
+    eprintln!("{report:#}");
+    let top = &report[0];
+    assert_eq!(top["pid"], alloc.id());
+    assert_eq!(top["cgroup"], cg.rel.as_str());
+    let user: Vec<&str> = top["user_stack"]
+        .as_array()
+        .expect("user stack")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        user.iter().any(|f| f.contains(ALLOC_FN)),
+        "top user stack names {ALLOC_FN}: {user:?}"
+    );
+    let kernel: Vec<&str> = top["kernel_stack"]
+        .as_array()
+        .expect("kernel stack")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        kernel.iter().any(|f| f.contains("charge")),
+        "kernel stack is the charge path: {kernel:?}"
+    );
+    assert!(
+        !kernel.first().is_some_and(|f| f.starts_with("bpf_prog_")),
+        "memtrace's own frames are cut"
+    );
+}
+
+#[test]
+fn top_once_shows_the_charging_cgroup() {
+    if !ebpf_available("top_once_shows_the_charging_cgroup") {
+        return;
+    }
+    let cg = TestCgroup::new("top", 1024 * MIB);
+    let mut alloc = procs::alloc_in(&cg, &["trickle", "40", "512"], None);
+    procs::wait_ready(&mut alloc);
+    let rows = memtrace_json(&["top", "--once", "--interval", "1500ms", "--output", "json"]);
+    let _ = alloc.kill();
+    let _ = alloc.wait();
+    let row = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["cgroup"] == cg.rel.as_str())
+        .unwrap_or_else(|| panic!("{} not in {rows:#}", cg.rel));
+    eprintln!("{row:#}");
+    let rate =
+        row["charge_events_per_s"].as_f64().unwrap_or(0.0) + row["faults_per_s"].as_f64().unwrap_or(0.0);
+    assert!(rate > 0.0, "a charge rate for the allocating cgroup: {row}");
+    assert_eq!(row["limit_bytes"], 1024 * MIB);
+    assert!(row["usage_bytes"].as_u64().is_some_and(|u| u > 0));
+}
+
+#[test]
+fn one_warning_then_the_kill_with_its_stack() {
+    if !ebpf_available("one_warning_then_the_kill_with_its_stack") {
+        return;
+    }
+    let mut w = Watcher::start(&["--warn-ratio", "0.9"]);
+    let cg = TestCgroup::new("warn", 64 * MIB);
+    let rel = cg.rel.clone();
+    // 59 MiB of 64: over 90 %, held long enough for a one-second tick to see it.
+    let mut holder = procs::alloc_in(&cg, &["hold", "59"], None);
+    procs::wait_ready(&mut holder);
+    let warning = w.next_event(Duration::from_secs(10), |v| {
+        v["event.name"] == "memtrace.pre_oom_warning" && v["memtrace.cgroup.path"] == rel.as_str()
+    });
+    eprintln!("warning: {warning}");
+    assert!(
+        warning["memtrace.warning.working_set_ratio"]
+            .as_f64()
+            .is_some_and(|r| r >= 0.9)
+    );
+    assert_eq!(warning["memtrace.warning.limit_bytes"], 64 * MIB);
+    std::thread::sleep(Duration::from_millis(2500));
+    // Now charge steadily until the limit: the kill must carry this allocator's stack.
+    // 2 MiB/s: alive for a couple of one-second ticks, so its stack is symbolized while it runs.
+    let mut alloc = procs::alloc_in(&cg, &["trickle", "2", "1000"], Some(1000));
+    let pid = alloc.id();
+    let _ = alloc.wait();
+    let mut warnings_after = 0;
+    let kill = w.next_event(Duration::from_secs(60), |v| {
+        if v["event.name"] == "memtrace.pre_oom_warning" && v["memtrace.cgroup.path"] == rel.as_str() {
+            warnings_after += 1;
+        }
+        v["event.name"] == "memtrace.oom_kill" && v["process.pid"] == pid
+    });
+    eprintln!("kill: {kill}");
+    assert_eq!(warnings_after, 0, "exactly one warning before the kill");
+    let stacks = kill["memtrace.hotspots"]
+        .as_array()
+        .expect("kill carries hotspots");
+    let ours = stacks
+        .iter()
+        .find(|s| s["pid"] == pid)
+        .expect("the victim's own stack");
+    assert!(
+        ours["folded"].as_str().is_some_and(|f| f.contains(ALLOC_FN)),
+        "the kill names the allocating function: {ours}"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(cg);
+    w.stop();
+}
