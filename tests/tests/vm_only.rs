@@ -73,7 +73,11 @@ fn group_kill_reports_every_task(variant: Option<&str>, tag: &str, exact_path: b
     }
 
     // Every victim, then a quiet second for duplicates.
-    let ours = |v: &Value| v["process.pid"].as_u64().is_some_and(|p| pids.contains(&(p as u32)));
+    let ours = |v: &Value| {
+        v["process.pid"]
+            .as_u64()
+            .is_some_and(|p| pids.contains(&(p as u32)))
+    };
     let mut events: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
     let deadline = Instant::now() + WAIT;
     while events.len() < pids.len() && Instant::now() < deadline {
@@ -113,10 +117,19 @@ fn group_kill_reports_every_task(variant: Option<&str>, tag: &str, exact_path: b
             );
         }
     }
-    // The kernel's own count agrees: one oom_kill per task.
+    // The kernel's own count: one oom_kill per task, plus one when the chosen victim is still
+    // alive during the group scan (mm/oom_kill.c oom_kill_memcg_member() calls
+    // __oom_kill_process() on it again: it counts, and logs "Killed process", a second time,
+    // but mark_oom_victim() returns early, so mark_victim fires once per task). Seen on 6.1
+    // and 6.12: 6 for these 5 tasks. A kmsg parser counts 6 kills here; memtrace counts 5.
     let me = memory_events(&cg);
     eprintln!("memory.events: {me:?}");
-    assert_eq!(me.get("oom_kill").copied(), Some(pids.len() as u64), "{me:?}");
+    let n = pids.len() as u64;
+    assert!(
+        me.get("oom_kill").is_some_and(|&k| k == n || k == n + 1),
+        "memory.events oom_kill should be {n} or {}: {me:?}",
+        n + 1
+    );
     if let Some(&groups) = me.get("oom_group_kill") {
         assert!(groups >= 1, "{me:?}");
     }
