@@ -73,8 +73,11 @@ const DONE: &str = "MEMTRACE-VM-DONE";
 const TIME_SCALE: u32 = 10;
 
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let root = workspace_root()?;
-    let vm_dir = root.join("target/vm");
+    let vm_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("vm");
     std::fs::create_dir_all(&vm_dir).with_context(|| format!("mkdir {}", vm_dir.display()))?;
     let qemu = find_tool("qemu-system-x86_64")?;
 
@@ -105,6 +108,10 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     for r in &reports {
         eprintln!("vm:   {}", r.line());
     }
+    eprintln!(
+        "vm:   total {:.1}s (build, kernels, initramfs and every boot)",
+        started.elapsed().as_secs_f64()
+    );
     let failed: Vec<_> = reports
         .iter()
         .filter(|r| !r.passed())
@@ -311,6 +318,12 @@ fn resolve_kernels(wanted: &[String], cache: &Path) -> anyhow::Result<Vec<Kernel
             }
         };
         let vmlinuz = fetch_kernel(&pkg.package, cache)?;
+        // Older builds of the series are not booted again.
+        for old in cached.get(&key).into_iter().flatten() {
+            if old.package != pkg.package {
+                let _ = std::fs::remove_dir_all(cache.join(&old.package));
+            }
+        }
         out.push(Kernel {
             series: label,
             package: pkg.package,
@@ -408,11 +421,52 @@ struct Built {
     tests: Vec<(String, PathBuf)>,
 }
 
+/// Executables cargo reports building: (target name, target kinds, built as a test, path).
+fn artifacts(json: &str) -> Vec<(String, Vec<String>, bool, PathBuf)> {
+    let mut out = Vec::new();
+    for line in json.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let kinds = v["target"]["kind"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        out.push((
+            v["target"]["name"].as_str().unwrap_or_default().to_owned(),
+            kinds,
+            v["profile"]["test"] == true,
+            PathBuf::from(exe),
+        ));
+    }
+    out
+}
+
+/// Builds (if needed) what the guest runs; paths from cargo, so CARGO_TARGET_DIR is honoured.
 fn build(root: &Path) -> anyhow::Result<Built> {
     let mut b = cargo();
-    b.args(["build", "--package", "memtrace", "--bin", "memtrace"])
-        .current_dir(root);
-    run_ok(b)?;
+    b.args([
+        "build",
+        "--package",
+        "memtrace",
+        "--bin",
+        "memtrace",
+        "--message-format=json",
+    ])
+    .current_dir(root);
+    let memtrace = artifacts(&output_ok(b)?)
+        .into_iter()
+        .find(|(name, kinds, _, _)| name == "memtrace" && kinds.iter().any(|k| k == "bin"))
+        .map(|(.., exe)| exe)
+        .context("cargo build did not report the memtrace binary")?;
     let mut t = cargo();
     t.args([
         "test",
@@ -422,30 +476,13 @@ fn build(root: &Path) -> anyhow::Result<Built> {
         "--message-format=json",
     ])
     .current_dir(root);
-    let json = output_ok(t)?;
     let mut tests = Vec::new();
     let mut alloc = None;
-    for line in json.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let Some(exe) = v["executable"].as_str() else {
-            continue;
-        };
-        let name = v["target"]["name"].as_str().unwrap_or_default().to_owned();
-        let kinds: Vec<&str> = v["target"]["kind"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| k.as_str())
-            .collect();
-        if kinds.contains(&"test") {
-            tests.push((name, PathBuf::from(exe)));
-        } else if kinds.contains(&"bin") && name == "memtrace-alloc" && v["profile"]["test"] == false {
-            alloc = Some(PathBuf::from(exe));
+    for (name, kinds, test, exe) in artifacts(&output_ok(t)?) {
+        if kinds.iter().any(|k| k == "test") {
+            tests.push((name, exe));
+        } else if kinds.iter().any(|k| k == "bin") && name == "memtrace-alloc" && !test {
+            alloc = Some(exe);
         }
     }
     tests.sort();
@@ -454,8 +491,8 @@ fn build(root: &Path) -> anyhow::Result<Built> {
         "cargo test --no-run listed no integration test binary"
     );
     Ok(Built {
-        memtrace: root.join("target/debug/memtrace"),
-        alloc: alloc.unwrap_or_else(|| root.join("target/debug/memtrace-alloc")),
+        memtrace,
+        alloc: alloc.context("cargo test --no-run did not report memtrace-alloc")?,
         tests,
     })
 }
@@ -739,7 +776,11 @@ fn boot(
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(["-serial", "mon:stdio"])
         .arg("-serial")
-        .arg(format!("file:{}", results_file.display()))
+        // qemu option syntax: a comma in the path is written twice.
+        .arg(format!(
+            "file:{}",
+            results_file.display().to_string().replace(',', ",,")
+        ))
         .arg("-kernel")
         .arg(&k.vmlinuz)
         .arg("-initrd")
