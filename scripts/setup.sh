@@ -9,6 +9,7 @@ LLVM=22
 APT_PKGS=(
   "llvm-${LLVM}-dev" "libpolly-${LLVM}-dev" libzstd-dev zlib1g-dev  # bpf-linker build
   bpftool bpftrace stress-ng util-linux procps               # tests and benchmarks
+  qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

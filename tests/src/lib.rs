@@ -36,6 +36,16 @@ pub fn ebpf_available(test: &str) -> bool {
     }
 }
 
+/// Multiplier for the tests' latency budgets: `$MEMTRACE_TEST_TIME_SCALE`, default 1.
+/// `cargo xtask vm` sets it for its guests, which run under TCG emulation.
+pub fn time_scale() -> u64 {
+    std::env::var("MEMTRACE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
 /// The memtrace binary under test: `$MEMTRACE_BIN`, else the workspace's target/debug.
 pub fn memtrace_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("MEMTRACE_BIN") {

@@ -49,7 +49,11 @@ fn allocator_is_reported(variant: Option<&str>, tag: &str) {
     assert!(anon <= LIMIT + (1 << 20), "anon rss {anon} over the limit");
     assert_eq!(field(&ev, "memtrace.memcg.limit_bytes"), LIMIT);
     let delay = field(&ev, "memtrace.emit_delay_us").as_u64().expect("delay");
-    assert!(delay < 100_000, "event emitted {delay} us after the kill");
+    let budget = 100_000 * memtrace_tests::time_scale();
+    assert!(
+        delay < budget,
+        "event emitted {delay} us after the kill (budget {budget} us)"
+    );
     if let Some(v) = variant {
         assert_eq!(
             field(&ev, "memtrace.hook"),
@@ -139,7 +143,10 @@ fn bystander_is_named(variant: &str, tag: &str, exact_path: bool) {
     let anon = field(&ev, "memtrace.victim.anon_rss_bytes")
         .as_u64()
         .expect("anon");
-    assert!(anon >= 40 << 20, "the idle victim holds its 40 MiB: {anon}");
+    // The kernel's rss counters are approximate: before 6.2 each task caches up to 64 page
+    // events (SPLIT_RSS_COUNTING), since then they are per-CPU counters. 6.1 reported
+    // 40884 kB for these 40 MiB, as its own "Killed process" line did.
+    assert!(anon >= 39 << 20, "the idle victim holds its 40 MiB: {anon}");
     let _ = idle.wait();
     let _ = alloc.kill();
     let _ = alloc.wait();

@@ -1,6 +1,7 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -15,10 +16,13 @@ struct Cli {
 enum Task {
     /// Build memtrace and run every test, the real-OOM eBPF tests included.
     Test(test::TestArgs),
+    /// Run the integration tests in Debian kernels (6.1, 6.12, ...) under qemu.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(&args),
+        Task::Vm(args) => vm::run(&args),
     }
 }
