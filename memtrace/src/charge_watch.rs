@@ -1,80 +1,165 @@
-//! The charge side of `memtrace watch`: polls the charge maps, raises pre-OOM warnings, and
-//! names the top charging stacks of a cgroup in the seconds before one of its kills.
+//! The charge side of `memtrace watch`, on a thread of its own so that nothing it does (map
+//! reads, symbolization, cgroup file reads) can delay a kill event. Once a second it drains
+//! the charge maps, symbolizes the new samples while their processes still run, publishes a
+//! window of resolved stacks, and sends pre-OOM warnings to the event loop. A kill reads the
+//! published window: memory only, no syscall.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
 
 use crate::{
-    cgroup::CgroupPaths,
-    charges::{ChargeMonitor, rows},
+    cgroup::{CgroupPaths, MemoryHierarchy},
+    charges::{ChargeMaps, ChargeMonitor, rows},
     kill::OomKill,
     stacks::HotStack,
     symbolize::Symbols,
-    tracer::Tracer,
     warnings::{PreOomWarning, WarnOptions, Warner},
 };
 
 /// Stacks shown with a kill.
 const KILL_STACKS: usize = 5;
+/// Time per poll spent symbolizing user stacks; past it, frames stay addresses.
+const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(200);
+/// Warnings waiting for the event loop; past this they are dropped (and logged).
+const WARNING_QUEUE: usize = 256;
+
+type Window = VecDeque<(Instant, Vec<HotStack>)>;
+/// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
+type StackId<'a> = (u64, u32, &'a str, &'a [String], &'a [String]);
 
 pub struct ChargeWatch {
+    window: Arc<Mutex<Window>>,
+    span: Duration,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub warnings: mpsc::Receiver<PreOomWarning>,
+}
+
+struct Worker {
+    maps: ChargeMaps,
     monitor: ChargeMonitor,
     warner: Warner,
-    symbols: Symbols,
-    window: Duration,
+    paths: CgroupPaths,
+    window: Arc<Mutex<Window>>,
+    keep: Duration,
+    warnings: mpsc::Sender<PreOomWarning>,
     page_size: u64,
 }
 
-/// User stacks symbolized per tick, while their processes still exist (a killed process's
-/// /proc/<pid>/maps is gone by the time its kill is reported); the rest keep addresses.
-const RESOLVE_PER_TICK: usize = 256;
-
-impl ChargeWatch {
-    pub fn new(window: Duration, warn: WarnOptions) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let mut symbols = Symbols::new();
-        // Parse /proc/kallsyms now, not when the first kill is waiting to be reported.
-        let _ = symbols.kernel(&[0xffff_ffff_8100_0000]);
-        Self {
-            monitor: ChargeMonitor::new(window + Duration::from_secs(2)),
-            warner: Warner::new(warn),
-            symbols,
-            window,
-            page_size,
+impl Worker {
+    fn poll(&mut self, symbols: &mut Symbols) {
+        self.monitor.poll(&mut self.maps, self.page_size);
+        let started = Instant::now();
+        let resolved: Vec<HotStack> = self
+            .monitor
+            .latest()
+            .iter()
+            .map(|s| {
+                if started.elapsed() < SYMBOLIZE_BUDGET {
+                    HotStack::resolve(symbols, s)
+                } else {
+                    HotStack::resolve_kernel_only(symbols, s)
+                }
+            })
+            .collect();
+        let now = Instant::now();
+        if let Ok(mut w) = self.window.lock() {
+            w.push_back((now, resolved));
+            while w.front().is_some_and(|(t, _)| now.duration_since(*t) > self.keep) {
+                w.pop_front();
+            }
         }
-    }
-
-    /// Once a second: new rates, and the warnings they call for.
-    pub fn tick(&mut self, tracer: &mut Tracer, paths: &mut CgroupPaths) -> Vec<PreOomWarning> {
-        if let Err(e) = self.monitor.poll(tracer.ebpf_mut(), self.page_size) {
-            log::warn!("reading charge maps: {e}");
-            return vec![];
+        let rows = rows(&self.monitor, &mut self.paths);
+        log::debug!(
+            "charge poll: {} cgroups charging, {} active, {} samples",
+            self.monitor.rates.len(),
+            rows.len(),
+            self.monitor.latest().len()
+        );
+        log::trace!(
+            "charging cgroup ids: {:?}",
+            self.monitor.rates.keys().collect::<Vec<_>>()
+        );
+        for r in &rows {
+            log::trace!(
+                "row {} usage {:?} ws {:?} limit {:?}",
+                r.cgroup,
+                r.usage_bytes,
+                r.working_set_bytes,
+                r.limit_bytes
+            );
         }
-        self.resolve_new();
-        let rows = rows(&self.monitor, paths);
-        self.warner.check(&rows, Instant::now())
-    }
-
-    /// Symbolizes the user stacks of the latest samples now (names are cached per pid).
-    fn resolve_new(&mut self) {
-        for s in self.monitor.latest().iter().take(RESOLVE_PER_TICK) {
-            if !s.user_ips.is_empty() {
-                let _ = self.symbols.user(s.key.tgid, &s.user_ips);
+        for warning in self.warner.check(&rows, now) {
+            if self.warnings.try_send(warning).is_err() {
+                log::warn!("pre-OOM warning dropped: the event loop is behind");
             }
         }
     }
+}
+
+impl ChargeWatch {
+    /// Starts the worker. `window` is how far back a kill's stacks look.
+    pub fn spawn(
+        maps: ChargeMaps,
+        hierarchy: MemoryHierarchy,
+        window: Duration,
+        warn: WarnOptions,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let shared = Arc::new(Mutex::new(Window::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(WARNING_QUEUE);
+        let keep = window + interval;
+        let mut worker = Worker {
+            maps,
+            monitor: ChargeMonitor::new(keep),
+            warner: Warner::new(warn),
+            paths: CgroupPaths::new(hierarchy),
+            window: Arc::clone(&shared),
+            keep,
+            warnings: tx,
+            page_size,
+        };
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("memtrace-charges".into())
+            .spawn(move || {
+                // blazesym's symbolizer is not Send: it lives on this thread. Parse /proc/kallsyms
+                // now, not when the first samples are waiting.
+                let mut symbols = Symbols::new();
+                let _ = symbols.kernel(&[0]);
+                let mut next = Instant::now();
+                while !stop_flag.load(Ordering::Relaxed) {
+                    if Instant::now() >= next {
+                        worker.poll(&mut symbols);
+                        next += interval;
+                    }
+                    std::thread::sleep(Duration::from_millis(50).min(interval));
+                }
+            })?;
+        Ok(Self {
+            window: shared,
+            span: window,
+            stop,
+            thread: Some(thread),
+            warnings: rx,
+        })
+    }
 
     /// The top charging stacks of the kill's OOM cgroup (and everything under it) over the
-    /// window; the victim's own cgroup in a global OOM.
-    pub fn kill_context(
-        &mut self,
-        tracer: &mut Tracer,
-        paths: &CgroupPaths,
-        kill: &OomKill,
-    ) -> Vec<HotStack> {
-        if let Err(e) = self.monitor.poll_samples(tracer.ebpf_mut()) {
-            log::warn!("reading charge maps: {e}");
-        }
+    /// window, up to the worker's last poll; the victim's own cgroup in a global OOM.
+    pub fn kill_context(&self, paths: &CgroupPaths, kill: &OomKill) -> Vec<HotStack> {
         let scope = kill
             .oom_cgroup
             .as_ref()
@@ -91,10 +176,43 @@ impl ChargeWatch {
                     .map(|(id, _)| id),
             );
         }
-        let top = self.monitor.top_samples(&ids, self.window, KILL_STACKS);
+        let Ok(window) = self.window.lock() else {
+            return vec![];
+        };
+        let now = Instant::now();
+        let mut sum: HashMap<StackId<'_>, u64> = HashMap::new();
+        for (t, stacks) in window.iter() {
+            if now.duration_since(*t) > self.span {
+                continue;
+            }
+            for h in stacks.iter().filter(|h| ids.contains(&h.cgroup_id)) {
+                *sum.entry((h.cgroup_id, h.pid, &h.comm, &h.user, &h.kernel))
+                    .or_default() += h.count;
+            }
+        }
+        let mut top: Vec<HotStack> = sum
+            .into_iter()
+            .map(|((cgroup_id, pid, comm, user, kernel), count)| HotStack {
+                count,
+                cgroup_id,
+                pid,
+                comm: comm.to_owned(),
+                user: user.to_vec(),
+                kernel: kernel.to_vec(),
+            })
+            .collect();
+        top.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
+        top.truncate(KILL_STACKS);
         log::debug!("kill context: cgroups {ids:?}, {} stacks", top.len());
-        top.iter()
-            .map(|s| HotStack::resolve(&mut self.symbols, s))
-            .collect()
+        top
+    }
+}
+
+impl Drop for ChargeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

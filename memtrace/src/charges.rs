@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapError, PerCpuHashMap, StackTraceMap},
+    maps::{MapData, MapError, PerCpuHashMap, StackTraceMap},
 };
 use memtrace_common::charge::{ChargeCounters, StackKey};
 use serde::Serialize;
@@ -84,87 +84,99 @@ pub struct Sample {
     pub count: u64,
 }
 
-/// Reads the charge maps of a loaded tracer.
-pub fn read_totals(ebpf: &Ebpf) -> Result<HashMap<u64, ChargeTotals>, MapError> {
-    let Some(map) = ebpf.map("CHARGES") else {
-        return Ok(HashMap::new());
-    };
-    let map = PerCpuHashMap::<_, u64, ChargeCounters>::try_from(map)?;
-    let mut out: HashMap<u64, ChargeTotals> = HashMap::new();
-    for entry in map.iter() {
+/// The charge maps, taken out of the loaded object so that whoever polls them (a worker
+/// thread in `watch`) owns them.
+pub struct ChargeMaps {
+    charges: PerCpuHashMap<MapData, u64, ChargeCounters>,
+    counts: PerCpuHashMap<MapData, StackKey, u64>,
+    stacks: StackTraceMap<MapData>,
+}
+
+impl ChargeMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| MapError::InvalidName { name: name.into() })
+        };
+        Ok(Self {
+            charges: PerCpuHashMap::try_from(take("CHARGES")?)?,
+            counts: PerCpuHashMap::try_from(take("STACK_COUNTS")?)?,
+            stacks: StackTraceMap::try_from(take("STACKS")?)?,
+        })
+    }
+
+    /// Counters per cgroup id, summed over CPUs (and over memcg keys with the same id).
+    pub fn read_totals(&self) -> HashMap<u64, ChargeTotals> {
+        let mut out: HashMap<u64, ChargeTotals> = HashMap::new();
         // An entry evicted (LRU) between listing and reading is skipped, not an error.
-        let Ok((_memcg, per_cpu)) = entry else { continue };
-        for c in per_cpu.iter() {
-            if c.cgroup_id != 0 {
+        for (_memcg, per_cpu) in self.charges.iter().filter_map(Result::ok) {
+            for c in per_cpu.iter().filter(|c| c.cgroup_id != 0) {
                 out.entry(c.cgroup_id).or_default().add(c);
             }
         }
+        out
     }
-    Ok(out)
+
+    /// Takes every sample out of the kernel maps: the counts are read then deleted, and so
+    /// are the stacks they point to, so the maps hold one poll's worth and stay cheap to read
+    /// however long memtrace runs. A sample counted between the read and the delete is lost
+    /// (they are samples, not totals).
+    pub fn drain_samples(&mut self) -> Vec<Sample> {
+        let entries: Vec<(StackKey, u64)> = self
+            .counts
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .collect();
+        for (k, _) in &entries {
+            let _ = self.counts.remove(k);
+        }
+        let mut ids: Vec<u32> = entries
+            .iter()
+            .flat_map(|(k, _)| [k.kernel_stack, k.user_stack])
+            .filter_map(|id| u32::try_from(id).ok())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let frames: HashMap<u32, Vec<u64>> = ids
+            .iter()
+            .filter_map(|id| {
+                Some((
+                    *id,
+                    self.stacks
+                        .get(id, 0)
+                        .ok()?
+                        .frames()
+                        .iter()
+                        .map(|f| f.ip)
+                        .collect(),
+                ))
+            })
+            .collect();
+        for id in &ids {
+            let _ = self.stacks.remove(id);
+        }
+        let ips = |id: i32| {
+            u32::try_from(id)
+                .ok()
+                .and_then(|id| frames.get(&id).cloned())
+                .unwrap_or_default()
+        };
+        entries
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| Sample {
+                key: SampleKey::from(k),
+                kernel_ips: ips(k.kernel_stack),
+                user_ips: ips(k.user_stack),
+                count: *n,
+            })
+            .collect()
+    }
 }
 
-/// Takes every sample out of the kernel maps: the counts are read then deleted, and so are
-/// the stacks they point to, so the maps hold one tick's worth and stay cheap to read however
-/// long memtrace runs. A sample counted between the read and the delete is lost (they are
-/// samples, not totals).
-pub fn drain_samples(ebpf: &mut Ebpf) -> Result<Vec<Sample>, MapError> {
-    let Some(map) = ebpf.map("STACK_COUNTS") else {
-        return Ok(vec![]);
-    };
-    let counts = PerCpuHashMap::<_, StackKey, u64>::try_from(map)?;
-    let entries: Vec<(StackKey, u64)> = counts
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
-        .collect();
-    if entries.is_empty() {
-        return Ok(vec![]);
-    }
-    if let Some(map) = ebpf.map_mut("STACK_COUNTS") {
-        let mut counts = PerCpuHashMap::<_, StackKey, u64>::try_from(map)?;
-        for (k, _) in &entries {
-            let _ = counts.remove(k);
-        }
-    }
-    let mut ids: Vec<u32> = entries
-        .iter()
-        .flat_map(|(k, _)| [k.kernel_stack, k.user_stack])
-        .filter_map(|id| u32::try_from(id).ok())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut frames: HashMap<u32, Vec<u64>> = HashMap::new();
-    if let Some(map) = ebpf.map("STACKS") {
-        let stacks = StackTraceMap::try_from(map)?;
-        for id in &ids {
-            if let Ok(t) = stacks.get(id, 0) {
-                frames.insert(*id, t.frames().iter().map(|f| f.ip).collect());
-            }
-        }
-    }
-    if let Some(map) = ebpf.map_mut("STACKS") {
-        let mut stacks = StackTraceMap::try_from(map)?;
-        for id in &ids {
-            let _ = stacks.remove(id);
-        }
-    }
-    let ips = |id: i32| {
-        u32::try_from(id)
-            .ok()
-            .and_then(|id| frames.get(&id).cloned())
-            .unwrap_or_default()
-    };
-    Ok(entries
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| Sample {
-            key: SampleKey::from(k),
-            kernel_ips: ips(k.kernel_stack),
-            user_ips: ips(k.user_stack),
-            count: *n,
-        })
-        .collect())
-}
+/// How long a cgroup that stopped charging stays in `rows`.
+const ACTIVE_FOR: Duration = Duration::from_secs(30);
 
 /// Rates over the last interval and a window of stack samples.
 pub struct ChargeMonitor {
@@ -175,6 +187,9 @@ pub struct ChargeMonitor {
     keep: Duration,
     /// Per-second rates from the last poll.
     pub rates: HashMap<u64, Rate>,
+    /// When each cgroup last charged, so a cgroup that filled up and went quiet is still
+    /// looked at (by `rows`) for a while.
+    last_active: HashMap<u64, Instant>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -196,13 +211,14 @@ impl ChargeMonitor {
             window: VecDeque::new(),
             keep,
             rates: HashMap::new(),
+            last_active: HashMap::new(),
         }
     }
 
     /// Reads the counters (rates) and drains the samples into the window.
-    pub fn poll(&mut self, ebpf: &mut Ebpf, page_size: u64) -> Result<(), MapError> {
+    pub fn poll(&mut self, maps: &mut ChargeMaps, page_size: u64) {
         let now = Instant::now();
-        let totals = read_totals(ebpf)?;
+        let totals = maps.read_totals();
         if let Some(at) = self.last_at {
             let secs = now.duration_since(at).as_secs_f64().max(1e-3);
             self.rates = totals
@@ -221,15 +237,22 @@ impl ChargeMonitor {
                 })
                 .collect();
         }
+        if self.last_at.is_none() {
+            // First poll: everything counted since the programs attached is recent activity.
+            for id in totals.keys() {
+                self.last_active.insert(*id, now);
+            }
+        }
+        for (id, r) in &self.rates {
+            if r.charge_events_per_s > 0.0 || r.faults_per_s > 0.0 || r.reclaim_stalls_per_s > 0.0 {
+                self.last_active.insert(*id, now);
+            }
+        }
+        self.last_active
+            .retain(|_, t| now.duration_since(*t) < ACTIVE_FOR);
         self.last = totals;
         self.last_at = Some(now);
-        self.poll_samples(ebpf)
-    }
-
-    /// Drains only the samples (the rates stay as they were): what a kill needs, fast.
-    pub fn poll_samples(&mut self, ebpf: &mut Ebpf) -> Result<(), MapError> {
-        let now = Instant::now();
-        let samples = drain_samples(ebpf)?;
+        let samples = maps.drain_samples();
         self.window.push_back((now, samples));
         while self
             .window
@@ -238,7 +261,6 @@ impl ChargeMonitor {
         {
             self.window.pop_front();
         }
-        Ok(())
     }
 
     /// The samples of the latest poll.
@@ -293,7 +315,7 @@ pub fn rows(monitor: &ChargeMonitor, paths: &mut CgroupPaths) -> Vec<Row> {
     let mut rows: Vec<Row> = monitor
         .rates
         .iter()
-        .filter(|(_, r)| r.charge_events_per_s > 0.0 || r.faults_per_s > 0.0 || r.reclaim_stalls_per_s > 0.0)
+        .filter(|(id, _)| monitor.last_active.contains_key(id))
         .map(|(id, rate)| {
             let cgroup = paths.resolve(*id).unwrap_or_else(|| format!("<id {id}>"));
             let stats = read_memory_stats(&h.dir(&cgroup), h.version).ok();

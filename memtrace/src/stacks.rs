@@ -44,6 +44,21 @@ impl HotStack {
         }
     }
 
+    /// As [`Self::resolve`], with user frames left as addresses (no time to symbolize).
+    pub fn resolve_kernel_only(syms: &mut Symbols, s: &Sample) -> Self {
+        let user = s.user_ips.iter().map(|a| format!("0x{a:x}")).collect();
+        Self {
+            user,
+            ..Self::resolve(
+                syms,
+                &Sample {
+                    user_ips: vec![],
+                    ..s.clone()
+                },
+            )
+        }
+    }
+
     /// `comm;user outermost..innermost;kernel outermost..innermost count`.
     pub fn folded(&self) -> String {
         let mut parts = vec![self.comm.replace(';', "_")];

@@ -228,8 +228,16 @@ impl Tracer {
         &self.ebpf
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The charge maps, for whoever polls them; `None` without charge accounting.
+    pub fn take_charge_maps(&mut self) -> Option<crate::charges::ChargeMaps> {
+        self.selected("charge")?;
+        match crate::charges::ChargeMaps::take(&mut self.ebpf) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!("charge maps: {e}");
+                None
+            }
+        }
     }
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {

@@ -3,8 +3,6 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use anyhow::Context as _;
-
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::ChargeMonitor,
@@ -23,15 +21,13 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         ..TracerOptions::default()
     };
     let (mut tracer, _rings) = Tracer::start(&opts)?;
-    if tracer.selected("charge").is_none() {
+    let Some(mut maps) = tracer.take_charge_maps() else {
         anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
-    }
+    };
     let hierarchy = MemoryHierarchy::detect()?;
     let mut monitor = ChargeMonitor::new(args.duration + Duration::from_secs(5));
     let mut syms = Symbols::new();
-    monitor
-        .poll(tracer.ebpf_mut(), 4096)
-        .context("reading charge maps")?;
+    monitor.poll(&mut maps, 4096);
     eprintln!(
         "memtrace: sampling charges for {}",
         humantime::format_duration(args.duration)
@@ -48,9 +44,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep((deadline - now).min(Duration::from_secs(1))) => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        monitor
-            .poll(tracer.ebpf_mut(), 4096)
-            .context("reading charge maps")?;
+        monitor.poll(&mut maps, 4096);
         for s in monitor.latest() {
             let _ = syms.user(s.key.tgid, &s.user_ips);
         }
@@ -72,6 +66,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
         None => monitor.rates.keys().copied().collect(),
     };
+    drop(tracer);
     let top: Vec<HotStack> = monitor
         .top_samples(&ids, args.duration + Duration::from_secs(2), args.top)
         .iter()

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::{ChargeMonitor, Row, rows},
@@ -41,16 +39,14 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         ..TracerOptions::default()
     };
     let (mut tracer, _rings) = Tracer::start(&opts)?;
-    if tracer.selected("charge").is_none() {
+    let Some(mut maps) = tracer.take_charge_maps() else {
         anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
-    }
+    };
     let mut paths = CgroupPaths::new(MemoryHierarchy::detect()?);
     let mut monitor = ChargeMonitor::new(Duration::from_secs(10));
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    monitor
-        .poll(tracer.ebpf_mut(), page)
-        .context("reading charge maps")?;
+    monitor.poll(&mut maps, page);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -58,9 +54,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }
-        monitor
-            .poll(tracer.ebpf_mut(), page)
-            .context("reading charge maps")?;
+        monitor.poll(&mut maps, page);
         let rows = rows(&monitor, &mut paths);
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&rows)?),

@@ -71,15 +71,20 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None => format!("{} unavailable", h.hook),
         })
         .collect();
-    let mut charge_watch = tracer.selected("charge").map(|_| {
-        ChargeWatch::new(
-            args.kill_context_window,
-            WarnOptions {
+    let mut charge_watch = match (tracer.take_charge_maps(), enricher.paths()) {
+        (Some(maps), Some(paths)) => {
+            let warn = WarnOptions {
                 ratio: args.warn_ratio,
                 every: args.warn_every,
-            },
-        )
-    });
+            };
+            let hierarchy = paths.hierarchy().clone();
+            Some(
+                ChargeWatch::spawn(maps, hierarchy, args.kill_context_window, warn, COUNTER_CHECK)
+                    .context("starting the charge worker")?,
+            )
+        }
+        _ => None,
+    };
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
 
@@ -100,7 +105,6 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     };
 
     let mut emit = |r: OomRecord,
-                    tracer: &mut Tracer,
                     enricher: &mut Enricher,
                     charge_watch: &mut Option<ChargeWatch>,
                     delivery: &mut Delivery|
@@ -114,7 +118,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         };
         let mut kill = enricher.enrich(r);
         if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths()) {
-            kill.hotspots = cw.kill_context(tracer, paths, &kill);
+            kill.hotspots = cw.kill_context(paths, &kill);
         }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         let line = match args.output {
@@ -133,18 +137,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 // Cgroups created just before the kill are learnt first.
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for r in drain(guard.get_inner_mut(), &mut delivery) {
-                    emit(r, &mut tracer, &mut enricher, &mut charge_watch, &mut delivery)?;
+                    emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost);
-                if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths_mut()) {
-                    for w in cw.tick(&mut tracer, paths) {
-                        emit_warning(&w, args.output, &host, &mut delivery);
-                    }
-                }
                 // Compare with the kernel's counters while kills keep coming, and once more after.
                 if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
                     reconciled_at = delivery.delivered;
@@ -156,6 +155,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                     }
                 }
             }
+            Some(w) = next_warning(&mut charge_watch) => {
+                emit_warning(&w, args.output, &host, &mut delivery);
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -166,7 +168,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Records that arrived with the signal are still reported.
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery) {
-        emit(r, &mut tracer, &mut enricher, &mut charge_watch, &mut delivery)?;
+        emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost);
@@ -177,6 +179,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     summary(&counters, &delivery, &reconciled);
     drop(tracer);
     Ok(())
+}
+
+/// The next pre-OOM warning from the charge worker; never, without one.
+async fn next_warning(cw: &mut Option<ChargeWatch>) -> Option<PreOomWarning> {
+    match cw {
+        Some(cw) => cw.warnings.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Warnings go to stdout like kills (the event loop's writer is busy in `emit`, so this one
