@@ -1,7 +1,9 @@
-//! `memtrace watch`: the daemon. Reads the OOM ring buffer as records arrive and writes one
-//! event per killed task. SIGINT/SIGTERM end it; dropping the tracer detaches everything.
+//! `memtrace watch`: the daemon. Reads the OOM ring buffer as records arrive and hands one
+//! event per killed task to the sinks (stdout, file, journald, webhook, Alertmanager), each
+//! behind its own bounded queue, and counts it in the metrics. SIGINT/SIGTERM end it; dropping
+//! the tracer detaches everything.
 
-use std::io::Write as _;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::{
@@ -14,9 +16,11 @@ use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     cli::WatchArgs,
     clock,
+    config::Config,
     event::VictimRecord,
     kill::{EnrichOptions, Enricher},
-    output::{Format, json, text},
+    metrics::{self, Metrics},
+    sinks::{Event, SinkReport, Sinks},
     tracer::{KernelCounters, Tracer, TracerOptions},
 };
 
@@ -29,10 +33,22 @@ struct Delivery {
     decode_errors: u64,
 }
 
+/// The config file (if any) with the flags over it, checked.
+fn config(args: &WatchArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    cfg.apply_flags(args);
+    cfg.validate().context("invalid configuration")?;
+    Ok(cfg)
+}
+
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
     let opts = TracerOptions {
-        forced: args.variants.clone(),
-        oom_ring_bytes: args.oom_ring_bytes,
+        forced: cfg.variants()?,
+        oom_ring_bytes: cfg.watch.oom_ring_bytes,
         try_all: false,
     };
     let (tracer, mut ring) = Tracer::start(&opts)?;
@@ -44,11 +60,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
     };
     let mut opts = EnrichOptions {
-        ws_alert_ratio: args.ws_alert_ratio,
+        ws_alert_ratio: cfg.watch.ws_alert_ratio,
         ..EnrichOptions::default()
     };
-    if !args.oci_bundles.is_empty() {
-        opts.bundles = BundleRoots(args.oci_bundles.clone());
+    if !cfg.watch.oci_bundles.is_empty() {
+        opts.bundles = BundleRoots(cfg.watch.oci_bundles.clone());
     }
     let mut enricher = Enricher::new(paths, opts);
     let host = hostname();
@@ -60,26 +76,36 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None => format!("{} unavailable", h.hook),
         })
         .collect();
+    let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups));
+    let server = match cfg.metrics_addr()? {
+        Some(addr) => {
+            let l = metrics::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr} (metrics.listen)"))?;
+            let bound = l.local_addr().unwrap_or(addr);
+            eprintln!("memtrace: metrics on http://{bound}/metrics");
+            Some(metrics::serve(l, metrics.clone()))
+        }
+        None => None,
+    };
+    let mut sinks = Sinks::start(&cfg.sinks, metrics.clone(), &host)
+        .await
+        .context("starting the sinks")?;
+    log::info!("sinks: {}", sinks.names().join(", "));
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = interval(COUNTER_CHECK);
-    let mut stdout = std::io::stdout().lock();
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
 
     let mut emit = |r: VictimRecord, delivery: &mut Delivery| -> anyhow::Result<()> {
         let kill = enricher.enrich(r);
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
-        let line = match args.output {
-            Format::Text => text::event(&kill, delay),
-            Format::Json => json::event(&kill, &host, delay).to_string(),
-        };
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .context("writing to stdout")?;
+        metrics.record_kill(&kill);
+        sinks.dispatch(Event::new(kill, host.clone(), delay));
         delivery.delivered += 1;
         Ok(())
     };
@@ -88,13 +114,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the OOM ring buffer")?;
-                for r in drain(guard.get_inner_mut(), &mut delivery) {
+                for r in drain(guard.get_inner_mut(), &mut delivery, &metrics) {
                     emit(r, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                reported_lost = report_losses(&tracer, reported_lost);
+                reported_lost = report_losses(&tracer, reported_lost, &metrics);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -104,24 +130,34 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
     }
     // Records that arrived with the signal are still reported.
-    for r in drain(ring.get_mut(), &mut delivery) {
+    for r in drain(ring.get_mut(), &mut delivery, &metrics) {
         emit(r, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
-    report_losses(&tracer, reported_lost);
-    summary(&counters, &delivery);
+    report_losses(&tracer, reported_lost, &metrics);
     drop(tracer);
+    let reports = sinks.shutdown(cfg.watch.shutdown_timeout).await;
+    if let Some(s) = server {
+        s.abort();
+    }
+    sink_summary(&reports);
+    summary(&counters, &delivery);
     Ok(())
 }
 
 /// Decodes every record waiting in the ring buffer; the ring slot is released before any I/O.
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Delivery) -> Vec<VictimRecord> {
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    delivery: &mut Delivery,
+    metrics: &Metrics,
+) -> Vec<VictimRecord> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         match VictimRecord::try_from(&*item) {
             Ok(r) => out.push(r),
             Err(e) => {
                 delivery.decode_errors += 1;
+                metrics.lost("decode_error", "", 1);
                 log::error!("undecodable OOM record ({e}); counted as lost");
             }
         }
@@ -130,8 +166,12 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Deliv
 }
 
 /// Loudly reports records the kernel could not queue; returns the total reported so far.
-fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
-    match tracer.counters() {
+fn report_losses(tracer: &Tracer, reported: u64, metrics: &Metrics) -> u64 {
+    let counters = tracer.counters();
+    if let Ok(c) = &counters {
+        metrics.ringbuf_full_total(c.oom_ringbuf_full);
+    }
+    match counters {
         Ok(c) if c.oom_ringbuf_full > reported => {
             log::error!(
                 "LOST {} OOM events: the OOM ring buffer was full ({} lost in total); raise --oom-ring-bytes",
@@ -145,6 +185,16 @@ fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
             log::warn!("reading kernel counters: {e}");
             reported
         }
+    }
+}
+
+/// One line per sink on stderr at exit.
+fn sink_summary(reports: &[SinkReport]) {
+    for r in reports {
+        eprintln!(
+            "memtrace: sink {}: delivered={} failed={} dropped={} unfinished={}",
+            r.name, r.delivered, r.failed, r.dropped, r.unfinished
+        );
     }
 }
 
