@@ -60,6 +60,9 @@ pub struct WatchArgs {
     /// Also write each event to the systemd journal (config: [sinks.journald]).
     #[arg(long)]
     pub journald: bool,
+    /// The node's name in events and alerts (`host.name`, `node`) [default: the hostname].
+    #[arg(long, value_name = "NAME", env = "MEMTRACE_HOST_NAME")]
+    pub host_name: Option<String>,
     /// Exit after this many kills have been reported.
     #[arg(long, value_name = "N")]
     pub exit_after: Option<u64>,

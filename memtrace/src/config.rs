@@ -101,6 +101,8 @@ pub struct WatchConfig {
     /// How long sinks get at exit to deliver what they hold.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// The node's name in events (`host.name`) and alerts (`node`); default: the hostname.
+    pub host_name: Option<String>,
 }
 
 impl Default for WatchConfig {
@@ -111,6 +113,7 @@ impl Default for WatchConfig {
             ws_alert_ratio: 0.9,
             oci_bundles: vec![],
             shutdown_timeout: Duration::from_secs(5),
+            host_name: None,
         }
     }
 }
@@ -417,6 +420,9 @@ impl Config {
         if !args.oci_bundles.is_empty() {
             self.watch.oci_bundles = args.oci_bundles.clone();
         }
+        if args.host_name.is_some() {
+            self.watch.host_name = args.host_name.clone();
+        }
         if let Some(f) = args.output {
             let s = self.sinks.stdout.get_or_insert_with(StdoutConfig::default);
             s.enabled = true;
@@ -491,6 +497,9 @@ impl Config {
                 "watch.ws_alert_ratio",
                 format!("{} must be in (0, 1]", w.ws_alert_ratio),
             ));
+        }
+        if w.host_name.as_ref().is_some_and(|h| h.trim().is_empty()) {
+            return Err(invalid("watch.host_name", "must not be empty"));
         }
         if w.shutdown_timeout > Duration::from_secs(300) {
             return Err(invalid("watch.shutdown_timeout", "must be at most 5m"));

@@ -67,7 +67,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         opts.bundles = BundleRoots(cfg.watch.oci_bundles.clone());
     }
     let mut enricher = Enricher::new(paths, opts);
-    let host = hostname();
+    let host = cfg.watch.host_name.clone().unwrap_or_else(hostname);
     let via: Vec<String> = tracer
         .hooks
         .iter()

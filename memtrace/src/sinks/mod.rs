@@ -259,22 +259,29 @@ impl Sinks {
     /// Closes the queues and gives the sinks until `timeout` to finish what they hold.
     pub async fn shutdown(self, timeout: Duration) -> Vec<SinkReport> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Close every queue first: the sinks finish side by side, not one after the other.
+        let outs: Vec<_> = self
+            .outs
+            .into_iter()
+            .map(|o| {
+                drop(o.tx);
+                (o.name, o.task, o.stats, o.sent)
+            })
+            .collect();
         let mut reports = vec![];
-        for o in self.outs {
-            drop(o.tx);
-            let mut task = o.task;
+        for (name, mut task, stats, sent) in outs {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                log::warn!("sink {}: still busy at exit after {timeout:?}; abandoned", o.name);
+                log::warn!("sink {name}: still busy at exit after {timeout:?}; abandoned");
                 task.abort();
             }
-            let delivered = o.stats.delivered.load(Ordering::Relaxed);
-            let failed = o.stats.failed.load(Ordering::Relaxed);
+            let delivered = stats.delivered.load(Ordering::Relaxed);
+            let failed = stats.failed.load(Ordering::Relaxed);
             reports.push(SinkReport {
-                name: o.name,
+                name,
                 delivered,
                 failed,
-                dropped: o.stats.dropped.load(Ordering::Relaxed),
-                unfinished: o.sent.saturating_sub(delivered + failed),
+                dropped: stats.dropped.load(Ordering::Relaxed),
+                unfinished: sent.saturating_sub(delivered + failed),
             });
         }
         reports
