@@ -685,11 +685,7 @@ mod tests {
     fn example_file_parses_and_validates() {
         let text = include_str!("../../memtrace.example.toml");
         let c = Config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
-        c.validate().unwrap_or_else(|e| {
-            // The example enables otlp only in builds that have it.
-            assert!(!cfg!(feature = "otlp"), "{e}");
-            assert!(e.to_string().starts_with("sinks.otlp"), "{e}");
-        });
+        c.validate().unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

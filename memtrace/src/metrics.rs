@@ -404,10 +404,12 @@ mod tests {
     fn kill_counter_and_gauges() {
         let m = Metrics::new(1);
         let mut k = kill();
-        let mut stats = MemoryStats::default();
-        stats.usage = 60 << 20;
-        stats.inactive_file = 10 << 20;
-        stats.limit = Some(64 << 20);
+        let stats = MemoryStats {
+            usage: 60 << 20,
+            inactive_file: 10 << 20,
+            limit: Some(64 << 20),
+            ..MemoryStats::default()
+        };
         k.snapshot = Some(Snapshot::Read(Box::new(stats)));
         m.record_kill(&k);
         m.record_kill(&k);

@@ -215,10 +215,7 @@ mod tests {
                 let mut buf = vec![0u8; 65536];
                 let mut got = 0;
                 // Read headers and the body (Content-Length).
-                loop {
-                    let Ok(k) = s.read(&mut buf[got..]).await else {
-                        break;
-                    };
+                while let Ok(k) = s.read(&mut buf[got..]).await {
                     if k == 0 {
                         break;
                     }
