@@ -9,4 +9,11 @@ pub const OOM_RINGBUF_FULL: u32 = 1;
 /// still sent, with the affected `flags` bits cleared.
 pub const OOM_READ_ERRORS: u32 = 2;
 
+/// cgroup_mkdir records lost to a full `CGROUP_EVENTS` buffer (paths then come from rescans).
+pub const CGROUP_RINGBUF_FULL: u32 = 3;
+
+/// oom_kill_process runs, and their records lost to a full OOM ring buffer.
+pub const OOM_CTX_SEEN: u32 = 4;
+pub const OOM_CTX_RINGBUF_FULL: u32 = 5;
+
 pub const COUNTERS_LEN: u32 = 8;

@@ -52,6 +52,15 @@ pub struct KernelLayout {
     /// `task_struct.flags` (PF_EXITING): a victim already exiting is marked by the OOM killer
     /// without being killed (mm/oom_kill.c task_will_free_mem).
     pub task_flags: u32,
+    /// `struct oom_control` (include/linux/oom.h): `memcg` (NULL: global OOM), `gfp_mask`,
+    /// `order`, `totalpages`, `chosen`, `chosen_points`, `constraint`.
+    pub oc_memcg: u32,
+    pub oc_gfp_mask: u32,
+    pub oc_order: u32,
+    pub oc_totalpages: u32,
+    pub oc_chosen: u32,
+    pub oc_chosen_points: u32,
+    pub oc_constraint: u32,
 }
 
 impl KernelLayout {
@@ -83,6 +92,13 @@ impl KernelLayout {
             page_counter_max: ABSENT,
             page_counter_parent: ABSENT,
             task_flags: ABSENT,
+            oc_memcg: ABSENT,
+            oc_gfp_mask: ABSENT,
+            oc_order: ABSENT,
+            oc_totalpages: ABSENT,
+            oc_chosen: ABSENT,
+            oc_chosen_points: ABSENT,
+            oc_constraint: ABSENT,
         }
     }
 }
@@ -120,9 +136,32 @@ impl MarkVictimTpLayout {
     }
 }
 
+/// Field offsets of the `cgroup:cgroup_mkdir` tracepoint record, from tracefs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupMkdirTpLayout {
+    pub root: u32,
+    pub level: u32,
+    pub id: u32,
+    /// `__data_loc char[] path`.
+    pub path: u32,
+}
+
+impl CgroupMkdirTpLayout {
+    pub const fn absent() -> Self {
+        Self {
+            root: ABSENT,
+            level: ABSENT,
+            id: ABSENT,
+            path: ABSENT,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are #[repr(C)] structs of u32 only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::MarkVictimTpLayout {}
+    unsafe impl aya::Pod for super::CgroupMkdirTpLayout {}
 }

@@ -6,6 +6,9 @@
 //! hand the layouts to the programs as global variables.
 #![no_std]
 
+pub mod cgroup;
+pub mod charge;
 pub mod counters;
 pub mod layout;
 pub mod oom;
+pub mod oom_context;

@@ -2,14 +2,40 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use memtrace_common::counters::COUNTERS_LEN;
+use memtrace_common::{
+    charge::{ChargeCounters, StackKey},
+    counters::COUNTERS_LEN,
+};
 
 /// OOM victim records only: bulk traffic (charges, stacks) never shares this buffer, so it can
 /// neither delay nor crowd out a kill. Userspace may resize it at load time.
 #[map]
 pub static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// cgroup creation records (rare, small): id -> path before any kill needs it.
+#[map]
+pub static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Charge counters per memcg (`mem_cgroup *` -> counters), per CPU: no lock, no record per
+/// charge. LRU, so a host with more cgroups than entries forgets the idle ones.
+#[map]
+pub static CHARGES: LruPerCpuHashMap<u64, ChargeCounters> = LruPerCpuHashMap::with_max_entries(8192, 0);
+
+/// Sampled stacks of charging tasks, and how often each (cgroup, task, stacks) was seen.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+#[map]
+pub static STACK_COUNTS: LruPerCpuHashMap<StackKey, u64> = LruPerCpuHashMap::with_max_entries(16384, 0);
+
+/// Start of a memcg direct reclaim, per task (pid).
+#[map]
+pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Per-CPU charge event count, for one-in-N stack sampling.
+#[map]
+pub static SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU event counters, indexed by `memtrace_common::counters`.
 #[map]

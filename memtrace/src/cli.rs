@@ -26,6 +26,10 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show which variant of each kernel hook this kernel supports, and why not.
     Probes(ProbesArgs),
+    /// Cgroups sorted by charge rate, live (or `--once`).
+    Top(TopArgs),
+    /// Top charging stacks of a cgroup over a time window (table, JSON or folded).
+    Hotspots(HotspotsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,9 +69,57 @@ pub struct WatchArgs {
     /// The node's name in events and alerts (`host.name`, `node`) [default: the hostname].
     #[arg(long, value_name = "NAME", env = "MEMTRACE_HOST_NAME")]
     pub host_name: Option<String>,
+    /// No charge accounting: OOM hooks only (no pre-OOM warnings, no stacks with kills).
+    #[arg(long)]
+    pub no_charges: bool,
+    /// Sample one charging stack every N charge events per CPU (0: no stacks).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub stack_sample_every: u32,
+    /// How far back a kill's top charging stacks look, e.g. 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kill_context_window: std::time::Duration,
+    /// Warn when a cgroup's working set reaches this fraction of its limit.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.9, value_parser = parse_ratio)]
+    pub warn_ratio: f64,
+    /// At most one pre-OOM warning per cgroup this often.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub warn_every: std::time::Duration,
     /// Exit after this many kills have been reported.
     #[arg(long, value_name = "N")]
     pub exit_after: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one sample and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Sampling interval, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct HotspotsArgs {
+    /// Cgroup path relative to the memory hierarchy root (descendants included); default: all.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// How long to sample, e.g. 10s, 1m.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Sample one stack every N charge events per CPU.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample_every: u32,
+    /// How many stacks to show.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Folded stacks (`comm;frame;frame count`) for flamegraph.pl / inferno.
+    #[arg(long)]
+    pub folded: bool,
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }
 
 #[derive(Debug, Args)]

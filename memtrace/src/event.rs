@@ -5,7 +5,11 @@
 //! the `flags` bits decide which fields are meaningful.
 
 use bytes::Buf;
-use memtrace_common::oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, flags};
+use memtrace_common::{
+    cgroup::{CGROUP_MKDIR_RECORD_LEN, CGROUP_PATH_LEN, KIND_CGROUP_MKDIR, flags as cgroup_flags},
+    oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, flags},
+    oom_context::{KIND_OOM_CONTEXT, OOM_CONTEXT_RECORD_LEN, flags as ctx_flags},
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +170,141 @@ impl TryFrom<&[u8]> for VictimRecord {
     }
 }
 
+/// `enum oom_constraint` (include/linux/oom.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelConstraint {
+    None,
+    Cpuset,
+    MemoryPolicy,
+    Memcg,
+    Unknown(u32),
+}
+
+impl From<u32> for KernelConstraint {
+    fn from(v: u32) -> Self {
+        match v {
+            0 => Self::None,
+            1 => Self::Cpuset,
+            2 => Self::MemoryPolicy,
+            3 => Self::Memcg,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// One decoded `oom_kill_process` record: the OOM killer's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomContext {
+    pub ktime_boot_ns: u64,
+    /// `oc->memcg`'s cgroup id; `None` for a global OOM.
+    pub memcg_id: Option<u64>,
+    pub totalpages: u64,
+    pub chosen_points: i64,
+    pub gfp_mask: u32,
+    pub order: i32,
+    pub constraint: KernelConstraint,
+    pub chosen_pid: u32,
+    pub chosen_tgid: u32,
+    pub trigger_tgid: u32,
+    pub read_error: bool,
+}
+
+impl TryFrom<&[u8]> for OomContext {
+    type Error = DecodeError;
+
+    fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
+        if raw.len() != OOM_CONTEXT_RECORD_LEN {
+            return Err(DecodeError::Length {
+                got: raw.len(),
+                want: OOM_CONTEXT_RECORD_LEN,
+            });
+        }
+        let mut b = raw;
+        let kind = b.get_u32_le();
+        if kind != KIND_OOM_CONTEXT {
+            return Err(DecodeError::Kind(kind));
+        }
+        let f = b.get_u32_le();
+        if f & (ctx_flags::SRC_FENTRY | ctx_flags::SRC_KPROBE) == 0 {
+            return Err(DecodeError::Source(f));
+        }
+        let ktime_boot_ns = b.get_u64_le();
+        let memcg_id = b.get_u64_le();
+        Ok(Self {
+            ktime_boot_ns,
+            memcg_id: (f & ctx_flags::MEMCG != 0).then_some(memcg_id),
+            totalpages: b.get_u64_le(),
+            chosen_points: b.get_i64_le(),
+            gfp_mask: b.get_u32_le(),
+            order: b.get_i32_le(),
+            constraint: KernelConstraint::from(b.get_u32_le()),
+            chosen_pid: b.get_u32_le(),
+            chosen_tgid: b.get_u32_le(),
+            trigger_tgid: b.get_u32_le(),
+            read_error: f & ctx_flags::READ_ERROR != 0,
+        })
+    }
+}
+
+/// Anything the OOM ring buffer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OomRecord {
+    Victim(VictimRecord),
+    Context(OomContext),
+}
+
+impl TryFrom<&[u8]> for OomRecord {
+    type Error = DecodeError;
+
+    fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
+        let kind = raw.get(..4).map(|mut k| k.get_u32_le());
+        match kind {
+            Some(KIND_OOM_CONTEXT) => OomContext::try_from(raw).map(Self::Context),
+            _ => VictimRecord::try_from(raw).map(Self::Victim),
+        }
+    }
+}
+
+/// A cgroup was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupCreated {
+    /// Hierarchy id (0: the cgroup2 default hierarchy).
+    pub root: u32,
+    pub id: u64,
+    /// Relative to the hierarchy root; `None` when the kernel's path did not fit.
+    pub path: Option<String>,
+}
+
+impl TryFrom<&[u8]> for CgroupCreated {
+    type Error = DecodeError;
+
+    fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
+        if raw.len() != CGROUP_MKDIR_RECORD_LEN {
+            return Err(DecodeError::Length {
+                got: raw.len(),
+                want: CGROUP_MKDIR_RECORD_LEN,
+            });
+        }
+        let mut b = raw;
+        let kind = b.get_u32_le();
+        if kind != KIND_CGROUP_MKDIR {
+            return Err(DecodeError::Kind(kind));
+        }
+        let f = b.get_u32_le();
+        let root = b.get_u32_le();
+        let _level = b.get_u32_le();
+        let id = b.get_u64_le();
+        let path = comm(&b[..CGROUP_PATH_LEN]);
+        let truncated = f & cgroup_flags::PATH_TRUNCATED != 0;
+        Ok(Self {
+            root,
+            id,
+            path: (!truncated && path.starts_with('/')).then_some(path),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use memtrace_common::oom::OomVictimRecord;
@@ -306,6 +445,62 @@ mod tests {
             VictimRecord::try_from(wire(&r).as_slice()),
             Err(DecodeError::Source(_))
         ));
+    }
+
+    #[test]
+    fn oom_context_records() {
+        use memtrace_common::oom_context::OomContextRecord;
+        let mut r = OomContextRecord::zeroed();
+        r.flags = ctx_flags::SRC_KPROBE | ctx_flags::MEMCG;
+        r.memcg_id = 9;
+        r.totalpages = 16_384;
+        r.chosen_points = 16_000;
+        r.constraint = 3;
+        r.chosen_tgid = 42;
+        // SAFETY: repr(C) plain data without padding (asserted in memtrace-common).
+        let raw = unsafe { std::slice::from_raw_parts((&raw const r).cast::<u8>(), OOM_CONTEXT_RECORD_LEN) };
+        match OomRecord::try_from(raw) {
+            Ok(OomRecord::Context(c)) => {
+                assert_eq!(
+                    (c.memcg_id, c.totalpages, c.chosen_points),
+                    (Some(9), 16_384, 16_000)
+                );
+                assert_eq!((c.constraint, c.chosen_tgid), (KernelConstraint::Memcg, 42));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            OomRecord::try_from(wire(&sample()).as_slice()),
+            Ok(OomRecord::Victim(_))
+        ));
+        assert!(OomRecord::try_from(&raw[..3]).is_err());
+        assert!(OomContext::try_from(&raw[..20]).is_err());
+    }
+
+    #[test]
+    fn cgroup_mkdir_records() {
+        let mut v = Vec::new();
+        for x in [KIND_CGROUP_MKDIR, 0, 4, 1] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.extend_from_slice(&77u64.to_le_bytes());
+        let mut path = [0u8; CGROUP_PATH_LEN];
+        path[..6].copy_from_slice(b"/a/b/c");
+        v.extend_from_slice(&path);
+        let c = CgroupCreated::try_from(v.as_slice()).expect("decode");
+        assert_eq!(
+            c,
+            CgroupCreated {
+                root: 4,
+                id: 77,
+                path: Some("/a/b/c".into())
+            }
+        );
+        v[4] = cgroup_flags::PATH_TRUNCATED as u8;
+        assert_eq!(CgroupCreated::try_from(v.as_slice()).map(|c| c.path), Ok(None));
+        assert!(CgroupCreated::try_from(&v[..10]).is_err());
+        v[0] = 9;
+        assert_eq!(CgroupCreated::try_from(v.as_slice()), Err(DecodeError::Kind(9)));
     }
 
     #[test]

@@ -14,11 +14,19 @@ pub enum Attach {
     TpBtf { event: &'static str },
     /// Raw tracepoint (`raw_tp/<event>`): untyped arguments, kernel >= 4.17; memtrace uses
     /// it only where BTF says the first argument is a `struct task_struct *`.
-    RawTp { event: &'static str },
+    RawTp { event: &'static str, first_arg: &'static str },
+    /// fentry on a kernel function (BPF trampoline): kernel >= 5.5, BTF; refused on some
+    /// hardened kernels.
+    Fentry { function: &'static str },
+    /// kprobe on a kernel function: needs CONFIG_KPROBES.
+    Kprobe { function: &'static str },
     /// Classic tracepoint: the record the kernel formats, layout from tracefs.
     Tracepoint {
         category: &'static str,
         name: &'static str,
+        /// Fields (name, offset, size) the program reads at fixed offsets; checked against
+        /// tracefs before attaching. Empty when the program gets its layout from userspace.
+        fixed: &'static [(&'static str, u32, u32)],
     },
 }
 
@@ -27,14 +35,17 @@ impl Attach {
         match self {
             Self::TpBtf { .. } => "tp_btf",
             Self::RawTp { .. } => "raw_tp",
+            Self::Fentry { .. } => "fentry",
+            Self::Kprobe { .. } => "kprobe",
             Self::Tracepoint { .. } => "tracepoint",
         }
     }
 
     pub fn target(&self) -> String {
         match self {
-            Self::TpBtf { event } | Self::RawTp { event } => (*event).to_owned(),
-            Self::Tracepoint { category, name } => format!("{category}:{name}"),
+            Self::TpBtf { event } | Self::RawTp { event, .. } => (*event).to_owned(),
+            Self::Fentry { function } | Self::Kprobe { function } => (*function).to_owned(),
+            Self::Tracepoint { category, name, .. } => format!("{category}:{name}"),
         }
     }
 }
@@ -46,9 +57,18 @@ pub struct Variant {
     pub attach: Attach,
 }
 
+/// Hooks are loaded by group: the charge path only when charge accounting is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    Oom,
+    Charge,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Hook {
     pub name: &'static str,
+    pub group: Group,
     pub what: &'static str,
     /// Without a required hook memtrace cannot do its job and refuses to start.
     pub required: bool,
@@ -56,28 +76,107 @@ pub struct Hook {
 }
 
 /// Every hook memtrace knows, and its variants in order of preference.
-pub const HOOKS: &[Hook] = &[Hook {
-    name: "oom_victim",
-    what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
-    required: true,
-    variants: &[
-        Variant {
-            program: "oom_victim_btf",
-            attach: Attach::TpBtf { event: "mark_victim" },
-        },
-        Variant {
-            program: "oom_victim_raw",
-            attach: Attach::RawTp { event: "mark_victim" },
-        },
-        Variant {
-            program: "oom_victim_tp",
-            attach: Attach::Tracepoint {
-                category: "oom",
-                name: "mark_victim",
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        name: "oom_victim",
+        group: Group::Oom,
+        what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
+        required: true,
+        variants: &[
+            Variant {
+                program: "oom_victim_btf",
+                attach: Attach::TpBtf { event: "mark_victim" },
             },
-        },
-    ],
-}];
+            Variant {
+                program: "oom_victim_raw",
+                attach: Attach::RawTp { event: "mark_victim", first_arg: "task_struct" },
+            },
+            Variant {
+                program: "oom_victim_tp",
+                attach: Attach::Tracepoint { category: "oom", name: "mark_victim", fixed: &[] },
+            },
+        ],
+    },
+    Hook {
+        name: "oom_context",
+        group: Group::Oom,
+        what: "the OOM killer's decision: OOM domain, totalpages, chosen points, constraint (oom_kill_process)",
+        required: false,
+        variants: &[
+            Variant {
+                program: "oom_ctx_fentry",
+                attach: Attach::Fentry {
+                    function: "oom_kill_process",
+                },
+            },
+            Variant {
+                program: "oom_ctx_kprobe",
+                attach: Attach::Kprobe {
+                    function: "oom_kill_process",
+                },
+            },
+        ],
+    },
+    Hook {
+        name: "cgroup_mkdir",
+        group: Group::Oom,
+        what: "cgroup id -> path as cgroups are created, so removed ones are still named",
+        required: false,
+        variants: &[Variant {
+            program: "cgroup_mkdir",
+            attach: Attach::Tracepoint { category: "cgroup", name: "cgroup_mkdir", fixed: &[] },
+        }],
+    },
+    Hook {
+        name: "charge",
+        group: Group::Charge,
+        what: "memcg charges per cgroup, with sampled stacks (try_charge_memcg, or memcg events)",
+        required: false,
+        variants: &[
+            Variant { program: "charge_fentry", attach: Attach::Fentry { function: "try_charge_memcg" } },
+            Variant { program: "charge_kprobe", attach: Attach::Kprobe { function: "try_charge_memcg" } },
+            Variant { program: "memcg_ev_btf", attach: Attach::TpBtf { event: "count_memcg_events" } },
+            Variant {
+                program: "memcg_ev_raw",
+                attach: Attach::RawTp { event: "count_memcg_events", first_arg: "mem_cgroup" },
+            },
+            Variant {
+                program: "memcg_ev_tp",
+                attach: Attach::Tracepoint {
+                    category: "memcg",
+                    name: "count_memcg_events",
+                    fixed: &[("id", 8, 8), ("item", 16, 4), ("val", 24, 8)],
+                },
+            },
+        ],
+    },
+    Hook {
+        name: "reclaim_begin",
+        group: Group::Charge,
+        what: "memcg direct reclaim start: a charge hit the limit",
+        required: false,
+        variants: &[
+            Variant { program: "reclaim_beg_btf", attach: Attach::TpBtf { event: "mm_vmscan_memcg_reclaim_begin" } },
+            Variant {
+                program: "reclaim_beg_tp",
+                attach: Attach::Tracepoint { category: "vmscan", name: "mm_vmscan_memcg_reclaim_begin", fixed: &[] },
+            },
+        ],
+    },
+    Hook {
+        name: "reclaim_end",
+        group: Group::Charge,
+        what: "memcg direct reclaim end: the stall's duration",
+        required: false,
+        variants: &[
+            Variant { program: "reclaim_end_btf", attach: Attach::TpBtf { event: "mm_vmscan_memcg_reclaim_end" } },
+            Variant {
+                program: "reclaim_end_tp",
+                attach: Attach::Tracepoint { category: "vmscan", name: "mm_vmscan_memcg_reclaim_end", fixed: &[] },
+            },
+        ],
+    },
+];
 
 pub fn hook(name: &str) -> Option<&'static Hook> {
     HOOKS.iter().find(|h| h.name == name)

@@ -56,16 +56,11 @@ impl KernelBtf {
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
-    /// Does tracepoint `event` pass a `struct task_struct *` as its first argument? Its
+    /// Does tracepoint `event` pass a `struct <strukt> *` as its first argument? Its
     /// prototype is the BTF typedef `btf_trace_<event>`: `void (*)(void *, args...)`.
-    pub fn tracepoint_arg_is_task(&self, event: &str) -> bool {
+    pub fn tracepoint_first_arg_is(&self, event: &str, strukt: &str) -> bool {
         let proto = (|| {
-            let ty = self
-                .btf
-                .resolve_types_by_name(&format!("btf_trace_{event}"))
-                .ok()?
-                .into_iter()
-                .next()?;
+            let ty = self.btf.resolve_types_by_name(&format!("btf_trace_{event}")).ok()?.into_iter().next()?;
             match self.strip(ty)? {
                 Type::Ptr(p) => match self.btf.resolve_chained_type(&p).ok()? {
                     Type::FuncProto(f) => Some(f),
@@ -75,17 +70,10 @@ impl KernelBtf {
             }
         })();
         let Some(proto) = proto else { return false };
-        let Some(param) = proto.parameters.get(1) else {
-            return false;
-        };
-        match self
-            .btf
-            .resolve_chained_type(param)
-            .ok()
-            .and_then(|t| self.strip(t))
-        {
+        let Some(param) = proto.parameters.get(1) else { return false };
+        match self.btf.resolve_chained_type(param).ok().and_then(|t| self.strip(t)) {
             Some(Type::Ptr(p)) => match self.btf.resolve_chained_type(&p).ok().and_then(|t| self.strip(t)) {
-                Some(Type::Struct(s)) => self.btf.resolve_name(&s).is_ok_and(|n| n == "task_struct"),
+                Some(Type::Struct(s)) => self.btf.resolve_name(&s).is_ok_and(|n| n == strukt),
                 _ => false,
             },
             _ => false,
@@ -263,6 +251,16 @@ impl KernelBtf {
             page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
             page_counter_parent: get("page_counter.parent", self.offset("page_counter", "parent")),
             task_flags: get("task_struct.flags", self.offset("task_struct", "flags")),
+            oc_memcg: get("oom_control.memcg", self.offset("oom_control", "memcg")),
+            oc_gfp_mask: get("oom_control.gfp_mask", self.offset("oom_control", "gfp_mask")),
+            oc_order: get("oom_control.order", self.offset("oom_control", "order")),
+            oc_totalpages: get("oom_control.totalpages", self.offset("oom_control", "totalpages")),
+            oc_chosen: get("oom_control.chosen", self.offset("oom_control", "chosen")),
+            oc_chosen_points: get(
+                "oom_control.chosen_points",
+                self.offset("oom_control", "chosen_points"),
+            ),
+            oc_constraint: get("oom_control.constraint", self.offset("oom_control", "constraint")),
         };
         Resolved { layout, missing }
     }

@@ -9,7 +9,7 @@ use crate::{
     cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
     clock,
     diagnosis::{self, Badness, Facts, Verdict},
-    event::{HookSource, VictimRecord},
+    event::{HookSource, OomContext, VictimRecord},
 };
 
 /// Where a cgroup path came from: the kernel's record (exact) or /proc after the fact.
@@ -81,6 +81,11 @@ pub struct OomKill {
     /// Post-kill snapshot of the OOM cgroup (or, in a global OOM, the victim's cgroup).
     pub snapshot: Option<Snapshot>,
     pub attribution: Option<Attribution>,
+    /// The OOM killer's own view (oom_kill_process hook, where the kernel allows it).
+    pub context: Option<OomContext>,
+    /// The top charging stacks of the OOM cgroup in the seconds before the kill (filled by
+    /// the daemon, which owns the charge maps).
+    pub hotspots: Vec<crate::stacks::HotStack>,
     pub badness: Option<Badness>,
     pub verdict: Verdict,
     pub trigger_pid: u32,
@@ -122,6 +127,8 @@ pub struct Enricher {
     opts: EnrichOptions,
     /// Container id -> names, kept after the container is gone.
     names: HashMap<String, Option<K8sNames>>,
+    /// Recent oom_kill_process records, waiting for their victim.
+    contexts: Vec<OomContext>,
     /// Kills reported per victim cgroup path (exiting victims excluded), for reconciliation.
     pub kills_by_cgroup: HashMap<String, u64>,
 }
@@ -136,8 +143,26 @@ impl Enricher {
             seq: 0,
             opts,
             names: HashMap::new(),
+            contexts: Vec::new(),
             kills_by_cgroup: HashMap::new(),
         }
+    }
+
+    /// Keeps an oom_kill_process record until the victim it chose is reported.
+    pub fn note_context(&mut self, c: OomContext) {
+        // A context's victim follows it within the same OOM invocation; older ones are stale.
+        let now = c.ktime_boot_ns;
+        self.contexts
+            .retain(|old| now.saturating_sub(old.ktime_boot_ns) < 10_000_000_000);
+        if self.contexts.len() >= 64 {
+            self.contexts.remove(0);
+        }
+        self.contexts.push(c);
+    }
+
+    fn take_context(&mut self, tgid: u32) -> Option<OomContext> {
+        let i = self.contexts.iter().rposition(|c| c.chosen_tgid == tgid)?;
+        Some(self.contexts.remove(i))
     }
 
     pub fn paths(&self) -> Option<&CgroupPaths> {
@@ -234,14 +259,17 @@ impl Enricher {
             *self.kills_by_cgroup.entry(p.clone()).or_default() += 1;
         }
 
+        let context = self.take_context(tgid);
         let badness = r.rss_kb.map(|rss| {
             let rss_pages = kb(rss.anon + rss.file + rss.shmem) / page;
-            let totalpages = match &oom_cgroup {
-                Some(o) => {
+            let totalpages = match (&context, &oom_cgroup) {
+                // The kernel's own, where oom_kill_process is hooked.
+                (Some(c), _) if c.totalpages > 0 => c.totalpages,
+                (_, Some(o)) => {
                     o.limit_bytes / page
                         + swap_pages_usable(snapshot.as_ref().and_then(Snapshot::stats), page)
                 }
-                None => machine_pages(page),
+                (_, None) => machine_pages(page),
             };
             diagnosis::badness(
                 rss_pages,
@@ -288,6 +316,8 @@ impl Enricher {
             oom_cgroup,
             snapshot,
             attribution,
+            context,
+            hotspots: Vec::new(),
             badness,
             verdict,
             trigger_pid: r.trigger_tgid,

@@ -2,6 +2,8 @@
 
 pub mod attribution;
 pub mod cgroup;
+pub mod charge_watch;
+pub mod charges;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -14,6 +16,10 @@ pub mod kill;
 pub mod metrics;
 pub mod output;
 pub mod privileges;
+pub mod reconcile;
 pub mod sinks;
+pub mod stacks;
+pub mod symbolize;
 pub mod tracefs;
 pub mod tracer;
+pub mod warnings;

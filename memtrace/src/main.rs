@@ -16,6 +16,8 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Watch(args) => commands::watch::run(args).await,
         Command::Probes(args) => commands::probes::run(args).await,
+        Command::Hotspots(args) => commands::hotspots::run(args).await,
+        Command::Top(args) => commands::top::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use memtrace_common::layout::{ABSENT, MarkVictimTpLayout};
+use memtrace_common::layout::{ABSENT, CgroupMkdirTpLayout, MarkVictimTpLayout};
 
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
@@ -55,6 +55,11 @@ impl Tracefs {
         Self { root: root.into() }
     }
 
+    /// Does tracefs have this top-level file (e.g. `kprobe_events` when kprobes exist)?
+    pub fn has_file(&self, name: &str) -> bool {
+        self.root.join(name).exists()
+    }
+
     pub fn has_event(&self, category: &str, name: &str) -> bool {
         self.root.join("events").join(category).join(name).is_dir()
     }
@@ -97,6 +102,25 @@ impl Tracefs {
             uid: at("uid", 4),
             pgtables: at("pgtables", 8),
             oom_score_adj: at("oom_score_adj", 2),
+        })
+    }
+}
+
+impl Tracefs {
+    /// The `cgroup:cgroup_mkdir` record layout (root, level, id, path since 5.7).
+    pub fn cgroup_mkdir_layout(&self) -> Result<CgroupMkdirTpLayout, TracefsError> {
+        let fields = self.fields("cgroup", "cgroup_mkdir")?;
+        let at = |name: &str, size: u32| {
+            fields
+                .get(name)
+                .filter(|f| f.size == size)
+                .map_or(ABSENT, |f| f.offset)
+        };
+        Ok(CgroupMkdirTpLayout {
+            root: at("root", 4),
+            level: at("level", 4),
+            id: at("id", 8),
+            path: at("path", 4),
         })
     }
 }

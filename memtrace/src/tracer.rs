@@ -8,13 +8,14 @@ use std::io;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
-use memtrace_common::counters;
+use memtrace_common::{charge::ChargeConfig, counters, layout::CgroupMkdirTpLayout};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    hooks::{Attach, ForcedVariant, HOOKS, HookStatus, Rejected, Variant},
+    cgroup::{CgroupVersion, MemoryHierarchy},
+    hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
     kernel_btf::{BtfError, KernelBtf},
     privileges::{MissingCapabilities, Privileges},
     tracefs::{Tracefs, TracefsError},
@@ -53,6 +54,20 @@ pub struct TracerOptions {
     pub oom_ring_bytes: Option<u32>,
     /// Try every variant, not just up to the first that works (`memtrace probes`).
     pub try_all: bool,
+    /// Charge accounting (the charge-path hooks); `None`: OOM hooks only.
+    pub charges: Option<ChargeOptions>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeOptions {
+    /// One stack sample every this many charge events per CPU; 0: no stacks.
+    pub sample_every: u32,
+}
+
+impl Default for ChargeOptions {
+    fn default() -> Self {
+        Self { sample_every: 64 }
+    }
 }
 
 /// Sums of the per-CPU kernel counters.
@@ -64,6 +79,11 @@ pub struct KernelCounters {
     pub oom_ringbuf_full: u64,
     /// Records sent with some fields missing after a failed kernel read.
     pub oom_read_errors: u64,
+    /// oom_kill_process runs, and their records lost to a full OOM ring buffer.
+    pub oom_ctx_seen: u64,
+    pub oom_ctx_ringbuf_full: u64,
+    /// cgroup_mkdir records lost to a full buffer (paths then come from rescans).
+    pub cgroup_ringbuf_full: u64,
 }
 
 pub struct Tracer {
@@ -71,13 +91,28 @@ pub struct Tracer {
     pub hooks: Vec<HookStatus>,
 }
 
-/// The OOM ring buffer, readable from tokio.
-pub type OomRing = AsyncFd<RingBuf<MapData>>;
+/// A ring buffer, readable from tokio.
+pub type AsyncRing = AsyncFd<RingBuf<MapData>>;
+
+/// The ring buffers userspace reads: OOM records on their own, so nothing delays them.
+pub struct Rings {
+    pub oom: AsyncRing,
+    /// Cgroup creations, when the cgroup_mkdir hook attached.
+    pub cgroups: Option<AsyncRing>,
+}
+
+fn async_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<AsyncRing, TracerError> {
+    let map = ebpf.take_map(name).ok_or(TracerError::MissingMap(name))?;
+    let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map { name, source })?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its lifetime.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| TracerError::Poll(e.into()))
+}
 
 impl Tracer {
     /// Checks privileges, resolves layouts, loads and attaches. Must run inside a tokio
     /// runtime (the ring buffer is registered with it).
-    pub fn start(opts: &TracerOptions) -> Result<(Self, OomRing), TracerError> {
+    pub fn start(opts: &TracerOptions) -> Result<(Self, Rings), TracerError> {
         Privileges::current().check()?;
         raise_memlock_rlimit();
         let kbtf = KernelBtf::from_sys()?;
@@ -90,13 +125,20 @@ impl Tracer {
         }
         let tracefs = Tracefs::locate()?;
         let tp_layout = tracefs.mark_victim_layout()?;
+        // Optional hook: without its layout the program fails to attach and is reported so.
+        let mkdir_layout = tracefs
+            .cgroup_mkdir_layout()
+            .unwrap_or(CgroupMkdirTpLayout::absent());
         let page_shift = page_shift();
 
         let mut loader = EbpfLoader::new();
         loader
             .override_global("KERNEL_LAYOUT", &resolved.layout, true)
             .override_global("MARK_VICTIM_TP", &tp_layout, true)
+            .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true);
+        let charge_config = charge_config(&kbtf, opts.charges.unwrap_or_default().sample_every);
+        loader.override_global("CHARGE_CONFIG", &charge_config, true);
         if let Some(bytes) = opts.oom_ring_bytes {
             loader.map_max_entries("OOM_EVENTS", bytes);
         }
@@ -111,6 +153,9 @@ impl Tracer {
         };
         let mut hooks = Vec::new();
         for hook in HOOKS {
+            if hook.group == Group::Charge && opts.charges.is_none() {
+                continue;
+            }
             let forced = opts.forced.iter().find(|f| f.hook == hook.name);
             let mut status = HookStatus {
                 hook: hook.name,
@@ -166,17 +211,21 @@ impl Tracer {
             hooks.push(status);
         }
 
-        let map = ebpf
-            .take_map("OOM_EVENTS")
-            .ok_or(TracerError::MissingMap("OOM_EVENTS"))?;
-        let ring = RingBuf::try_from(map).map_err(|source| TracerError::Map {
-            name: "OOM_EVENTS",
-            source,
-        })?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for its lifetime.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| TracerError::Poll(e.into()))?;
-        Ok((Self { ebpf, hooks }, ring))
+        let oom = async_ring(&mut ebpf, "OOM_EVENTS")?;
+        let mkdir_attached = hooks
+            .iter()
+            .any(|h| h.hook == "cgroup_mkdir" && h.selected.is_some());
+        let cgroups = if mkdir_attached {
+            Some(async_ring(&mut ebpf, "CGROUP_EVENTS")?)
+        } else {
+            None
+        };
+        Ok((Self { ebpf, hooks }, Rings { oom, cgroups }))
+    }
+
+    /// The loaded object, for reading maps (charge accounting).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
@@ -199,6 +248,9 @@ impl Tracer {
             oom_seen: sum(counters::OOM_SEEN)?,
             oom_ringbuf_full: sum(counters::OOM_RINGBUF_FULL)?,
             oom_read_errors: sum(counters::OOM_READ_ERRORS)?,
+            oom_ctx_seen: sum(counters::OOM_CTX_SEEN)?,
+            oom_ctx_ringbuf_full: sum(counters::OOM_CTX_RINGBUF_FULL)?,
+            cgroup_ringbuf_full: sum(counters::CGROUP_RINGBUF_FULL)?,
         })
     }
 
@@ -230,21 +282,45 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             p.load(event, btf).map_err(|e| explain(&e))?;
             p.attach().map_err(|e| explain(&e))?;
         }
-        Attach::RawTp { event } => {
-            if !env.kbtf.tracepoint_arg_is_task(event) {
+        Attach::Fentry { function } => {
+            let btf = env.btf.ok_or("no kernel BTF")?;
+            if !env.kbtf.has_function(function) {
                 return Err(format!(
-                    "{event}'s first argument is not a task_struct on this kernel"
+                    "{function} is not in the kernel's BTF (inlined or renamed?)"
                 ));
+            }
+            let p: &mut FEntry = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load(function, btf).map_err(|e| explain(&e))?;
+            p.attach().map_err(|e| explain(&e))?;
+        }
+        Attach::Kprobe { function } => {
+            if !env.tracefs.has_file("kprobe_events") {
+                return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());
+            }
+            let p: &mut KProbe = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load().map_err(|e| explain(&e))?;
+            p.attach(function, 0).map_err(|e| explain(&e))?;
+        }
+        Attach::RawTp { event, first_arg } => {
+            if !env.kbtf.tracepoint_first_arg_is(event, first_arg) {
+                return Err(format!("{event}'s first argument is not a struct {first_arg} * on this kernel"));
             }
             let p: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load().map_err(|e| explain(&e))?;
             p.attach(event).map_err(|e| explain(&e))?;
         }
-        Attach::Tracepoint { category, name } => {
+        Attach::Tracepoint { category, name, fixed } => {
             if !env.tracefs.has_event(category, name) {
-                return Err(format!(
-                    "tracepoint {category}:{name} does not exist on this kernel"
-                ));
+                return Err(format!("tracepoint {category}:{name} does not exist on this kernel"));
+            }
+            if !fixed.is_empty() {
+                let fields = env.tracefs.fields(category, name).map_err(|e| e.to_string())?;
+                for (field, offset, size) in fixed {
+                    let want = crate::tracefs::Field { offset: *offset, size: *size };
+                    if fields.get(*field) != Some(&want) {
+                        return Err(format!("record field {field} is not at offset {offset}, size {size}"));
+                    }
+                }
             }
             let p: &mut TracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load().map_err(|e| explain(&e))?;
@@ -273,6 +349,24 @@ fn explain(e: &ProgramError) -> String {
             }
         }
         other => other.to_string(),
+    }
+}
+
+/// The memcg event items to count, from BTF (`enum vm_event_item` moves with the kernel's
+/// config), and which one stands for a charge when sampling stacks.
+fn charge_config(kbtf: &KernelBtf, sample_every: u32) -> ChargeConfig {
+    let d = ChargeConfig::default_config();
+    let item = |name: &str, default: u32| kbtf.enum_value("vm_event_item", name).unwrap_or(default);
+    let (pgpgin, pgfault) = (item("PGPGIN", d.ev_pgpgin), item("PGFAULT", d.ev_pgfault));
+    // cgroup v1 counts PGPGIN per charge (memcg1_charge_statistics); v2 has no such event.
+    let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
+    ChargeConfig {
+        ev_pgpgin: pgpgin,
+        ev_pgpgout: item("PGPGOUT", d.ev_pgpgout),
+        ev_pgfault: pgfault,
+        ev_pgmajfault: item("PGMAJFAULT", d.ev_pgmajfault),
+        sample_item: if v1 { pgpgin } else { pgfault },
+        sample_every,
     }
 }
 

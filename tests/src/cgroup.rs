@@ -16,20 +16,40 @@ pub struct TestCgroup {
     pub dir: PathBuf,
     /// Path relative to the hierarchy root, as memtrace reports it.
     pub rel: String,
+    /// Directories above `dir` that this test created, outermost first.
+    parents: Vec<PathBuf>,
 }
 
 impl TestCgroup {
     /// A fresh cgroup with a memory limit, named after the test.
     pub fn new(tag: &str, limit_bytes: u64) -> Self {
+        Self::nested(tag, &[], limit_bytes)
+    }
+
+    /// `memtrace-test-<tag>-…/<sub[0]>/<sub[1]>/…`, the limit on the innermost one.
+    pub fn nested(tag: &str, sub: &[&str], limit_bytes: u64) -> Self {
         let h = MemoryHierarchy::detect().expect("memory cgroup hierarchy");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("memtrace-test-{tag}-{}-{n}", std::process::id());
-        let dir = h.root.join(&name);
+        let mut rel = format!("/{name}");
+        let mut dir = h.root.join(&name);
+        let mut parents = vec![];
+        for part in sub {
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            if h.version == CgroupVersion::V2 {
+                // Children get the memory controller only if the parent hands it down.
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory");
+            }
+            parents.push(dir.clone());
+            dir = dir.join(part);
+            rel = format!("{rel}/{part}");
+        }
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let cg = Self {
             version: h.version,
             dir,
-            rel: format!("/{name}"),
+            rel,
+            parents,
         };
         match cg.version {
             CgroupVersion::V1 => cg.write("memory.limit_in_bytes", &limit_bytes.to_string()),
@@ -70,6 +90,11 @@ impl Drop for TestCgroup {
                 unsafe { libc::kill(*pid, libc::SIGKILL) };
             }
             if pids.is_empty() && std::fs::remove_dir(&self.dir).is_ok() {
+                for p in self.parents.iter().rev() {
+                    if let Err(e) = std::fs::remove_dir(p) {
+                        eprintln!("warning: could not remove {}: {e}", p.display());
+                    }
+                }
                 return;
             }
             if !self.dir.exists() || Instant::now() > deadline {

@@ -54,6 +54,19 @@ pub fn alloc_in(cg: &TestCgroup, args: &[&str], oom_score_adj: Option<i32>) -> C
     cmd.spawn().expect("spawn memtrace-alloc")
 }
 
+/// `memtrace-alloc args...` in the cgroup directory `dir` (one the test made itself).
+pub fn alloc_in_dir(dir: &std::path::Path, args: &[&str]) -> Child {
+    let procs = dir.join("cgroup.procs");
+    let mut cmd = Command::new(alloc_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: as in alloc_in: raw syscalls only between fork and exec.
+    unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
+    cmd.spawn().expect("spawn memtrace-alloc")
+}
+
 /// Waits for the child's "ready" line.
 pub fn wait_ready(child: &mut Child) {
     let mut line = String::new();

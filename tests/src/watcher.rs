@@ -114,6 +114,10 @@ impl Watcher {
         out
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The BPF programs, maps and links this memtrace holds.
     pub fn bpf_ids(&self) -> crate::BpfIds {
         crate::bpf_ids_of(self.child.id())
@@ -149,6 +153,8 @@ pub struct Summary {
     pub delivered: u64,
     pub dropped_ringbuf_full: u64,
     pub decode_errors: u64,
+    /// `ok(...)` or `MISMATCH[...]`: memtrace's counts against the kernel's.
+    pub reconciled: String,
 }
 
 impl Summary {
@@ -164,6 +170,11 @@ impl Summary {
             delivered: get("delivered"),
             dropped_ringbuf_full: get("dropped_ringbuf_full"),
             decode_errors: get("decode_errors"),
+            reconciled: line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("reconciled="))
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 }

@@ -73,6 +73,23 @@ impl MemoryHierarchy {
         v2
     }
 
+    /// The hierarchy id the kernel's cgroup tracepoints report (`root=`): the memory line of
+    /// /proc/cgroups for v1, 0 for the cgroup2 default hierarchy.
+    pub fn hierarchy_id(&self) -> Option<u32> {
+        match self.version {
+            CgroupVersion::V2 => Some(0),
+            CgroupVersion::V1 => {
+                let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+                text.lines().find_map(|l| {
+                    let mut f = l.split_whitespace();
+                    (f.next() == Some("memory"))
+                        .then(|| f.next()?.parse().ok())
+                        .flatten()
+                })
+            }
+        }
+    }
+
     /// Absolute directory of a cgroup given its path relative to the hierarchy root ("/a/b").
     pub fn dir(&self, rel: &str) -> PathBuf {
         self.root.join(rel.trim_start_matches('/'))

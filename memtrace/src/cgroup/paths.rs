@@ -91,6 +91,16 @@ impl CgroupPaths {
         }
     }
 
+    /// Every known (id, path).
+    pub fn ids_with_paths(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.by_id.iter().map(|(id, p)| (*id, p.as_str()))
+    }
+
+    /// Every known path (removed cgroups included).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.by_id.values().map(String::as_str)
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

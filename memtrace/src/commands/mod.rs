@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod hotspots;
 pub mod probes;
+pub mod top;
 pub mod watch;

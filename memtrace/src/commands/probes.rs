@@ -43,9 +43,10 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         .ok();
     let (hooks, error) = match Tracer::start(&TracerOptions {
         try_all: true,
+        charges: Some(Default::default()),
         ..TracerOptions::default()
     }) {
-        Ok((tracer, _ring)) => (tracer.hooks.clone(), None),
+        Ok((tracer, _rings)) => (tracer.hooks.clone(), None),
         Err(e) => (vec![], Some(e.to_string())),
     };
     let report = Report {

@@ -1,7 +1,7 @@
 //! `memtrace watch`: the daemon. Reads the OOM ring buffer as records arrive and hands one
-//! event per killed task to the sinks (stdout, file, journald, webhook, Alertmanager), each
-//! behind its own bounded queue, and counts it in the metrics. SIGINT/SIGTERM end it; dropping
-//! the tracer detaches everything.
+//! event per killed task (and each pre-OOM warning) to the sinks (stdout, file, journald,
+//! webhook, Alertmanager), each behind its own bounded queue, and counts it in the metrics.
+//! SIGINT/SIGTERM end it; dropping the tracer detaches everything.
 
 use std::sync::Arc;
 
@@ -14,14 +14,17 @@ use tokio::{
 use crate::{
     attribution::BundleRoots,
     cgroup::{CgroupPaths, MemoryHierarchy},
+    charge_watch::ChargeWatch,
     cli::WatchArgs,
     clock,
     config::Config,
-    event::VictimRecord,
+    event::{CgroupCreated, OomRecord},
     kill::{EnrichOptions, Enricher},
     metrics::{self, Metrics},
+    reconcile::Reconciler,
     sinks::{Event, SinkReport, Sinks},
-    tracer::{KernelCounters, Tracer, TracerOptions},
+    tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
+    warnings::WarnOptions,
 };
 
 /// How often the kernel counters are checked for lost events.
@@ -30,6 +33,7 @@ const COUNTER_CHECK: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Delivery {
     delivered: u64,
+    warnings: u64,
     decode_errors: u64,
 }
 
@@ -50,8 +54,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         forced: cfg.variants()?,
         oom_ring_bytes: cfg.watch.oom_ring_bytes,
         try_all: false,
+        charges: (!args.no_charges).then_some(ChargeOptions { sample_every: args.stack_sample_every }),
     };
-    let (tracer, mut ring) = Tracer::start(&opts)?;
+    let (tracer, rings) = Tracer::start(&opts)?;
+    let Rings {
+        oom: mut ring,
+        cgroups: mut cgroup_ring,
+    } = rings;
     let paths = match MemoryHierarchy::detect() {
         Ok(h) => Some(CgroupPaths::new(h)),
         Err(e) => {
@@ -76,6 +85,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None => format!("{} unavailable", h.hook),
         })
         .collect();
+    let mut charge_watch = tracer.selected("charge").map(|_| {
+        ChargeWatch::new(args.kill_context_window, WarnOptions { ratio: args.warn_ratio, every: args.warn_every })
+    });
     let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups));
     let server = match cfg.metrics_addr()? {
         Some(addr) => {
@@ -101,11 +113,30 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
 
-    let mut emit = |r: VictimRecord, delivery: &mut Delivery| -> anyhow::Result<()> {
-        let kill = enricher.enrich(r);
+    let mut reconciler = enricher.paths().map(Reconciler::new);
+    let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
+    let mut reconciled_at = 0;
+
+    let emit = |r: OomRecord,
+                enricher: &mut Enricher,
+                charge_watch: &mut Option<ChargeWatch>,
+                sinks: &mut Sinks,
+                delivery: &mut Delivery|
+     -> anyhow::Result<()> {
+        let r = match r {
+            OomRecord::Victim(r) => r,
+            OomRecord::Context(c) => {
+                enricher.note_context(c);
+                return Ok(());
+            }
+        };
+        let mut kill = enricher.enrich(r);
+        if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths()) {
+            kill.hotspots = cw.kill_context(&tracer, paths, &kill);
+        }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         metrics.record_kill(&kill);
-        sinks.dispatch(Event::new(kill, host.clone(), delay));
+        sinks.dispatch(Event::from_kill(kill, host.clone(), delay));
         delivery.delivered += 1;
         Ok(())
     };
@@ -114,13 +145,32 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the OOM ring buffer")?;
+                // Cgroups created just before the kill are learnt first.
+                learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for r in drain(guard.get_inner_mut(), &mut delivery, &metrics) {
-                    emit(r, &mut delivery)?;
+                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost, &metrics);
+                if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths_mut()) {
+                    for w in cw.tick(&tracer, paths) {
+                        sinks.dispatch(Event::from_warning(w, host.clone()));
+                        delivery.warnings += 1;
+                    }
+                }
+                // Compare with the kernel's counters while kills keep coming, and once more after.
+                if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
+                    reconciled_at = delivery.delivered;
+                    for m in rec.check_persistent(&enricher.kills_by_cgroup) {
+                        log::error!(
+                            "RECONCILE: cgroup {}: the kernel counted {} OOM kills since memtrace started, memtrace reported {}",
+                            m.cgroup, m.kernel, m.reported
+                        );
+                    }
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -130,19 +180,43 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
     }
     // Records that arrived with the signal are still reported.
+    learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery, &metrics) {
-        emit(r, &mut delivery)?;
+        emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost, &metrics);
+    let reconciled = reconciler.as_ref().map_or_else(
+        || "unavailable".to_owned(),
+        |r| r.check(&enricher.kills_by_cgroup).describe(),
+    );
     drop(tracer);
     let reports = sinks.shutdown(cfg.watch.shutdown_timeout).await;
     if let Some(s) = server {
         s.abort();
     }
     sink_summary(&reports);
-    summary(&counters, &delivery);
+    summary(&counters, &delivery, &reconciled);
     Ok(())
+}
+
+/// Records the paths of cgroups created in the memory hierarchy. Read without waiting: the
+/// records only matter when a kill needs them, and every kill drains them first.
+fn learn_cgroups(ring: Option<&mut AsyncRing>, enricher: &mut Enricher, mem_root: Option<u32>) {
+    let (Some(ring), Some(paths)) = (ring, enricher.paths_mut()) else {
+        return;
+    };
+    while let Some(item) = ring.get_mut().next() {
+        match CgroupCreated::try_from(&*item) {
+            Ok(c) if Some(c.root) == mem_root => {
+                if let Some(path) = c.path {
+                    paths.remember(c.id, path);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("undecodable cgroup record: {e}"),
+        }
+    }
 }
 
 /// Decodes every record waiting in the ring buffer; the ring slot is released before any I/O.
@@ -150,10 +224,10 @@ fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     delivery: &mut Delivery,
     metrics: &Metrics,
-) -> Vec<VictimRecord> {
+) -> Vec<OomRecord> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        match VictimRecord::try_from(&*item) {
+        match OomRecord::try_from(&*item) {
             Ok(r) => out.push(r),
             Err(e) => {
                 delivery.decode_errors += 1;
@@ -199,10 +273,19 @@ fn sink_summary(reports: &[SinkReport]) {
 }
 
 /// One line on stderr at exit: produced == delivered + dropped, checkable by tests.
-fn summary(c: &KernelCounters, d: &Delivery) {
+fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
-        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={}",
-        c.oom_seen, d.delivered, c.oom_ringbuf_full, d.decode_errors, c.oom_read_errors
+        "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
+         context_seen={} context_dropped={} cgroup_records_dropped={} warnings={} reconciled={reconciled}",
+        c.oom_seen,
+        d.delivered,
+        c.oom_ringbuf_full,
+        d.decode_errors,
+        c.oom_read_errors,
+        c.oom_ctx_seen,
+        c.oom_ctx_ringbuf_full,
+        c.cgroup_ringbuf_full,
+        d.warnings,
     );
 }
 

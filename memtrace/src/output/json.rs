@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     clock,
     kill::{OomKill, Snapshot},
+    warnings::PreOomWarning,
 };
 
 /// Inserts `key: value` unless the value is `None`.
@@ -98,6 +99,14 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         }
         None => {}
     }
+    if let Some(c) = &k.context {
+        o.put("memtrace.oom.constraint", json!(c.constraint))
+            .put("memtrace.oom.totalpages", c.totalpages)
+            .put("memtrace.oom.chosen_points", c.chosen_points)
+            .put("memtrace.oom.gfp_mask", format!("{:#x}", c.gfp_mask))
+            .put("memtrace.oom.order", c.order)
+            .opt("memtrace.oom.memcg_id", c.memcg_id);
+    }
     if let Some(b) = &k.badness {
         o.put("memtrace.badness.points", b.points)
             .put("memtrace.badness.rss_pages", b.rss_pages)
@@ -123,12 +132,48 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             .opt("k8s.container.name", names.and_then(|n| n.container.clone()))
             .opt("memtrace.systemd_unit", a.systemd_unit.clone());
     }
+    if !k.hotspots.is_empty() {
+        let stacks: Vec<Value> = k
+            .hotspots
+            .iter()
+            .map(|h| {
+                json!({
+                    "samples": h.count,
+                    "pid": h.pid,
+                    "comm": h.comm,
+                    "user_top": h.top_user_frame(),
+                    "folded": h.folded(),
+                })
+            })
+            .collect();
+        o.put("memtrace.hotspots", stacks);
+    }
     if k.victim_exiting {
         o.put("memtrace.victim.exiting", true);
     }
     if k.read_error {
         o.put("memtrace.read_error", true);
     }
+    Value::Object(o.0)
+}
+
+/// A pre-OOM warning as a JSON line.
+pub fn warning(w: &PreOomWarning, host: &str) -> Value {
+    let mut o = Obj(Map::new());
+    o.put("timestamp", clock::rfc3339(w.time))
+        .put("severity_text", "WARN")
+        .put("event.name", "memtrace.pre_oom_warning")
+        .put("body", super::text::warning_summary(w))
+        .put("host.name", host)
+        .put("memtrace.cgroup.path", w.cgroup.clone())
+        .put("memtrace.warning.reason", json!(w.reason))
+        .put("memtrace.warning.usage_bytes", w.usage_bytes)
+        .put("memtrace.warning.working_set_bytes", w.working_set_bytes)
+        .put("memtrace.warning.limit_bytes", w.limit_bytes)
+        .put("memtrace.warning.working_set_ratio", w.working_set_ratio)
+        .opt("memtrace.warning.usage_growth_bytes_per_s", w.usage_growth_bytes_per_s)
+        .opt("memtrace.warning.seconds_to_limit", w.seconds_to_limit)
+        .put("memtrace.warning.reclaim_stalls_per_s", w.reclaim_stalls_per_s);
     Value::Object(o.0)
 }
 
@@ -168,6 +213,8 @@ mod tests {
             oom_cgroup: None,
             snapshot: None,
             attribution: None,
+            context: None,
+            hotspots: vec![],
             badness: None,
             verdict: crate::diagnosis::verdict(&crate::diagnosis::Facts::default()),
             victim_exiting: false,

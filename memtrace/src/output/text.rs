@@ -3,7 +3,39 @@
 use std::fmt::Write as _;
 
 use super::human_bytes;
-use crate::{clock, kill::OomKill};
+use crate::{
+    clock,
+    kill::OomKill,
+    warnings::{PreOomWarning, Reason},
+};
+
+/// One sentence about a warning (also the JSON `body`).
+pub fn warning_summary(w: &PreOomWarning) -> String {
+    let mut s = match w.reason {
+        Reason::WorkingSet => format!(
+            "{}: working set {} is {:.0}% of its {} limit",
+            w.cgroup,
+            human_bytes(w.working_set_bytes),
+            w.working_set_ratio * 100.0,
+            human_bytes(w.limit_bytes)
+        ),
+        Reason::Reclaim => format!(
+            "{}: charges stall in reclaim at the limit ({:.1}/s), usage {} of {}",
+            w.cgroup,
+            w.reclaim_stalls_per_s,
+            human_bytes(w.usage_bytes),
+            human_bytes(w.limit_bytes)
+        ),
+    };
+    if let (Some(g), Some(t)) = (w.usage_growth_bytes_per_s, w.seconds_to_limit) {
+        let _ = write!(s, "; growing {}/s: limit in about {t:.1} s", human_bytes(g as u64));
+    }
+    s
+}
+
+pub fn warning(w: &PreOomWarning) -> String {
+    format!("{} PRE-OOM WARNING: {}", clock::rfc3339(w.time), warning_summary(w))
+}
 
 pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
     let mut s = String::with_capacity(256);
@@ -70,11 +102,21 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
             let _ = write!(s, " id {}", &id[..id.len().min(12)]);
         }
     }
+    if let Some(c) = &k.context {
+        let _ = write!(
+            s,
+            " | kernel: {:?} chosen_points {} totalpages {}",
+            c.constraint, c.chosen_points, c.totalpages
+        );
+    }
     if let Some(b) = &k.badness {
         let _ = write!(s, " | badness {} (totalpages {})", b.points, b.totalpages);
     }
     let _ = write!(s, " | {} +{:.1}ms", k.hook.as_str(), emit_delay_ns as f64 / 1e6);
     let _ = write!(s, "\n    why: {}", k.verdict.summary);
+    if let Some(h) = k.hotspots.first() {
+        let _ = write!(s, "\n    top charger before the kill: {} ({}) in {} ({} samples)", h.comm, h.pid, h.top_user_frame(), h.count);
+    }
     if k.victim_exiting {
         let _ = write!(s, " (victim was already exiting: marked, not killed)");
     }

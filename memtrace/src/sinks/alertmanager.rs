@@ -5,16 +5,21 @@
 //! config's extra labels. Annotations: `summary` = the verdict, `description` = the event's
 //! body. `startsAt` is the kill's time and `endsAt` that plus `resolve_after`, so the alert
 //! resolves by itself: an OOM kill is an event, not a state.
+//!
+//! Pre-OOM warnings become `alertname="MemtracePreOOMWarning"`, `severity="warning"`, with
+//! `node` and `cgroup`.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::json;
 
-use super::{Event, Sink, SinkError, http::Poster};
+use super::{Event, Payload, Sink, SinkError, http::Poster};
 use crate::{clock, config::AlertmanagerConfig};
 
 pub const ALERTNAME: &str = "MemtraceOOMKill";
+/// Pre-OOM warnings (severity `warning`, label `cgroup`, summary = the warning).
+pub const WARNING_ALERTNAME: &str = "MemtracePreOOMWarning";
 
 #[derive(Debug)]
 pub struct AlertmanagerSink {
@@ -37,29 +42,39 @@ impl AlertmanagerSink {
     }
 
     pub fn alert(&self, ev: &Event) -> serde_json::Value {
-        let k = &ev.kill;
         let mut labels = self.extra.clone();
-        labels.insert("alertname".into(), ALERTNAME.into());
-        labels.insert("severity".into(), self.severity.clone());
         let mut put = |key: &str, v: Option<&str>| {
             if let Some(v) = v.filter(|v| !v.is_empty()) {
                 labels.insert(key.into(), v.into());
             }
         };
         put("node", Some(&self.host));
-        put("cgroup", k.cgroup.as_ref().and_then(|c| c.path.as_deref()));
-        let names = k.attribution.as_ref().and_then(|a| a.names.as_ref());
-        put("namespace", names.and_then(|n| n.namespace.as_deref()));
-        put("pod", names.and_then(|n| n.pod.as_deref()));
-        put("container", names.and_then(|n| n.container.as_deref()));
+        let (summary, time) = match &ev.payload {
+            Payload::Kill(k) => {
+                put("alertname", Some(ALERTNAME));
+                put("severity", Some(&self.severity));
+                put("cgroup", k.cgroup.as_ref().and_then(|c| c.path.as_deref()));
+                let names = k.attribution.as_ref().and_then(|a| a.names.as_ref());
+                put("namespace", names.and_then(|n| n.namespace.as_deref()));
+                put("pod", names.and_then(|n| n.pod.as_deref()));
+                put("container", names.and_then(|n| n.container.as_deref()));
+                (k.verdict.summary.clone(), k.time)
+            }
+            Payload::Warning(w) => {
+                put("alertname", Some(WARNING_ALERTNAME));
+                put("severity", Some("warning"));
+                put("cgroup", Some(&w.cgroup));
+                (ev.body().to_owned(), w.time)
+            }
+        };
         json!([{
             "labels": labels,
             "annotations": {
-                "summary": k.verdict.summary,
+                "summary": summary,
                 "description": ev.body(),
             },
-            "startsAt": clock::rfc3339(k.time),
-            "endsAt": clock::rfc3339(k.time + self.resolve_after),
+            "startsAt": clock::rfc3339(time),
+            "endsAt": clock::rfc3339(time + self.resolve_after),
         }])
     }
 }
@@ -94,7 +109,7 @@ mod tests {
             }),
             ..Attribution::default()
         });
-        let a = &s.alert(&Event::new(k, "node-1".into(), 0))[0];
+        let a = &s.alert(&Event::from_kill(k, "node-1".into(), 0))[0];
         let l = &a["labels"];
         assert_eq!(l["alertname"], ALERTNAME);
         assert_eq!(l["severity"], "critical");

@@ -5,7 +5,8 @@
 //! whose descriptor is sent instead (SCM_RIGHTS), as sd_journal_sendv() does.
 //!
 //! Fields: `MESSAGE` (the event's body and verdict), `PRIORITY` (3, err; 4 for a victim that was
-//! already exiting), `SYSLOG_IDENTIFIER=memtrace`, `MESSAGE_ID` = [`MESSAGE_ID`], and every key
+//! already exiting), `SYSLOG_IDENTIFIER=memtrace`, `MESSAGE_ID` = [`MESSAGE_ID`] (pre-OOM
+//! warnings: [`WARNING_MESSAGE_ID`], PRIORITY 4), and every key
 //! of the JSON event upper-cased with other characters as `_` (`k8s.pod.name` ->
 //! `K8S_POD_NAME`, `memtrace.cgroup.path` -> `MEMTRACE_CGROUP_PATH`).
 //!
@@ -27,6 +28,8 @@ use super::{Event, Sink, SinkError};
 
 /// `MESSAGE_ID` of every memtrace OOM kill entry: `journalctl MESSAGE_ID=8b5f2c4e1d7a4e0f9c3b6a2d5e8f1a47`.
 pub const MESSAGE_ID: &str = "8b5f2c4e1d7a4e0f9c3b6a2d5e8f1a47";
+/// `MESSAGE_ID` of pre-OOM warnings (PRIORITY 4).
+pub const WARNING_MESSAGE_ID: &str = "3c9d7e1f5a2b4c6d8e0f1a3b5c7d9e2f";
 pub const SYSLOG_IDENTIFIER: &str = "memtrace";
 /// A journald that does not read its socket must not hold the sink forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,15 +57,17 @@ pub fn field_name(key: &str) -> Option<String> {
 
 /// The entry for one event, in field order.
 pub fn fields(ev: &Event) -> Vec<(String, String)> {
-    let prio = if ev.kill.victim_exiting { "4" } else { "3" };
+    let prio = if ev.is_warning() { "4" } else { "3" };
+    let id = if ev.kill().is_some() {
+        MESSAGE_ID
+    } else {
+        WARNING_MESSAGE_ID
+    };
     let mut out = vec![
-        (
-            "MESSAGE".to_owned(),
-            format!("{}: {}", ev.body(), ev.kill.verdict.summary),
-        ),
+        ("MESSAGE".to_owned(), ev.message()),
         ("PRIORITY".into(), prio.into()),
         ("SYSLOG_IDENTIFIER".into(), SYSLOG_IDENTIFIER.into()),
-        ("MESSAGE_ID".into(), MESSAGE_ID.into()),
+        ("MESSAGE_ID".into(), id.into()),
     ];
     if let Some(obj) = ev.json.as_object() {
         for (k, v) in obj {

@@ -29,44 +29,93 @@ use crate::{
     kill::OomKill,
     metrics::Metrics,
     output::{Format, json, text},
+    warnings::PreOomWarning,
 };
 
 /// At most one warning per sink in this interval; the others are counted in the next one.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// One kill, as every sink receives it (shared, never copied).
+/// What happened.
+#[derive(Debug)]
+pub enum Payload {
+    /// A task killed by the OOM killer.
+    Kill(Box<OomKill>),
+    /// A cgroup close to its limit (warnings.rs).
+    Warning(Box<PreOomWarning>),
+}
+
+/// One event, as every sink receives it (shared, never copied).
 #[derive(Debug)]
 pub struct Event {
-    pub kill: OomKill,
+    pub payload: Payload,
     pub host: String,
-    /// Nanoseconds from the kill to the event's construction.
+    /// Nanoseconds from the kill to the event's construction (0 for warnings).
     pub emit_delay_ns: u64,
     /// The JSON-lines form (output/json.rs), built once.
     pub json: serde_json::Value,
 }
 
 impl Event {
-    pub fn new(kill: OomKill, host: String, emit_delay_ns: u64) -> Self {
+    pub fn from_kill(kill: OomKill, host: String, emit_delay_ns: u64) -> Self {
         let json = json::event(&kill, &host, emit_delay_ns);
         Self {
-            kill,
+            payload: Payload::Kill(Box::new(kill)),
             host,
             emit_delay_ns,
             json,
         }
     }
 
-    /// One line (text: two, the verdict indented) without the final newline.
-    pub fn line(&self, format: Format) -> String {
-        match format {
-            Format::Text => text::event(&self.kill, self.emit_delay_ns),
-            Format::Json => self.json.to_string(),
+    pub fn from_warning(w: PreOomWarning, host: String) -> Self {
+        let json = json::warning(&w, &host);
+        Self {
+            payload: Payload::Warning(Box::new(w)),
+            host,
+            emit_delay_ns: 0,
+            json,
         }
     }
 
-    /// `OOM kill: pid N (comm) in cgroup X`.
+    pub fn kill(&self) -> Option<&OomKill> {
+        match &self.payload {
+            Payload::Kill(k) => Some(k),
+            Payload::Warning(_) => None,
+        }
+    }
+
+    /// One line (a kill in text: two, the verdict indented) without the final newline.
+    pub fn line(&self, format: Format) -> String {
+        match (format, &self.payload) {
+            (Format::Text, Payload::Kill(k)) => text::event(k, self.emit_delay_ns),
+            (Format::Text, Payload::Warning(w)) => text::warning(w),
+            (Format::Json, _) => self.json.to_string(),
+        }
+    }
+
+    /// `OOM kill: pid N (comm) in cgroup X`, or the warning's summary.
     pub fn body(&self) -> &str {
-        self.json["body"].as_str().unwrap_or("OOM kill")
+        self.json["body"].as_str().unwrap_or("memtrace event")
+    }
+
+    /// One sentence for people: the body, and for a kill its verdict.
+    pub fn message(&self) -> String {
+        match &self.payload {
+            Payload::Kill(k) => format!("{}: {}", self.body(), k.verdict.summary),
+            Payload::Warning(_) => self.body().to_owned(),
+        }
+    }
+
+    /// Less than an error: a warning, or a victim that was already exiting (not killed).
+    pub fn is_warning(&self) -> bool {
+        match &self.payload {
+            Payload::Kill(k) => k.victim_exiting,
+            Payload::Warning(_) => true,
+        }
+    }
+
+    /// `event.name`: `memtrace.oom_kill` or `memtrace.pre_oom_warning`.
+    pub fn name(&self) -> &str {
+        self.json["event.name"].as_str().unwrap_or("memtrace")
     }
 }
 
@@ -311,10 +360,7 @@ async fn run<S: Sink>(
                     } else {
                         String::new()
                     };
-                    log::warn!(
-                        "sink {name}: delivery of event #{} failed: {e}{more}",
-                        ev.kill.seq
-                    );
+                    log::warn!("sink {name}: delivery of a {} event failed: {e}{more}", ev.name());
                 }
             }
         }
@@ -362,11 +408,13 @@ pub(crate) mod tests {
             trigger_comm: "python3".into(),
             trigger_cgroup: None,
             read_error: false,
+            context: None,
+            hotspots: vec![],
         }
     }
 
     pub fn event() -> Event {
-        Event::new(kill(), "node-1".into(), 1000)
+        Event::from_kill(kill(), "node-1".into(), 1000)
     }
 
     #[test]

@@ -45,9 +45,11 @@ fn attr(key: &str, v: Value) -> Value {
 }
 
 pub fn payload(ev: &Event, host: &str) -> Value {
-    let nanos = ev
-        .kill
-        .time
+    let time = match &ev.payload {
+        super::Payload::Kill(k) => k.time,
+        super::Payload::Warning(w) => w.time,
+    };
+    let nanos = time
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
         .to_string();
@@ -63,7 +65,7 @@ pub fn payload(ev: &Event, host: &str) -> Value {
         .filter(|(k, _)| !matches!(k.as_str(), "timestamp" | "severity_text" | "body" | "host.name"))
         .filter_map(|(k, v)| Some(attr(k, any_value(v)?)))
         .collect();
-    let (sev, sev_text) = if ev.kill.victim_exiting {
+    let (sev, sev_text) = if ev.is_warning() {
         (SEVERITY_WARN, "WARN")
     } else {
         (SEVERITY_ERROR, "ERROR")
@@ -81,8 +83,8 @@ pub fn payload(ev: &Event, host: &str) -> Value {
                     "observedTimeUnixNano": observed,
                     "severityNumber": sev,
                     "severityText": sev_text,
-                    "eventName": "memtrace.oom_kill",
-                    "body": { "stringValue": format!("{}: {}", ev.body(), ev.kill.verdict.summary) },
+                    "eventName": ev.name(),
+                    "body": { "stringValue": ev.message() },
                     "attributes": attributes,
                 }],
             }],

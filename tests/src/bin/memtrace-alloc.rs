@@ -4,6 +4,8 @@
 //! memtrace-alloc grow [CHUNK_MIB]      allocate and touch CHUNK_MIB (default 1) forever
 //! memtrace-alloc hold MIB              allocate and touch MIB, print "ready", sleep
 //! memtrace-alloc shm PATH MIB          write MIB to a tmpfs file, print "ready", sleep
+//! memtrace-alloc trickle MIB_PER_S MAX_MIB   charge at a steady rate, forever: allocate 1 MiB
+//!                                      chunks, free them all on reaching MAX_MIB, repeat
 
 use std::{hint::black_box, io::Write as _, time::Duration};
 
@@ -16,6 +18,16 @@ pub extern "C" fn memtrace_test_allocate_chunk(bytes: usize) -> *mut u8 {
         v[i] = 1;
     }
     black_box(Box::leak(v.into_boxed_slice()).as_mut_ptr())
+}
+
+/// Like [`memtrace_test_allocate_chunk`], but the memory can be freed: for steady charging.
+#[inline(never)]
+pub fn memtrace_test_trickle_chunk(bytes: usize) -> Vec<u8> {
+    let mut v = vec![0u8; bytes];
+    for i in (0..bytes).step_by(4096) {
+        v[i] = 1;
+    }
+    black_box(v)
 }
 
 fn ready_then_sleep() -> ! {
@@ -43,10 +55,32 @@ fn main() {
             memtrace_test_allocate_chunk(mib(args.next(), 16));
             ready_then_sleep()
         }
+        Some("trickle") => {
+            let per_s = args.next().and_then(|a| a.parse::<u64>().ok()).unwrap_or(16).max(1);
+            let max = args.next().and_then(|a| a.parse::<usize>().ok()).unwrap_or(64).max(1);
+            let pause = Duration::from_micros(1_000_000 / per_s);
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            loop {
+                let mut held = Vec::with_capacity(max);
+                for _ in 0..max {
+                    held.push(memtrace_test_trickle_chunk(1 << 20));
+                    std::thread::sleep(pause);
+                }
+                drop(held);
+            }
+        }
         Some("shm") => {
             let path = args.next().unwrap_or_else(|| "/dev/shm/memtrace-test".into());
-            let data = vec![7u8; mib(args.next(), 16)];
-            if let Err(e) = std::fs::write(&path, data) {
+            // 1 MiB at a time: the file's pages are charged, our own anon memory stays small.
+            let chunk = vec![7u8; 1 << 20];
+            let written = std::fs::File::create(&path).and_then(|mut f| {
+                for _ in 0..mib(args.next(), 16) >> 20 {
+                    f.write_all(&chunk)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
                 eprintln!("memtrace-alloc: {path}: {e}");
                 std::process::exit(1);
             }

@@ -1,0 +1,72 @@
+//! Charge accounting: per-cgroup counters kept in the kernel (per-CPU, no ring-buffer record
+//! per charge) and sampled stacks. Userspace reads the maps once a second.
+
+use crate::oom::COMM_LEN;
+
+/// Per cgroup, per CPU. Userspace sums over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChargeCounters {
+    /// Cgroup id of the memcg this entry counts (the map is keyed by `mem_cgroup *`).
+    pub cgroup_id: u64,
+    /// Charge calls (fentry/kprobe try_charge_memcg; v1 `PGPGIN` memcg events).
+    pub charge_events: u64,
+    /// Pages charged, where the hook sees them (try_charge_memcg's `nr_pages`).
+    pub charged_pages: u64,
+    /// Uncharge events (v1 `PGPGOUT`).
+    pub uncharge_events: u64,
+    /// Page faults of tasks in the cgroup (`PGFAULT` / `PGMAJFAULT` memcg events).
+    pub faults: u64,
+    pub major_faults: u64,
+    /// memcg direct reclaim (vmscan:mm_vmscan_memcg_reclaim_begin/end): a charge that hit the
+    /// limit and had to reclaim before it could go on.
+    pub reclaim_stalls: u64,
+    pub reclaim_ns: u64,
+    /// Stacks sampled for this cgroup.
+    pub stack_samples: u64,
+}
+
+/// Which memcg event items to count and when to sample a stack, patched by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChargeConfig {
+    /// `enum vm_event_item` values, from BTF (they move with kernel config).
+    pub ev_pgpgin: u32,
+    pub ev_pgpgout: u32,
+    pub ev_pgfault: u32,
+    pub ev_pgmajfault: u32,
+    /// The item whose events are sampled for stacks (PGPGIN on cgroup v1, PGFAULT on v2).
+    pub sample_item: u32,
+    /// Sample one stack every this many charge events per CPU; 0: no stacks.
+    pub sample_every: u32,
+}
+
+impl ChargeConfig {
+    pub const fn default_config() -> Self {
+        Self { ev_pgpgin: 0, ev_pgpgout: 1, ev_pgfault: 23, ev_pgmajfault: 24, sample_item: 0, sample_every: 0 }
+    }
+}
+
+/// Key of the sampled-stack counts: who charged, from where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    /// Stack ids in the `STACKS` map; negative: not captured.
+    pub kernel_stack: i32,
+    pub user_stack: i32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: #[repr(C)] plain integers and byte arrays, no padding left implicit.
+    unsafe impl aya::Pod for super::ChargeCounters {}
+    unsafe impl aya::Pod for super::ChargeConfig {}
+    unsafe impl aya::Pod for super::StackKey {}
+}
+
+const _: () = assert!(core::mem::size_of::<StackKey>() == 8 + 4 * 4 + COMM_LEN);
+const _: () = assert!(core::mem::size_of::<ChargeCounters>() == 9 * 8);

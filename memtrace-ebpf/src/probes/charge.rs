@@ -1,0 +1,240 @@
+//! The memcg charge path: per-cgroup counters in a per-CPU map, and one stack in N charges.
+//! Variants, best first (the userspace hook table picks): fentry/kprobe on
+//! `try_charge_memcg(memcg, gfp, nr_pages)` (mm/memcontrol.c, 5.15+), else the memcg event
+//! tracepoint `count_memcg_events(memcg, item, val)` (6.16+) as tp_btf, raw_tp or plain
+//! tracepoint. Reclaim stalls come from vmscan:mm_vmscan_memcg_reclaim_begin/end.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
+        tracing::StackIdContext,
+    },
+};
+use memtrace_common::charge::{ChargeConfig, ChargeCounters, StackKey};
+
+use crate::{
+    kernel::{self, read},
+    maps::{CHARGES, RECLAIM_START, SAMPLE_TICK, STACK_COUNTS, STACKS},
+};
+
+#[unsafe(no_mangle)]
+static CHARGE_CONFIG: ChargeConfig = ChargeConfig::default_config();
+
+macro_rules! cfg {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const CHARGE_CONFIG.$field) }
+    };
+}
+
+/// What one hit counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Charge { pages: u64 },
+    Uncharge,
+    Fault,
+    MajorFault,
+}
+
+/// The counters of a memcg, created on first sight. `key` is the `mem_cgroup *` (or, for the
+/// plain tracepoint, the cgroup id itself): no kernel read on the hot path once it exists.
+#[inline(always)]
+fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
+    if let Some(c) = CHARGES.get_ptr_mut(&key) {
+        return Some(c);
+    }
+    let cgroup_id = match known_id {
+        Some(id) => id,
+        None => kernel::css_cgroup_id(memcg).ok()?,
+    };
+    let fresh = ChargeCounters { cgroup_id, ..ChargeCounters::default() };
+    CHARGES.insert(&key, &fresh, 0).ok()?;
+    CHARGES.get_ptr_mut(&key)
+}
+
+#[inline(always)]
+fn account<C: StackIdContext>(ctx: &C, key: u64, memcg: *const u8, known_id: Option<u64>, what: Count) {
+    let Some(c) = counters(key, memcg, known_id) else { return };
+    // SAFETY: a per-CPU map value: this CPU's copy, not shared.
+    let c = unsafe { &mut *c };
+    match what {
+        Count::Charge { pages } => {
+            c.charge_events += 1;
+            c.charged_pages += pages;
+        }
+        Count::Uncharge => c.uncharge_events += 1,
+        Count::Fault => c.faults += 1,
+        Count::MajorFault => c.major_faults += 1,
+    }
+    let sampled = match what {
+        Count::Charge { .. } => true,
+        // Where the hook has no charge event (cgroup v2 tracepoints), faults stand in for them.
+        Count::Fault => cfg!(sample_item) == cfg!(ev_pgfault),
+        _ => false,
+    };
+    if sampled && tick() {
+        c.stack_samples += 1;
+        sample_stack(ctx, c.cgroup_id);
+    }
+}
+
+/// True once every `sample_every` calls on this CPU.
+#[inline(always)]
+fn tick() -> bool {
+    let every = cfg!(sample_every);
+    if every == 0 {
+        return false;
+    }
+    let Some(t) = SAMPLE_TICK.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU slot.
+    unsafe {
+        *t += 1;
+        if *t >= every {
+            *t = 0;
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
+    let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    let user_stack = ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)).map_or(-1, |id| id as i32);
+    let key = StackKey {
+        cgroup_id,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        kernel_stack,
+        user_stack,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    match STACK_COUNTS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = STACK_COUNTS.insert(&key, &1, 0);
+        }
+    }
+}
+
+/// Maps a memcg event item to what it counts.
+#[inline(always)]
+fn event_count(item: u32, val: u64) -> Option<Count> {
+    if item == cfg!(ev_pgpgin) {
+        Some(Count::Charge { pages: 0 })
+    } else if item == cfg!(ev_pgfault) {
+        Some(Count::Fault)
+    } else if item == cfg!(ev_pgmajfault) {
+        Some(Count::MajorFault)
+    } else if item == cfg!(ev_pgpgout) {
+        let _ = val;
+        Some(Count::Uncharge)
+    } else {
+        None
+    }
+}
+
+// try_charge_memcg(struct mem_cgroup *memcg, gfp_t gfp_mask, unsigned int nr_pages)
+#[fentry(function = "try_charge_memcg")]
+pub fn charge_fentry(ctx: FEntryContext) -> u32 {
+    let memcg: *const u8 = ctx.arg(0);
+    let pages: u32 = ctx.arg(2);
+    account(&ctx, memcg as u64, memcg, None, Count::Charge { pages: u64::from(pages) });
+    0
+}
+
+#[kprobe]
+pub fn charge_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(memcg), Some(pages)) = (ctx.arg::<*const u8>(0), ctx.arg::<u32>(2)) else { return 0 };
+    account(&ctx, memcg as u64, memcg, None, Count::Charge { pages: u64::from(pages) });
+    0
+}
+
+// TP_PROTO(struct mem_cgroup *memcg, int item, unsigned long val)
+#[btf_tracepoint(function = "count_memcg_events")]
+pub fn memcg_ev_btf(ctx: BtfTracePointContext) -> u32 {
+    let item: u32 = ctx.arg(1);
+    if let Some(what) = event_count(item, ctx.arg(2)) {
+        let memcg: *const u8 = ctx.arg(0);
+        account(&ctx, memcg as u64, memcg, None, what);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "count_memcg_events")]
+pub fn memcg_ev_raw(ctx: RawTracePointContext) -> u32 {
+    let item: u32 = ctx.arg(1);
+    if let Some(what) = event_count(item, ctx.arg(2)) {
+        let memcg: *const u8 = ctx.arg(0);
+        account(&ctx, memcg as u64, memcg, None, what);
+    }
+    0
+}
+
+/// The formatted record: `u64 id` at 8, `int item` at 16, `unsigned long val` at 24 (checked
+/// against tracefs by userspace before attaching).
+#[tracepoint(category = "memcg", name = "count_memcg_events")]
+pub fn memcg_ev_tp(ctx: TracePointContext) -> u32 {
+    let base = ctx.as_ptr() as *const u8;
+    let (Ok(id), Ok(item), Ok(val)) = (read::<u64>(base, 8), read::<u32>(base, 16), read::<u64>(base, 24)) else {
+        return 0;
+    };
+    if let Some(what) = event_count(item, val) {
+        account(&ctx, id, core::ptr::null(), Some(id), what);
+    }
+    0
+}
+
+#[inline(always)]
+fn reclaim_begin() {
+    let pid = bpf_get_current_pid_tgid() as u32;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = RECLAIM_START.insert(&pid, &now, 0);
+}
+
+#[inline(always)]
+fn reclaim_end<C: StackIdContext>(ctx: &C) {
+    let pid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a map value read once, then removed.
+    let Some(start) = (unsafe { RECLAIM_START.get(&pid) }).copied() else { return };
+    let _ = RECLAIM_START.remove(&pid);
+    let took = unsafe { bpf_ktime_get_boot_ns() }.saturating_sub(start);
+    // The stall is charged to the stalled task's memcg (the limit may be an ancestor's).
+    let current = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(memcg) = kernel::task_memcg(current) else { return };
+    let _ = ctx;
+    if let Some(c) = counters(memcg as u64, memcg, None) {
+        // SAFETY: this CPU's copy.
+        let c = unsafe { &mut *c };
+        c.reclaim_stalls += 1;
+        c.reclaim_ns += took;
+    }
+}
+
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
+pub fn reclaim_beg_btf(_ctx: BtfTracePointContext) -> u32 {
+    reclaim_begin();
+    0
+}
+
+#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_end")]
+pub fn reclaim_end_btf(ctx: BtfTracePointContext) -> u32 {
+    reclaim_end(&ctx);
+    0
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_memcg_reclaim_begin")]
+pub fn reclaim_beg_tp(_ctx: TracePointContext) -> u32 {
+    reclaim_begin();
+    0
+}
+
+#[tracepoint(category = "vmscan", name = "mm_vmscan_memcg_reclaim_end")]
+pub fn reclaim_end_tp(ctx: TracePointContext) -> u32 {
+    reclaim_end(&ctx);
+    0
+}

@@ -1,0 +1,157 @@
+//! Pre-OOM warnings: a cgroup whose working set crosses a fraction of its limit, or whose
+//! charges keep stalling in reclaim at the limit, gets one warning, with the time to the limit
+//! estimated from how fast its usage grows. One per cgroup per interval, re-armed only once the
+//! working set has dropped back below the threshold.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Serialize;
+
+use crate::charges::Row;
+
+#[derive(Debug, Clone, Copy)]
+pub struct WarnOptions {
+    /// Working set / limit at which to warn (e.g. 0.9).
+    pub ratio: f64,
+    /// At most one warning per cgroup this often.
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Working set over the threshold.
+    WorkingSet,
+    /// Charges stalled in memcg reclaim: the cgroup is at its limit.
+    Reclaim,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreOomWarning {
+    #[serde(skip)]
+    pub time: SystemTime,
+    pub cgroup: String,
+    pub reason: Reason,
+    pub usage_bytes: u64,
+    pub working_set_bytes: u64,
+    pub limit_bytes: u64,
+    pub working_set_ratio: f64,
+    /// Usage growth over the last interval, bytes per second.
+    pub usage_growth_bytes_per_s: Option<f64>,
+    /// (limit - usage) / growth, when usage grows.
+    pub seconds_to_limit: Option<f64>,
+    pub reclaim_stalls_per_s: f64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last_usage: Option<(Instant, u64)>,
+    warned_at: Option<Instant>,
+    /// Cleared when the working set falls back under the threshold.
+    armed: bool,
+}
+
+pub struct Warner {
+    opts: WarnOptions,
+    state: HashMap<String, State>,
+}
+
+impl Warner {
+    pub fn new(opts: WarnOptions) -> Self {
+        Self { opts, state: HashMap::new() }
+    }
+
+    /// Warnings due for these rows (cgroups with charge activity).
+    pub fn check(&mut self, rows: &[Row], now: Instant) -> Vec<PreOomWarning> {
+        let mut out = vec![];
+        for r in rows {
+            let (Some(usage), Some(ws), Some(limit)) = (r.usage_bytes, r.working_set_bytes, r.limit_bytes) else {
+                continue;
+            };
+            let st = self.state.entry(r.cgroup.clone()).or_insert(State { armed: true, ..State::default() });
+            let growth = st.last_usage.and_then(|(t, u)| {
+                let secs = now.duration_since(t).as_secs_f64();
+                (secs > 0.0).then(|| (usage as f64 - u as f64) / secs)
+            });
+            st.last_usage = Some((now, usage));
+            let ratio = ws as f64 / limit.max(1) as f64;
+            if ratio < self.opts.ratio - 0.05 {
+                st.armed = true;
+            }
+            let reason = if ratio >= self.opts.ratio {
+                Reason::WorkingSet
+            } else if r.rate.reclaim_stalls_per_s > 0.0 {
+                Reason::Reclaim
+            } else {
+                continue;
+            };
+            let recently = st.warned_at.is_some_and(|t| now.duration_since(t) < self.opts.every);
+            if !st.armed || recently {
+                continue;
+            }
+            st.armed = false;
+            st.warned_at = Some(now);
+            out.push(PreOomWarning {
+                time: SystemTime::now(),
+                cgroup: r.cgroup.clone(),
+                reason,
+                usage_bytes: usage,
+                working_set_bytes: ws,
+                limit_bytes: limit,
+                working_set_ratio: ratio,
+                usage_growth_bytes_per_s: growth,
+                seconds_to_limit: growth.filter(|g| *g > 0.0).map(|g| limit.saturating_sub(usage) as f64 / g),
+                reclaim_stalls_per_s: r.rate.reclaim_stalls_per_s,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::charges::Rate;
+
+    fn row(ws_mib: u64, stalls: f64) -> Row {
+        Row {
+            cgroup: "/a".into(),
+            cgroup_id: 1,
+            usage_bytes: Some(ws_mib << 20),
+            working_set_bytes: Some(ws_mib << 20),
+            limit_bytes: Some(100 << 20),
+            headroom_pct: None,
+            oom_kills: None,
+            rate: Rate { reclaim_stalls_per_s: stalls, ..Rate::default() },
+        }
+    }
+
+    #[test]
+    fn one_warning_per_crossing() {
+        let mut w = Warner::new(WarnOptions { ratio: 0.9, every: Duration::from_secs(60) });
+        let t0 = Instant::now();
+        assert!(w.check(&[row(50, 0.0)], t0).is_empty());
+        let first = w.check(&[row(92, 0.0)], t0 + Duration::from_secs(1));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].reason, Reason::WorkingSet);
+        let growth = first[0].usage_growth_bytes_per_s.expect("growth");
+        assert!((growth - (42u64 << 20) as f64).abs() < 1.0);
+        assert!(first[0].seconds_to_limit.is_some_and(|s| s > 0.0 && s < 1.0));
+        // Still high, or higher: no second warning.
+        assert!(w.check(&[row(95, 0.0)], t0 + Duration::from_secs(2)).is_empty());
+        assert!(w.check(&[row(99, 3.0)], t0 + Duration::from_secs(3)).is_empty());
+        // Back under, then over again after the interval: warned again.
+        assert!(w.check(&[row(40, 0.0)], t0 + Duration::from_secs(70)).is_empty());
+        assert_eq!(w.check(&[row(93, 0.0)], t0 + Duration::from_secs(71)).len(), 1);
+    }
+
+    #[test]
+    fn reclaim_stalls_warn_below_the_ratio() {
+        let mut w = Warner::new(WarnOptions { ratio: 0.9, every: Duration::from_secs(60) });
+        let got = w.check(&[row(70, 2.0)], Instant::now());
+        assert_eq!(got.iter().map(|w| w.reason).collect::<Vec<_>>(), vec![Reason::Reclaim]);
+    }
+}
