@@ -10,6 +10,7 @@ APT_PKGS=(
   "llvm-${LLVM}-dev" "libpolly-${LLVM}-dev" libzstd-dev zlib1g-dev  # bpf-linker build
   bpftool bpftrace stress-ng util-linux procps               # tests and benchmarks
   qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
+  prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -29,7 +30,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # The tests start Prometheus, Alertmanager and webhook themselves, on loopback ports: keep
+  # the packages' own services from starting on install (policy-rc.d 101 = "not allowed").
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f "$policy"; fi
 fi
 
 if ! command -v rustup >/dev/null 2>&1; then

@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the watch arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to the OOM killer and print every kill as it happens (the daemon).
@@ -32,9 +34,12 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Output format on stdout.
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub output: Format,
+    /// TOML configuration file (see memtrace.example.toml); flags override its values.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Output format on stdout [default: text]. Enables stdout if the config disabled it.
+    #[arg(short, long, value_enum)]
+    pub output: Option<Format>,
     /// Use only this variant of a hook, e.g. `oom_victim=tracepoint` (repeatable).
     #[arg(long = "variant", value_name = "HOOK=KIND")]
     pub variants: Vec<ForcedVariant>,
@@ -42,12 +47,28 @@ pub struct WatchArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub oom_ring_bytes: Option<u32>,
     /// Working-set alert threshold (fraction of the limit) the verdict checks against.
-    #[arg(long, value_name = "RATIO", default_value_t = 0.9, value_parser = parse_ratio)]
-    pub ws_alert_ratio: f64,
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub ws_alert_ratio: Option<f64>,
     /// Where OCI bundles' config.json live, `{id}` standing for the container id (repeatable;
     /// replaces the containerd / CRI-O / docker defaults).
     #[arg(long = "oci-bundle", value_name = "PATTERN")]
     pub oci_bundles: Vec<std::path::PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (config: metrics.listen;
+    /// default when enabled there: 127.0.0.1:9747).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// POST each event as JSON to this URL (config: [sinks.webhook]).
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Send each kill as an alert to this Alertmanager (config: [sinks.alertmanager]).
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
+    /// Also write each event to the systemd journal (config: [sinks.journald]).
+    #[arg(long)]
+    pub journald: bool,
+    /// The node's name in events and alerts (`host.name`, `node`) [default: the hostname].
+    #[arg(long, value_name = "NAME", env = "MEMTRACE_HOST_NAME")]
+    pub host_name: Option<String>,
     /// No charge accounting: OOM hooks only (no pre-OOM warnings, no stacks with kills).
     #[arg(long)]
     pub no_charges: bool,

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod procs;
+pub mod servers;
 pub mod watcher;
 
 pub use cgroup::TestCgroup;

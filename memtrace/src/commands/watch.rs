@@ -1,7 +1,9 @@
-//! `memtrace watch`: the daemon. Reads the OOM ring buffer as records arrive and writes one
-//! event per killed task. SIGINT/SIGTERM end it; dropping the tracer detaches everything.
+//! `memtrace watch`: the daemon. Reads the OOM ring buffer as records arrive and hands one
+//! event per killed task (and each pre-OOM warning) to the sinks (stdout, file, journald,
+//! webhook, Alertmanager), each behind its own bounded queue, and counts it in the metrics.
+//! SIGINT/SIGTERM end it; dropping the tracer detaches everything.
 
-use std::io::Write as _;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::{
@@ -15,10 +17,12 @@ use crate::{
     charge_watch::ChargeWatch,
     cli::WatchArgs,
     clock,
+    config::Config,
     event::{CgroupCreated, OomRecord},
     kill::{EnrichOptions, Enricher},
-    output::{Format, json, text},
+    metrics::{self, Metrics},
     reconcile::Reconciler,
+    sinks::{Event, SinkReport, Sinks},
     tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
     warnings::{PreOomWarning, WarnOptions},
 };
@@ -33,10 +37,22 @@ struct Delivery {
     decode_errors: u64,
 }
 
+/// The config file (if any) with the flags over it, checked.
+fn config(args: &WatchArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    cfg.apply_flags(args);
+    cfg.validate().context("invalid configuration")?;
+    Ok(cfg)
+}
+
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
     let opts = TracerOptions {
-        forced: args.variants.clone(),
-        oom_ring_bytes: args.oom_ring_bytes,
+        forced: cfg.variants()?,
+        oom_ring_bytes: cfg.watch.oom_ring_bytes,
         try_all: false,
         charges: (!args.no_charges).then_some(ChargeOptions {
             sample_every: args.stack_sample_every,
@@ -55,14 +71,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
     };
     let mut opts = EnrichOptions {
-        ws_alert_ratio: args.ws_alert_ratio,
+        ws_alert_ratio: cfg.watch.ws_alert_ratio,
         ..EnrichOptions::default()
     };
-    if !args.oci_bundles.is_empty() {
-        opts.bundles = BundleRoots(args.oci_bundles.clone());
+    if !cfg.watch.oci_bundles.is_empty() {
+        opts.bundles = BundleRoots(cfg.watch.oci_bundles.clone());
     }
     let mut enricher = Enricher::new(paths, opts);
-    let host = hostname();
+    let host = cfg.watch.host_name.clone().unwrap_or_else(hostname);
     let via: Vec<String> = tracer
         .hooks
         .iter()
@@ -85,29 +101,40 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups));
+    let server = match cfg.metrics_addr()? {
+        Some(addr) => {
+            let l = metrics::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr} (metrics.listen)"))?;
+            let bound = l.local_addr().unwrap_or(addr);
+            eprintln!("memtrace: metrics on http://{bound}/metrics");
+            Some(metrics::serve(l, metrics.clone()))
+        }
+        None => None,
+    };
+    let mut sinks = Sinks::start(&cfg.sinks, metrics.clone(), &host)
+        .await
+        .context("starting the sinks")?;
+    log::info!("sinks: {}", sinks.names().join(", "));
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = interval(COUNTER_CHECK);
-    let mut stdout = std::io::stdout().lock();
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
 
     let mut reconciler = enricher.paths().map(Reconciler::new);
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
-    let mut write_line = move |line: String| -> anyhow::Result<()> {
-        writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .context("writing to stdout")
-    };
 
-    let mut emit = |r: OomRecord,
-                    enricher: &mut Enricher,
-                    charge_watch: &mut Option<ChargeWatch>,
-                    delivery: &mut Delivery|
+    let emit = |r: OomRecord,
+                enricher: &mut Enricher,
+                charge_watch: &mut Option<ChargeWatch>,
+                sinks: &mut Sinks,
+                delivery: &mut Delivery|
      -> anyhow::Result<()> {
         let r = match r {
             OomRecord::Victim(r) => r,
@@ -121,11 +148,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             kill.hotspots = cw.kill_context(paths, &kill);
         }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
-        let line = match args.output {
-            Format::Text => text::event(&kill, delay),
-            Format::Json => json::event(&kill, &host, delay).to_string(),
-        };
-        write_line(line)?;
+        metrics.record_kill(&kill);
+        sinks.dispatch(Event::from_kill(kill, host.clone(), delay));
         delivery.delivered += 1;
         Ok(())
     };
@@ -136,14 +160,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 let mut guard = guard.context("polling the OOM ring buffer")?;
                 // Cgroups created just before the kill are learnt first.
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
-                for r in drain(guard.get_inner_mut(), &mut delivery) {
-                    emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
+                for r in drain(guard.get_inner_mut(), &mut delivery, &metrics) {
+                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
-                reported_lost = report_losses(&tracer, reported_lost);
+                reported_lost = report_losses(&tracer, reported_lost, &metrics);
                 // Compare with the kernel's counters while kills keep coming, and once more after.
                 if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
                     reconciled_at = delivery.delivered;
@@ -156,7 +180,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Some(w) = next_warning(&mut charge_watch) => {
-                emit_warning(&w, args.output, &host, &mut delivery);
+                sinks.dispatch(Event::from_warning(w, host.clone()));
+                delivery.warnings += 1;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -167,17 +192,23 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     }
     // Records that arrived with the signal are still reported.
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
-    for r in drain(ring.get_mut(), &mut delivery) {
-        emit(r, &mut enricher, &mut charge_watch, &mut delivery)?;
+    for r in drain(ring.get_mut(), &mut delivery, &metrics) {
+        emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
     }
     let counters = tracer.counters().unwrap_or_default();
-    report_losses(&tracer, reported_lost);
+    report_losses(&tracer, reported_lost, &metrics);
     let reconciled = reconciler.as_ref().map_or_else(
         || "unavailable".to_owned(),
         |r| r.check(&enricher.kills_by_cgroup).describe(),
     );
-    summary(&counters, &delivery, &reconciled);
+    drop(charge_watch);
     drop(tracer);
+    let reports = sinks.shutdown(cfg.watch.shutdown_timeout).await;
+    if let Some(s) = server {
+        s.abort();
+    }
+    sink_summary(&reports);
+    summary(&counters, &delivery, &reconciled);
     Ok(())
 }
 
@@ -186,19 +217,6 @@ async fn next_warning(cw: &mut Option<ChargeWatch>) -> Option<PreOomWarning> {
     match cw {
         Some(cw) => cw.warnings.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Warnings go to stdout like kills (the event loop's writer is busy in `emit`, so this one
-/// locks stdout itself).
-fn emit_warning(w: &PreOomWarning, format: Format, host: &str, delivery: &mut Delivery) {
-    let line = match format {
-        Format::Text => text::warning(w),
-        Format::Json => json::warning(w, host).to_string(),
-    };
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "{line}").and_then(|()| out.flush()).is_ok() {
-        delivery.warnings += 1;
     }
 }
 
@@ -222,13 +240,18 @@ fn learn_cgroups(ring: Option<&mut AsyncRing>, enricher: &mut Enricher, mem_root
 }
 
 /// Decodes every record waiting in the ring buffer; the ring slot is released before any I/O.
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Delivery) -> Vec<OomRecord> {
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    delivery: &mut Delivery,
+    metrics: &Metrics,
+) -> Vec<OomRecord> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         match OomRecord::try_from(&*item) {
             Ok(r) => out.push(r),
             Err(e) => {
                 delivery.decode_errors += 1;
+                metrics.lost("decode_error", "", 1);
                 log::error!("undecodable OOM record ({e}); counted as lost");
             }
         }
@@ -237,8 +260,12 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, delivery: &mut Deliv
 }
 
 /// Loudly reports records the kernel could not queue; returns the total reported so far.
-fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
-    match tracer.counters() {
+fn report_losses(tracer: &Tracer, reported: u64, metrics: &Metrics) -> u64 {
+    let counters = tracer.counters();
+    if let Ok(c) = &counters {
+        metrics.ringbuf_full_total(c.oom_ringbuf_full);
+    }
+    match counters {
         Ok(c) if c.oom_ringbuf_full > reported => {
             log::error!(
                 "LOST {} OOM events: the OOM ring buffer was full ({} lost in total); raise --oom-ring-bytes",
@@ -252,6 +279,16 @@ fn report_losses(tracer: &Tracer, reported: u64) -> u64 {
             log::warn!("reading kernel counters: {e}");
             reported
         }
+    }
+}
+
+/// One line per sink on stderr at exit.
+fn sink_summary(reports: &[SinkReport]) {
+    for r in reports {
+        eprintln!(
+            "memtrace: sink {}: delivered={} failed={} dropped={} unfinished={}",
+            r.name, r.delivered, r.failed, r.dropped, r.unfinished
+        );
     }
 }
 

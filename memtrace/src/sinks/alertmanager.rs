@@ -1,0 +1,132 @@
+//! Each kill as an alert, POSTed to Alertmanager's `/api/v2/alerts`.
+//!
+//! Labels: `alertname="MemtraceOOMKill"`, `severity` (config, default `critical`), `node` (the
+//! host name), `cgroup` (the victim's), `namespace`, `pod`, `container` when known, and the
+//! config's extra labels. Annotations: `summary` = the verdict, `description` = the event's
+//! body. `startsAt` is the kill's time and `endsAt` that plus `resolve_after`, so the alert
+//! resolves by itself: an OOM kill is an event, not a state.
+//!
+//! Pre-OOM warnings become `alertname="MemtracePreOOMWarning"`, `severity="warning"`, with
+//! `node` and `cgroup`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{Event, Payload, Sink, SinkError, http::Poster};
+use crate::{clock, config::AlertmanagerConfig};
+
+pub const ALERTNAME: &str = "MemtraceOOMKill";
+/// Pre-OOM warnings (severity `warning`, label `cgroup`, summary = the warning).
+pub const WARNING_ALERTNAME: &str = "MemtracePreOOMWarning";
+
+#[derive(Debug)]
+pub struct AlertmanagerSink {
+    poster: Poster,
+    severity: String,
+    resolve_after: std::time::Duration,
+    extra: BTreeMap<String, String>,
+    host: String,
+}
+
+impl AlertmanagerSink {
+    pub fn new(c: &AlertmanagerConfig, host: &str) -> Result<Self, SinkError> {
+        Ok(Self {
+            poster: Poster::new(&c.http(), Some("/api/v2/alerts"))?,
+            severity: c.severity.clone(),
+            resolve_after: c.resolve_after,
+            extra: c.labels.clone(),
+            host: host.to_owned(),
+        })
+    }
+
+    pub fn alert(&self, ev: &Event) -> serde_json::Value {
+        let mut labels = self.extra.clone();
+        let mut put = |key: &str, v: Option<&str>| {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                labels.insert(key.into(), v.into());
+            }
+        };
+        put("node", Some(&self.host));
+        let (summary, time) = match &ev.payload {
+            Payload::Kill(k) => {
+                put("alertname", Some(ALERTNAME));
+                put("severity", Some(&self.severity));
+                put("cgroup", k.cgroup.as_ref().and_then(|c| c.path.as_deref()));
+                let names = k.attribution.as_ref().and_then(|a| a.names.as_ref());
+                put("namespace", names.and_then(|n| n.namespace.as_deref()));
+                put("pod", names.and_then(|n| n.pod.as_deref()));
+                put("container", names.and_then(|n| n.container.as_deref()));
+                (k.verdict.summary.clone(), k.time)
+            }
+            Payload::Warning(w) => {
+                put("alertname", Some(WARNING_ALERTNAME));
+                put("severity", Some("warning"));
+                put("cgroup", Some(&w.cgroup));
+                (ev.body().to_owned(), w.time)
+            }
+        };
+        json!([{
+            "labels": labels,
+            "annotations": {
+                "summary": summary,
+                "description": ev.body(),
+            },
+            "startsAt": clock::rfc3339(time),
+            "endsAt": clock::rfc3339(time + self.resolve_after),
+        }])
+    }
+}
+
+impl Sink for AlertmanagerSink {
+    async fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
+        let body = serde_json::to_vec(&self.alert(ev))
+            .map_err(|e| SinkError::Http(format!("encoding the alert: {e}")))?;
+        self.poster.post_json(Bytes::from(body)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        attribution::{Attribution, K8sNames},
+        sinks::tests::kill,
+    };
+
+    #[test]
+    fn alert_has_the_labels_and_the_verdict() {
+        let mut c = AlertmanagerConfig::new("http://127.0.0.1:9093");
+        c.labels.insert("cluster".into(), "prod".into());
+        let s = AlertmanagerSink::new(&c, "node-1").expect("sink");
+        let mut k = kill();
+        k.attribution = Some(Attribution {
+            names: Some(K8sNames {
+                namespace: Some("shop".into()),
+                pod: Some("cart-1".into()),
+                container: None,
+            }),
+            ..Attribution::default()
+        });
+        let a = &s.alert(&Event::from_kill(k, "node-1".into(), 0))[0];
+        let l = &a["labels"];
+        assert_eq!(l["alertname"], ALERTNAME);
+        assert_eq!(l["severity"], "critical");
+        assert_eq!(l["cgroup"], "/kubepods.slice/x");
+        assert_eq!(
+            (l["namespace"].as_str(), l["pod"].as_str()),
+            (Some("shop"), Some("cart-1"))
+        );
+        assert!(l.get("container").is_none(), "unknown labels are left out");
+        assert_eq!(l["cluster"], "prod");
+        assert_eq!(l["node"], "node-1");
+        assert!(
+            a["annotations"]["summary"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
+        assert_eq!(a["startsAt"], "2023-11-14T22:13:20.000000000Z");
+        assert_eq!(a["endsAt"], "2023-11-14T22:28:20.000000000Z");
+    }
+}
