@@ -30,7 +30,11 @@ impl HotStack {
         let own = kernel
             .iter()
             .take_while(|f| {
-                f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run") || f.starts_with("__traceiter_")
+                f.starts_with("bpf_prog_")
+                    || f.starts_with("bpf_trace_run")
+                    || f.starts_with("__traceiter_")
+                    || f.starts_with("__bpf_trace_")
+                    || f.starts_with("0x")
             })
             .count();
         kernel.drain(..own);

@@ -42,10 +42,14 @@ impl Kallsyms {
         Self { syms }
     }
 
-    /// The symbol at or below `addr`.
+        /// The symbol at or below `addr`, if `addr` is plausibly inside it: kallsyms has no
+    /// sizes, and an address past the last symbol of a region (a BPF program when
+    /// bpf_jit_kallsyms is off) would otherwise take the name of whatever precedes it.
     pub fn find(&self, addr: u64) -> Option<&str> {
-        let i = self.syms.partition_point(|(a, _)| *a <= addr);
-        i.checked_sub(1).map(|i| self.syms[i].1.as_str())
+        const MAX_FUNCTION: u64 = 128 * 1024;
+        let i = self.syms.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
+        let (start, name) = &self.syms[i];
+        (addr - start < MAX_FUNCTION).then_some(name.as_str())
     }
 }
 
@@ -132,7 +136,8 @@ mod tests {
         assert_eq!(k.find(0xffffffff81000000), Some("a"));
         assert_eq!(k.find(0xffffffff810000ff), Some("a"));
         assert_eq!(k.find(0xffffffff81000200), Some("b"));
-        assert_eq!(k.find(0x1000), None);
+                assert_eq!(k.find(0x1000), None);
+        assert_eq!(k.find(0xffffffff81000100 + (1 << 20)), None, "far past the last symbol");
     }
 
     #[test]
