@@ -421,6 +421,10 @@ struct Built {
     tests: Vec<(String, PathBuf)>,
 }
 
+/// Integration tests that need what the guest image does not carry (Prometheus, Alertmanager,
+/// the webhook receiver and journald for `export`): they run on the host only.
+const HOST_ONLY_TESTS: &[&str] = &["export"];
+
 /// Executables cargo reports building: (target name, target kinds, built as a test, path).
 fn artifacts(json: &str) -> Vec<(String, Vec<String>, bool, PathBuf)> {
     let mut out = Vec::new();
@@ -480,6 +484,9 @@ fn build(root: &Path) -> anyhow::Result<Built> {
     let mut alloc = None;
     for (name, kinds, test, exe) in artifacts(&output_ok(t)?) {
         if kinds.iter().any(|k| k == "test") {
+            if HOST_ONLY_TESTS.contains(&name.as_str()) {
+                continue;
+            }
             tests.push((name, exe));
         } else if kinds.iter().any(|k| k == "bin") && name == "memtrace-alloc" && !test {
             alloc = Some(exe);
