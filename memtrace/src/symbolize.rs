@@ -42,7 +42,7 @@ impl Kallsyms {
         Self { syms }
     }
 
-        /// The symbol at or below `addr`, if `addr` is plausibly inside it: kallsyms has no
+    /// The symbol at or below `addr`, if `addr` is plausibly inside it: kallsyms has no
     /// sizes, and an address past the last symbol of a region (a BPF program when
     /// bpf_jit_kallsyms is off) would otherwise take the name of whatever precedes it.
     pub fn find(&self, addr: u64) -> Option<&str> {
@@ -136,8 +136,12 @@ mod tests {
         assert_eq!(k.find(0xffffffff81000000), Some("a"));
         assert_eq!(k.find(0xffffffff810000ff), Some("a"));
         assert_eq!(k.find(0xffffffff81000200), Some("b"));
-                assert_eq!(k.find(0x1000), None);
-        assert_eq!(k.find(0xffffffff81000100 + (1 << 20)), None, "far past the last symbol");
+        assert_eq!(k.find(0x1000), None);
+        assert_eq!(
+            k.find(0xffffffff81000100 + (1 << 20)),
+            None,
+            "far past the last symbol"
+        );
     }
 
     #[test]

@@ -48,6 +48,18 @@ fn allocator_is_reported(variant: Option<&str>, tag: &str) {
     );
     assert!(anon <= LIMIT + (1 << 20), "anon rss {anon} over the limit");
     assert_eq!(field(&ev, "memtrace.memcg.limit_bytes"), LIMIT);
+    // Where oom_kill_process is hooked (the VMs set this), the kill carries the kernel's own
+    // view: a memcg constraint, totalpages = the 64 MiB limit in pages, the chosen points.
+    if std::env::var("MEMTRACE_EXPECT_OOM_CONTEXT").is_ok_and(|v| v == "1") {
+        assert_eq!(field(&ev, "memtrace.oom.constraint"), "memcg", "{ev}");
+        assert_eq!(field(&ev, "memtrace.oom.totalpages"), LIMIT / 4096);
+        assert!(
+            field(&ev, "memtrace.oom.chosen_points")
+                .as_i64()
+                .is_some_and(|p| p > 0)
+        );
+        assert_eq!(field(&ev, "memtrace.badness.totalpages"), LIMIT / 4096);
+    }
     let delay = field(&ev, "memtrace.emit_delay_us").as_u64().expect("delay");
     let budget = 100_000 * memtrace_tests::time_scale();
     assert!(
