@@ -14,9 +14,17 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
 
 /// One allocator in a 64 MiB cgroup; the event must name it, its cgroup and its size.
 fn allocator_is_reported(variant: Option<&str>, tag: &str) {
+    allocator_is_reported_with(variant, &[], tag);
+}
+
+/// As [`allocator_is_reported`], with more `--variant`s forced (other hooks).
+fn allocator_is_reported_with(variant: Option<&str>, more: &[&str], tag: &str) {
     let mut args = vec![];
     if let Some(v) = variant {
         args.extend(["--variant", v]);
+    }
+    for m in more {
+        args.extend(["--variant", m]);
     }
     let mut w = Watcher::start(&args);
     let cg = TestCgroup::new(tag, LIMIT);
@@ -185,4 +193,26 @@ fn bystander_victim_tracepoint() {
     if ebpf_available("bystander_victim_tracepoint") {
         bystander_is_named("oom_victim=tracepoint", "bys-tp", false);
     }
+}
+
+/// The kprobe variants of `oom_kill_process` and the charge path, forced: where the kernel has
+/// kprobes (the VMs) the kill must carry the OOM killer's context through them too.
+#[test]
+fn oom_kill_reported_with_kprobe_context() {
+    if !ebpf_available("oom_kill_reported_with_kprobe_context") {
+        return;
+    }
+    let has_kprobes = [
+        "/sys/kernel/tracing/kprobe_events",
+        "/sys/kernel/debug/tracing/kprobe_events",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
+    if !has_kprobes {
+        eprintln!(
+            "\n!!! SKIPPED oom_kill_reported_with_kprobe_context: this kernel has no kprobes (the VM matrix covers it)\n"
+        );
+        return;
+    }
+    allocator_is_reported_with(None, &["oom_context=kprobe", "charge=kprobe"], "kprobe");
 }
