@@ -73,17 +73,17 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_charges: bool,
     /// Sample one charging stack every N charge events per CPU (0: no stacks).
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub stack_sample_every: u32,
+    #[arg(long, value_name = "N")]
+    pub stack_sample_every: Option<u32>,
     /// How far back a kill's top charging stacks look, e.g. 10s.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub kill_context_window: std::time::Duration,
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub kill_context_window: Option<std::time::Duration>,
     /// Warn when a cgroup's working set reaches this fraction of its limit.
-    #[arg(long, value_name = "RATIO", default_value_t = 0.9, value_parser = parse_ratio)]
-    pub warn_ratio: f64,
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub warn_ratio: Option<f64>,
     /// At most one pre-OOM warning per cgroup this often.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub warn_every: std::time::Duration,
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub warn_every: Option<std::time::Duration>,
     /// Exit after this many kills have been reported.
     #[arg(long, value_name = "N")]
     pub exit_after: Option<u64>,

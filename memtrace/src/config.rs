@@ -86,6 +86,7 @@ mod duration {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub watch: WatchConfig,
+    pub charges: ChargesConfig,
     pub metrics: MetricsConfig,
     pub sinks: SinksConfig,
 }
@@ -114,6 +115,35 @@ impl Default for WatchConfig {
             oci_bundles: vec![],
             shutdown_timeout: Duration::from_secs(5),
             host_name: None,
+        }
+    }
+}
+
+/// Charge accounting: per-cgroup charge counters, sampled stacks, pre-OOM warnings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChargesConfig {
+    pub enabled: bool,
+    /// One stack sample every this many charge events per CPU; 0: no stacks.
+    pub stack_sample_every: u32,
+    /// How far back a kill's top charging stacks look.
+    #[serde(with = "duration")]
+    pub kill_context_window: Duration,
+    /// Warn when a cgroup's working set reaches this fraction of its limit.
+    pub warn_ratio: f64,
+    /// At most one pre-OOM warning per cgroup this often.
+    #[serde(with = "duration")]
+    pub warn_every: Duration,
+}
+
+impl Default for ChargesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stack_sample_every: 64,
+            kill_context_window: Duration::from_secs(10),
+            warn_ratio: 0.9,
+            warn_every: Duration::from_secs(60),
         }
     }
 }
@@ -404,6 +434,22 @@ impl Config {
 
     /// Applies the flags given on the command line over the file's values.
     pub fn apply_flags(&mut self, args: &WatchArgs) {
+        let c = &mut self.charges;
+        if args.no_charges {
+            c.enabled = false;
+        }
+        if let Some(n) = args.stack_sample_every {
+            c.stack_sample_every = n;
+        }
+        if let Some(d) = args.kill_context_window {
+            c.kill_context_window = d;
+        }
+        if let Some(r) = args.warn_ratio {
+            c.warn_ratio = r;
+        }
+        if let Some(d) = args.warn_every {
+            c.warn_every = d;
+        }
         if !args.variants.is_empty() {
             self.watch.variants = args
                 .variants
@@ -482,6 +528,16 @@ impl Config {
 
     /// Checks every value; the first problem is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.charges;
+        if !(c.warn_ratio > 0.0 && c.warn_ratio <= 1.0) {
+            return Err(invalid(
+                "charges.warn_ratio",
+                format!("{} must be in (0, 1]", c.warn_ratio),
+            ));
+        }
+        if c.kill_context_window.is_zero() {
+            return Err(invalid("charges.kill_context_window", "must be longer than 0s"));
+        }
         let w = &self.watch;
         self.variants()?;
         if let Some(n) = w.oom_ring_bytes
@@ -809,5 +865,29 @@ mod tests {
             c.metrics_addr().expect("addr"),
             Some("127.0.0.1:1234".parse().expect("addr"))
         );
+    }
+
+    #[test]
+    fn charge_keys_and_their_flags() {
+        use clap::Parser as _;
+        let mut c = Config::parse(
+            "[charges]\nwarn_ratio = 0.8\nkill_context_window = \"30s\"\nstack_sample_every = 16\n",
+        )
+        .expect("parse");
+        assert_eq!((c.charges.warn_ratio, c.charges.stack_sample_every), (0.8, 16));
+        assert_eq!(c.charges.kill_context_window, Duration::from_secs(30));
+        let cli =
+            crate::cli::Cli::try_parse_from(["memtrace", "watch", "--warn-ratio", "0.95", "--no-charges"])
+                .expect("flags");
+        let crate::cli::Command::Watch(args) = cli.command else {
+            panic!("watch")
+        };
+        c.apply_flags(&args);
+        assert_eq!(c.charges.warn_ratio, 0.95, "the flag wins");
+        assert_eq!(c.charges.stack_sample_every, 16, "the file's other keys stay");
+        assert!(!c.charges.enabled);
+        let bad = Config::parse("[charges]\nwarn_ratio = 1.5\n").expect("parses; validation is separate");
+        let e = bad.validate().expect_err("out of range").to_string();
+        assert!(e.contains("charges.warn_ratio"), "{e}");
     }
 }

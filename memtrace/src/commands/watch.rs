@@ -54,8 +54,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         forced: cfg.variants()?,
         oom_ring_bytes: cfg.watch.oom_ring_bytes,
         try_all: false,
-        charges: (!args.no_charges).then_some(ChargeOptions {
-            sample_every: args.stack_sample_every,
+        charges: cfg.charges.enabled.then_some(ChargeOptions {
+            sample_every: cfg.charges.stack_sample_every,
         }),
     };
     let (mut tracer, rings) = Tracer::start(&opts)?;
@@ -90,13 +90,19 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut charge_watch = match (tracer.take_charge_maps(), enricher.paths()) {
         (Some(maps), Some(paths)) => {
             let warn = WarnOptions {
-                ratio: args.warn_ratio,
-                every: args.warn_every,
+                ratio: cfg.charges.warn_ratio,
+                every: cfg.charges.warn_every,
             };
             let hierarchy = paths.hierarchy().clone();
             Some(
-                ChargeWatch::spawn(maps, hierarchy, args.kill_context_window, warn, COUNTER_CHECK)
-                    .context("starting the charge worker")?,
+                ChargeWatch::spawn(
+                    maps,
+                    hierarchy,
+                    cfg.charges.kill_context_window,
+                    warn,
+                    COUNTER_CHECK,
+                )
+                .context("starting the charge worker")?,
             )
         }
         _ => None,
