@@ -53,16 +53,24 @@ struct Worker {
     keep: Duration,
     warnings: mpsc::Sender<PreOomWarning>,
     page_size: u64,
+    /// Headroom (% of the limit) per cgroup at the last poll.
+    headroom: HashMap<u64, f64>,
 }
 
 impl Worker {
     fn poll(&mut self, symbols: &mut Symbols) {
         self.monitor.poll(&mut self.maps, self.page_size);
         let started = Instant::now();
-        let resolved: Vec<HotStack> = self
-            .monitor
-            .latest()
-            .iter()
+        // The time budget goes first to the cgroups closest to their limit: the ones whose
+        // stacks a kill will ask for.
+        let mut latest: Vec<&crate::charges::Sample> = self.monitor.latest().iter().collect();
+        latest.sort_by(|a, b| {
+            let room =
+                |s: &crate::charges::Sample| self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
+            room(a).total_cmp(&room(b))
+        });
+        let resolved: Vec<HotStack> = latest
+            .into_iter()
             .map(|s| {
                 if started.elapsed() < SYMBOLIZE_BUDGET {
                     HotStack::resolve(symbols, s)
@@ -79,6 +87,10 @@ impl Worker {
             }
         }
         let rows = rows(&self.monitor, &mut self.paths);
+        self.headroom = rows
+            .iter()
+            .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
+            .collect();
         log::debug!(
             "charge poll: {} cgroups charging, {} active, {} samples",
             self.monitor.rates.len(),
@@ -130,6 +142,7 @@ impl ChargeWatch {
             keep,
             warnings: tx,
             page_size,
+            headroom: HashMap::new(),
         };
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()

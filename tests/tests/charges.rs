@@ -122,8 +122,8 @@ fn one_warning_then_the_kill_with_its_stack() {
     assert_eq!(warning["memtrace.warning.limit_bytes"], 64 * MIB);
     std::thread::sleep(Duration::from_millis(2500));
     // Now charge steadily until the limit: the kill must carry this allocator's stack.
-    // 2 MiB/s: alive for a couple of one-second ticks, so its stack is symbolized while it runs.
-    let mut alloc = procs::alloc_in(&cg, &["trickle", "2", "1000"], Some(1000));
+    // 1 MiB/s: alive for several one-second ticks, so its stack is symbolized while it runs.
+    let mut alloc = procs::alloc_in(&cg, &["trickle", "1", "1000"], Some(1000));
     let pid = alloc.id();
     let _ = alloc.wait();
     let mut warnings_after = 0;
