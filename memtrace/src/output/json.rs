@@ -183,49 +183,21 @@ pub fn warning(w: &PreOomWarning, host: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::HookSource,
-        kill::{CgroupRef, PathSource},
-    };
+    use crate::kill::{CgroupRef, PathSource};
 
     #[test]
     fn flat_otel_keys() {
         let k = OomKill {
             seq: 7,
             time: std::time::UNIX_EPOCH,
-            ktime_boot_ns: 5,
-            hook: HookSource::TpBtf,
-            pid: 10,
             tid: 11,
-            comm: Some("python3".into()),
-            uid: Some(0),
-            oom_score_adj: Some(0),
-            total_vm_bytes: None,
-            anon_rss_bytes: Some(1 << 26),
-            file_rss_bytes: None,
-            shmem_rss_bytes: None,
-            swap_bytes: None,
-            pgtables_bytes: None,
             cgroup: Some(CgroupRef {
                 id: Some(9),
                 path: Some("/a/b".into()),
                 source: PathSource::Kernel,
             }),
-            memcg_usage_bytes: Some(1 << 26),
-            memcg_limit_bytes: Some(1 << 26),
-            oom_cgroup: None,
-            snapshot: None,
-            attribution: None,
-            context: None,
-            hotspots: vec![],
-            badness: None,
-            verdict: crate::diagnosis::verdict(&crate::diagnosis::Facts::default()),
-            victim_exiting: false,
-            trigger_pid: 10,
             trigger_tid: 11,
-            trigger_comm: "python3".into(),
-            trigger_cgroup: None,
-            read_error: false,
+            ..crate::sinks::tests::kill()
         };
         let v = event(&k, "host1", 1500);
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000000Z");
