@@ -52,6 +52,11 @@ pub struct KernelLayout {
     /// `task_struct.flags` (PF_EXITING): a victim already exiting is marked by the OOM killer
     /// without being killed (mm/oom_kill.c task_will_free_mem).
     pub task_flags: u32,
+    /// Byte offset in `struct mem_cgroup` of its local OOM-kill counter:
+    /// `memory_events_local[MEMCG_OOM_KILL]` on cgroup v2, `memory_events[MEMCG_OOM_KILL]` on v1
+    /// (where it is local). __oom_kill_process() raises it before mark_oom_victim(), so a mark
+    /// that finds it unchanged killed nothing.
+    pub memcg_oom_kills: u32,
     /// `struct oom_control` (include/linux/oom.h): `memcg` (NULL: global OOM), `gfp_mask`,
     /// `order`, `totalpages`, `chosen`, `chosen_points`, `constraint`.
     pub oc_memcg: u32,
@@ -92,6 +97,7 @@ impl KernelLayout {
             page_counter_max: ABSENT,
             page_counter_parent: ABSENT,
             task_flags: ABSENT,
+            memcg_oom_kills: ABSENT,
             oc_memcg: ABSENT,
             oc_gfp_mask: ABSENT,
             oc_order: ABSENT,

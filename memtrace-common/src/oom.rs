@@ -26,7 +26,8 @@ pub mod flags {
     pub const HAS_VICTIM_COMM: u32 = 1 << 11;
     /// `oom_memcg_*` are valid: an ancestor-or-self memcg was at its limit at the kill.
     pub const HAS_OOM_MEMCG: u32 = 1 << 13;
-    /// The victim was already exiting (PF_EXITING): the OOM killer marked
+    /// Marked without a kill: the victim memcg's OOM-kill counter did not move since its
+    /// previous mark (or, without that counter, the victim had PF_EXITING): the OOM killer marked
     /// it to reap its memory faster but sent no kill (mm/oom_kill.c task_will_free_mem).
     pub const VICTIM_EXITING: u32 = 1 << 14;
     /// At least one kernel read failed while filling the record.

@@ -122,6 +122,25 @@ pub fn oom_memcg(memcg: *const u8) -> Option<(u64, u64, u64, u32)> {
     None
 }
 
+/// Did the OOM killer count a kill in `memcg` since its last victim was marked? The counter is
+/// raised before mark_oom_victim() in __oom_kill_process(); the task_will_free_mem() paths
+/// mark a victim without a kill and leave it alone. `None` when the kernel lacks the counter.
+#[inline(always)]
+pub fn memcg_counted_a_kill(memcg: *const u8) -> Option<bool> {
+    let off = off!(memcg_oom_kills);
+    if off == ABSENT {
+        return None;
+    }
+    let now: i64 = read(memcg, off).ok()?;
+    let now = now.max(0) as u64;
+    let key = memcg as u64;
+    // SAFETY: a map value read once.
+    let before = unsafe { crate::maps::OOM_KILLS_SEEN.get(&key) }.copied();
+    let _ = crate::maps::OOM_KILLS_SEEN.insert(&key, &now, 0);
+    // First sight of this memcg: its count says nothing about this mark; take it as a kill.
+    Some(before.is_none_or(|b| now > b))
+}
+
 /// PF_EXITING (include/linux/sched.h): the task is already in do_exit(). SIGNAL_GROUP_EXIT is
 /// no use here: __oom_kill_process() sends SIGKILL, which sets it, before mark_oom_victim().
 #[inline(always)]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use memtrace_common::{
     charge::{ChargeCounters, StackKey},
@@ -36,6 +36,10 @@ pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0)
 /// Per-CPU charge event count, for one-in-N stack sampling.
 #[map]
 pub static SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The victim memcg's OOM-kill counter at its last mark_victim (`mem_cgroup *` -> count).
+#[map]
+pub static OOM_KILLS_SEEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per-CPU event counters, indexed by `memtrace_common::counters`.
 #[map]

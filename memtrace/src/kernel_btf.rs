@@ -204,8 +204,24 @@ impl KernelBtf {
         Some((base, stride, count))
     }
 
-    /// Resolves every offset in [`KernelLayout`].
-    pub fn kernel_layout(&self) -> Resolved {
+    /// The local OOM-kill counter of a memcg: `memory_events_local[MEMCG_OOM_KILL]` on cgroup
+    /// v2 (`memory_events` there also counts descendants' kills), `memory_events[...]` on v1,
+    /// where memcg_memory_event() does not propagate.
+    fn memcg_oom_kills(&self, v1: bool) -> Option<u32> {
+        let array = if v1 {
+            "memory_events"
+        } else {
+            "memory_events_local"
+        };
+        let (off, ty) = self.member("mem_cgroup", array)?;
+        let Type::Array(a) = ty else { return None };
+        let elem = self.type_size(&self.btf.resolve_chained_type(&a).ok()?)?;
+        let index = self.enum_value("memcg_memory_event", "MEMCG_OOM_KILL")?;
+        Some(off + index * elem)
+    }
+
+    /// Resolves every offset in [`KernelLayout`]; `v1`: the memory controller is on cgroup v1.
+    pub fn kernel_layout(&self, v1: bool) -> Resolved {
         let mut missing = Vec::new();
         let mut get = |name: &'static str, v: Option<u32>| {
             v.unwrap_or_else(|| {
@@ -263,6 +279,10 @@ impl KernelBtf {
             page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
             page_counter_parent: get("page_counter.parent", self.offset("page_counter", "parent")),
             task_flags: get("task_struct.flags", self.offset("task_struct", "flags")),
+            memcg_oom_kills: get(
+                "mem_cgroup.memory_events[MEMCG_OOM_KILL]",
+                self.memcg_oom_kills(v1),
+            ),
             oc_memcg: get("oom_control.memcg", self.offset("oom_control", "memcg")),
             oc_gfp_mask: get("oom_control.gfp_mask", self.offset("oom_control", "gfp_mask")),
             oc_order: get("oom_control.order", self.offset("oom_control", "order")),
@@ -290,7 +310,7 @@ mod tests {
             eprintln!("SKIPPED: no {VMLINUX_BTF} on this machine");
             return;
         };
-        let r = btf.kernel_layout();
+        let r = btf.kernel_layout(true);
         assert!(r.missing.is_empty(), "missing: {:?}", r.missing);
         let l = r.layout;
         assert_eq!(l.mm_anonpages, 1);

@@ -116,7 +116,8 @@ impl Tracer {
         Privileges::current().check()?;
         raise_memlock_rlimit();
         let kbtf = KernelBtf::from_sys()?;
-        let resolved = kbtf.kernel_layout();
+        let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
+        let resolved = kbtf.kernel_layout(v1);
         if !resolved.missing.is_empty() {
             log::warn!(
                 "kernel BTF lacks {}: those event fields stay empty",

@@ -145,7 +145,10 @@ fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: 
         ok = false;
     }
     ok &= fill_memcg(rec, task);
-    if kernel::task_exiting(task) {
+    let counted = kernel::task_memcg(task)
+        .ok()
+        .and_then(kernel::memcg_counted_a_kill);
+    if counted == Some(false) || (counted.is_none() && kernel::task_exiting(task)) {
         rec.flags |= flags::VICTIM_EXITING;
     }
     if let Ok(signal) = read::<*const u8>(task, off!(task_signal))

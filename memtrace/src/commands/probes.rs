@@ -32,7 +32,13 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let (btf, missing) = match KernelBtf::from_sys() {
-        Ok(b) => (Some(VMLINUX_BTF.to_owned()), b.kernel_layout().missing),
+        Ok(b) => (
+            Some(VMLINUX_BTF.to_owned()),
+            b.kernel_layout(
+                MemoryHierarchy::detect().is_ok_and(|h| h.version == crate::cgroup::CgroupVersion::V1),
+            )
+            .missing,
+        ),
         Err(e) => {
             eprintln!("memtrace: {e}");
             (None, vec![])
