@@ -8,7 +8,7 @@ STABLE=1.98.0                   # aya 0.16 needs rustc >= 1.98 (rust-toolchain.t
 LLVM=22
 APT_PKGS=(
   "llvm-${LLVM}-dev" "libpolly-${LLVM}-dev" libzstd-dev zlib1g-dev  # bpf-linker build
-  bpftool bpftrace stress-ng util-linux procps               # tests and benchmarks
+  bpftool bpftrace stress-ng util-linux procps tmux          # tests and benchmarks (tmux: the live `top` view)
   qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
   prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
 )

@@ -253,11 +253,17 @@ impl ChargeMonitor {
         self.last = totals;
         self.last_at = Some(now);
         let samples = maps.drain_samples();
-        self.window.push_back((now, samples));
+        self.record(now, samples);
+    }
+
+    /// Adds one poll's samples, taken at `at`, to the window, and drops those older than the
+    /// window keeps (what `poll` does with the drained samples; public for tests and replays).
+    pub fn record(&mut self, at: Instant, samples: Vec<Sample>) {
+        self.window.push_back((at, samples));
         while self
             .window
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > self.keep)
+            .is_some_and(|(t, _)| at.duration_since(*t) > self.keep)
         {
             self.window.pop_front();
         }

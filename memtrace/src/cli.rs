@@ -26,7 +26,15 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show which variant of each kernel hook this kernel supports, and why not.
     Probes(ProbesArgs),
-    /// Cgroups sorted by charge rate, live (or `--once`).
+    /// Cgroups sorted by charge rate: a live view on a terminal, `--once` for scripts.
+    ///
+    /// On a terminal (and without `--once`, `--output json` or `--plain`) this is a live view:
+    /// the cgroups by charge rate, refreshed every `--interval`; arrow keys or j/k select,
+    /// Enter (or s) shows the selected cgroup's top charging stacks (its descendants
+    /// included), Esc or Backspace goes back, q or Ctrl-C quits. When stdout is not a terminal,
+    /// or with `--plain`, the text table is printed every interval instead (the screen is
+    /// cleared between samples only on a terminal). `--output json` prints one JSON array per
+    /// interval, `--once` one sample and exits.
     Top(TopArgs),
     /// Top charging stacks of a cgroup over a time window (table, JSON or folded).
     Hotspots(HotspotsArgs),
@@ -91,14 +99,26 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Print one sample and exit.
+    /// Print one sample and exit (no stack sampling).
     #[arg(long)]
     pub once: bool,
-    /// Sampling interval, e.g. 1s.
+    /// Sampling interval, e.g. 1s; the live view refreshes this often.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
+    /// text: the live view on a terminal, else a table every interval; json: one JSON array
+    /// per interval.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// Print the text table every interval even on a terminal, instead of the live view.
+    #[arg(long, conflicts_with = "once")]
+    pub plain: bool,
+    /// Live view: sample one charging stack every N charge events per CPU, for the
+    /// drill-down into a cgroup's stacks.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample_every: u32,
+    /// Live view: how far back a cgroup's top charging stacks look, e.g. 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub window: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod procs;
 pub mod servers;
+pub mod terminal;
 pub mod watcher;
 
 pub use cgroup::TestCgroup;

@@ -425,8 +425,9 @@ struct Built {
 }
 
 /// Integration tests that need what the guest image does not carry (Prometheus, Alertmanager,
-/// the webhook receiver and journald for `export`): they run on the host only.
-const HOST_ONLY_TESTS: &[&str] = &["export"];
+/// the webhook receiver and journald for `export`, tmux for `top_live`): they run on the host
+/// only.
+const HOST_ONLY_TESTS: &[&str] = &["export", "top_live"];
 
 /// Executables cargo reports building: (target name, target kinds, built as a test, path).
 fn artifacts(json: &str) -> Vec<(String, Vec<String>, bool, PathBuf)> {

@@ -110,6 +110,25 @@ impl CgroupPaths {
     }
 }
 
+/// The ids of `cgroup` (a path relative to the hierarchy root) and of every cgroup below it,
+/// among `known` (id, path) pairs; "/" is the whole hierarchy.
+pub fn subtree_ids<'a>(cgroup: &str, known: impl IntoIterator<Item = (u64, &'a str)>) -> Vec<u64> {
+    let prefix = format!("/{}", cgroup.trim_matches('/'));
+    let below = if prefix == "/" {
+        prefix.clone()
+    } else {
+        format!("{prefix}/")
+    };
+    let mut ids: Vec<u64> = known
+        .into_iter()
+        .filter(|(_, p)| *p == prefix || p.starts_with(&below))
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// The memory cgroup of a live process, from `/proc/<pid>/cgroup`: the v1 line whose
 /// controllers include `memory`, or the v2 `0::` line.
 pub fn proc_memory_cgroup(pid: u32, version: super::CgroupVersion) -> Option<String> {
@@ -146,6 +165,15 @@ mod tests {
             Some("/unified")
         );
         assert_eq!(parse_proc_cgroup("garbage", CgroupVersion::V1), None);
+    }
+
+    #[test]
+    fn subtrees_are_the_cgroup_and_its_descendants() {
+        let known = [(1, "/"), (2, "/a"), (3, "/a/b"), (4, "/ab"), (5, "/a/b/c")];
+        assert_eq!(subtree_ids("/a", known), vec![2, 3, 5]);
+        assert_eq!(subtree_ids("a/b/", known), vec![3, 5]);
+        assert_eq!(subtree_ids("/", known), vec![1, 2, 3, 4, 5]);
+        assert!(subtree_ids("/nope", known).is_empty());
     }
 
     #[test]

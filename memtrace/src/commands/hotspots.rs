@@ -1,10 +1,10 @@
 //! `memtrace hotspots`: which stacks charged memory to a cgroup (and its descendants) over a
 //! time window, as a table or in folded format for flame-graph tools.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use crate::{
-    cgroup::{CgroupPaths, MemoryHierarchy},
+    cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
     charges::ChargeMonitor,
     cli::HotspotsArgs,
     output::Format,
@@ -52,17 +52,16 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
 
     let mut paths = CgroupPaths::new(hierarchy);
     let ids: Vec<u64> = match &args.cgroup {
-        Some(prefix) => {
-            let prefix = format!("/{}", prefix.trim_matches('/'));
-            let ids: HashSet<u64> = paths
-                .ids_with_paths()
-                .filter(|(_, p)| *p == prefix || p.starts_with(&format!("{prefix}/")))
-                .map(|(id, _)| id)
-                .collect();
+        Some(cgroup) => {
+            let ids = subtree_ids(cgroup, paths.ids_with_paths());
             if ids.is_empty() {
-                anyhow::bail!("no cgroup {prefix} under {}", paths.hierarchy().root.display());
+                anyhow::bail!(
+                    "no cgroup /{} under {}",
+                    cgroup.trim_matches('/'),
+                    paths.hierarchy().root.display()
+                );
             }
-            ids.into_iter().collect()
+            ids
         }
         None => monitor.rates.keys().copied().collect(),
     };

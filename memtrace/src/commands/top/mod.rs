@@ -1,0 +1,140 @@
+//! `memtrace top`: cgroups sorted by charge rate, with usage, working set, limit, headroom,
+//! reclaim stalls and kills. On a terminal, a live view ([`live`], drawn by [`view`]) with a
+//! drill-down into a cgroup's top charging stacks; `--once` prints one sample (text or JSON)
+//! for scripts, and without a terminal (or with `--plain`) the text table is printed every
+//! interval.
+
+pub mod live;
+pub mod view;
+
+use std::{io::IsTerminal as _, time::Duration};
+
+use crate::{
+    cgroup::{CgroupPaths, MemoryHierarchy},
+    charges::{ChargeMonitor, Row, rows},
+    cli::TopArgs,
+    output::Format,
+    tracer::{ChargeOptions, Tracer, TracerOptions},
+};
+
+/// How `top` shows its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The interactive terminal view.
+    Live,
+    /// Text or JSON printed every interval (or once).
+    Print,
+}
+
+impl Mode {
+    /// The live view only on a terminal, and only when nothing asked for printed output.
+    pub fn choose(args: &TopArgs, stdout_is_terminal: bool) -> Self {
+        if stdout_is_terminal && !args.once && !args.plain && args.output == Format::Text {
+            Self::Live
+        } else {
+            Self::Print
+        }
+    }
+}
+
+fn print_text(rows: &[Row]) {
+    let h = view::COLUMNS;
+    println!(
+        "{:<48} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>5}",
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]
+    );
+    for r in rows {
+        let c = view::row_cells(r);
+        println!(
+            "{:<48} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>5}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        );
+    }
+}
+
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+    let terminal = std::io::stdout().is_terminal();
+    match Mode::choose(&args, terminal) {
+        Mode::Live => live::run(&args).await,
+        Mode::Print => print(&args, terminal).await,
+    }
+}
+
+/// Text or JSON every interval, or once; no stack sampling.
+async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
+    let opts = TracerOptions {
+        charges: Some(ChargeOptions { sample_every: 0 }),
+        ..TracerOptions::default()
+    };
+    let (mut tracer, _rings) = Tracer::start(&opts)?;
+    let Some(mut maps) = tracer.take_charge_maps() else {
+        anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
+    };
+    let mut paths = CgroupPaths::new(MemoryHierarchy::detect()?);
+    let mut monitor = ChargeMonitor::new(Duration::from_secs(10));
+    let page = page_size();
+    monitor.poll(&mut maps, page);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+        }
+        monitor.poll(&mut maps, page);
+        let rows = rows(&monitor, &mut paths);
+        match args.output {
+            Format::Json => println!("{}", serde_json::to_string(&rows)?),
+            Format::Text => {
+                if !args.once {
+                    if terminal {
+                        // Clear the screen and home the cursor (`--plain` on a terminal).
+                        print!("\x1b[2J\x1b[H");
+                    } else if !first {
+                        // A log or a pipe: samples one after the other, a blank line between.
+                        println!();
+                    }
+                }
+                print_text(&rows);
+            }
+        }
+        if args.once {
+            return Ok(());
+        }
+        first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn top(args: &[&str]) -> TopArgs {
+        let argv = ["memtrace", "top"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Top(a) => a,
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn live_view_only_on_a_terminal_without_script_flags() {
+        assert_eq!(Mode::choose(&top(&[]), true), Mode::Live);
+        assert_eq!(Mode::choose(&top(&[]), false), Mode::Print);
+        assert_eq!(Mode::choose(&top(&["--once"]), true), Mode::Print);
+        assert_eq!(Mode::choose(&top(&["--output", "json"]), true), Mode::Print);
+        assert_eq!(Mode::choose(&top(&["--plain"]), true), Mode::Print);
+        let a = top(&[]);
+        assert_eq!((a.sample_every, a.window), (64, Duration::from_secs(10)));
+        assert!(Cli::try_parse_from(["memtrace", "top", "--sample-every", "0"]).is_err());
+    }
+}
