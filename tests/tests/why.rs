@@ -245,15 +245,21 @@ fn twenty_kills_in_four_cgroups_reconcile() {
         );
         assert_eq!(kernel, Some(5), "kernel counted 5 kills in {}", cg.rel);
     }
+    let rels: Vec<String> = cgs.iter().map(|c| c.rel.clone()).collect();
     drop(cgs);
     let summary = w.stop();
     assert_eq!(
         summary.kernel_seen,
         summary.delivered + summary.dropped_ringbuf_full + summary.decode_errors
     );
-    assert!(
-        summary.reconciled.starts_with("ok"),
-        "reconciled={}",
-        summary.reconciled
-    );
+    // The summary covers every cgroup on the host; on a shared machine other workloads' kills
+    // are in it too, so ours must reconcile (a cgroup that does not is named in it).
+    assert!(summary.reconciled.starts_with("ok") || summary.reconciled.starts_with("MISMATCH"));
+    for rel in &rels {
+        assert!(
+            !summary.reconciled.contains(&format!("{rel}:")),
+            "{rel}: {}",
+            summary.reconciled
+        );
+    }
 }
