@@ -258,7 +258,8 @@ impl Enricher {
 
         let context = self.take_context(tgid);
         let badness = r.rss_kb.map(|rss| {
-            let rss_pages = kb(rss.anon + rss.file + rss.shmem) / page;
+            // Saturating: the record's counters are not trusted to be sane (fuzz/oom_record).
+            let rss_pages = kb(rss.anon.saturating_add(rss.file).saturating_add(rss.shmem)) / page;
             let totalpages = match (&context, &oom_cgroup) {
                 // The kernel's own, where oom_kill_process is hooked.
                 (Some(c), _) if c.totalpages > 0 => c.totalpages,
@@ -408,5 +409,24 @@ mod tests {
         assert_eq!(k.memcg_limit_bytes, None, "PAGE_COUNTER_MAX is no limit");
         assert!(k.verdict.victim_is_trigger);
         assert_eq!(e.enrich(record()).seq, 2);
+    }
+
+    /// Found by fuzz/oom_record: rss counters near u64::MAX overflowed the badness sum (a
+    /// panic in debug builds, a wrapped score in release).
+    #[test]
+    fn huge_rss_counters_saturate() {
+        let mut e = Enricher::new(None, EnrichOptions::default());
+        let mut r = record();
+        r.rss_kb = Some(RssKb {
+            total_vm: u64::MAX,
+            anon: u64::MAX - 10,
+            file: 1 << 40,
+            shmem: u64::MAX,
+        });
+        let k = e.enrich(r);
+        let b = k.badness.expect("badness");
+        assert_eq!(b.rss_pages, u64::MAX / e.page_size);
+        assert_eq!(b.points, (b.rss_pages + b.swap_pages + b.pgtables_pages) as i64);
+        assert_eq!(k.anon_rss_bytes, Some(u64::MAX));
     }
 }

@@ -1,5 +1,6 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
+mod fuzz;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -15,10 +16,13 @@ struct Cli {
 enum Task {
     /// Build memtrace and run every test, the real-OOM eBPF tests included.
     Test(test::TestArgs),
+    /// Run every cargo-fuzz target for a while, one at a time (CI: ~20 s each).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
