@@ -290,6 +290,11 @@ impl Enricher {
                 .map(|(o, p)| (p, o.usage_bytes, o.limit_bytes)),
             post_kill: snapshot.as_ref().and_then(Snapshot::stats),
             ws_alert_ratio: self.opts.ws_alert_ratio,
+            memcg_unknown: r.oom_memcg.is_none()
+                && r.memcg_pages.is_none()
+                && r.victim_memcg_id.is_none()
+                && r.trigger_memcg_id.is_none()
+                && context.is_none(),
         });
 
         OomKill {

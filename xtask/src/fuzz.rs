@@ -60,7 +60,13 @@ fn cargo_fuzz(root: &Path, args: &[&str]) -> Command {
         .args(args)
         .current_dir(root);
     // Set by the outer `cargo run` (stable): they must not leak into the nightly build.
-    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC", "CARGO_TARGET_DIR"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO_TARGET_DIR",
+    ] {
         c.env_remove(var);
     }
     c
@@ -130,7 +136,11 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
         if dict.exists() {
             c.arg(format!("-dict={}", dict.display()));
         }
-        eprintln!("xtask fuzz: {t} for {} s (log: {})", args.seconds, log_path.display());
+        eprintln!(
+            "xtask fuzz: {t} for {} s (log: {})",
+            args.seconds,
+            log_path.display()
+        );
         let start = Instant::now();
         let status = c
             .stdout(log.try_clone()?)
@@ -155,7 +165,10 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
         outcomes.push(o);
     }
 
-    eprintln!("\nxtask fuzz: {:<15} {:>8} {:>14} {:>8}  result", "target", "seconds", "executions", "corpus");
+    eprintln!(
+        "\nxtask fuzz: {:<15} {:>8} {:>14} {:>8}  result",
+        "target", "seconds", "executions", "corpus"
+    );
     for o in &outcomes {
         eprintln!(
             "xtask fuzz: {:<15} {:>8.0} {:>14} {:>8}  {}",
@@ -163,10 +176,18 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
             o.seconds,
             o.execs.map_or("?".into(), |n| n.to_string()),
             o.corpus.map_or("?".into(), |n| n.to_string()),
-            if o.crashed { "CRASH (see fuzz/artifacts/)" } else { "ok" }
+            if o.crashed {
+                "CRASH (see fuzz/artifacts/)"
+            } else {
+                "ok"
+            }
         );
     }
-    let crashed: Vec<&str> = outcomes.iter().filter(|o| o.crashed).map(|o| o.target.as_str()).collect();
+    let crashed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.crashed)
+        .map(|o| o.target.as_str())
+        .collect();
     if !crashed.is_empty() {
         bail!("fuzz targets crashed: {}", crashed.join(", "));
     }

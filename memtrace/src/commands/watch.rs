@@ -31,6 +31,11 @@ struct Delivery {
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    // Before anything is attached: a SIGTERM that arrives as soon as "attached" is printed
+    // (or during start-up) must still end in a clean exit with the summary, not in the
+    // default action (tests/tests/lifecycle.rs).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let opts = TracerOptions {
         forced: args.variants.clone(),
         oom_ring_bytes: args.oom_ring_bytes,
@@ -68,8 +73,6 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = interval(COUNTER_CHECK);
     let mut stdout = std::io::stdout().lock();
     let mut delivery = Delivery::default();
