@@ -416,6 +416,47 @@ mod tests {
         assert_eq!(e.enrich(record()).seq, 2);
     }
 
+    /// A cgroup file that cannot be read (here memory.stat is a directory: EISDIR, as EACCES
+    /// would be for an unprivileged reader) or a cgroup that is gone: the kill is still
+    /// reported in full, and the snapshot says what failed.
+    #[test]
+    fn unreadable_or_missing_cgroup_files_still_give_the_kill() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        use crate::cgroup::{CgroupVersion, MemoryHierarchy};
+
+        let root = tempfile::tempdir().expect("tempdir");
+        let cg = root.path().join("cg");
+        std::fs::create_dir_all(cg.join("memory.stat")).expect("mkdir");
+        std::fs::write(cg.join("memory.usage_in_bytes"), "4096\n").expect("write");
+        let id = std::fs::metadata(&cg).expect("stat").ino();
+        let paths = CgroupPaths::new(MemoryHierarchy {
+            version: CgroupVersion::V1,
+            root: root.path().to_owned(),
+        });
+        let mut e = Enricher::new(Some(paths), EnrichOptions::default());
+        let mut r = record();
+        r.victim_memcg_id = Some(id);
+        r.oom_memcg = None;
+        let k = e.enrich(r.clone());
+        assert_eq!(k.cgroup.as_ref().and_then(|c| c.path.as_deref()), Some("/cg"));
+        match &k.snapshot {
+            Some(Snapshot::Failed(err)) => assert!(err.contains("memory.stat"), "{err}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(k.anon_rss_bytes, Some(64 * 1024));
+        let json = crate::output::json::event(&k, "h", 0);
+        assert!(json["memtrace.snapshot.error"].is_string(), "{json}");
+
+        std::fs::remove_dir_all(&cg).expect("rm");
+        let k = e.enrich(r);
+        assert_eq!(k.cgroup.and_then(|c| c.path).as_deref(), Some("/cg"), "path kept");
+        match &k.snapshot {
+            Some(Snapshot::Failed(err)) => assert!(err.contains("vanished"), "{err}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Found by fuzz/oom_record: rss counters near u64::MAX overflowed the badness sum (a
     /// panic in debug builds, a wrapped score in release).
     #[test]
