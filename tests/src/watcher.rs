@@ -134,6 +134,11 @@ impl Watcher {
         out
     }
 
+    /// Every event that has arrived, without waiting.
+    pub fn drain_events(&mut self) -> Vec<Value> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -241,11 +246,11 @@ impl Summary {
             delivered: get("delivered"),
             dropped_ringbuf_full: get("dropped_ringbuf_full"),
             decode_errors: get("decode_errors"),
+            // The last field, and the only one with spaces: `ok(2 cgroups, 0 gone)`.
             reconciled: line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("reconciled="))
-                .unwrap_or_default()
-                .to_owned(),
+                .split_once(" reconciled=")
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
 mod fuzz;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -18,11 +19,14 @@ enum Task {
     Test(test::TestArgs),
     /// Run every cargo-fuzz target for a while, one at a time (CI: ~20 s each).
     Fuzz(fuzz::FuzzArgs),
+    /// Real OOM kills for N minutes with memtrace running: every kill reported, RSS/fds sampled.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
     }
 }
