@@ -17,7 +17,10 @@ pub fn alloc_bin() -> std::path::PathBuf {
     // A test: target/<profile>/deps/<test> -> target/<profile>/memtrace-alloc. A binary of
     // this crate (memtrace-soak): its sibling.
     let dir = exe.parent().expect("target dir");
-    let candidates = [dir.join("memtrace-alloc"), dir.parent().unwrap_or(dir).join("memtrace-alloc")];
+    let candidates = [
+        dir.join("memtrace-alloc"),
+        dir.parent().unwrap_or(dir).join("memtrace-alloc"),
+    ];
     let bin = candidates.iter().find(|b| b.exists()).unwrap_or(&candidates[1]);
     assert!(
         bin.exists(),
@@ -39,8 +42,7 @@ pub fn alloc_in(cg: &TestCgroup, args: &[&str], oom_score_adj: Option<i32>) -> C
 /// Starts `cmd` inside `cg` (joined between fork and exec), stdout piped.
 pub fn spawn_in(cg: &TestCgroup, cmd: &mut Command, oom_score_adj: Option<i32>) -> Child {
     let procs = cg.procs_file();
-    cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // SAFETY: only async-signal-safe work between fork and exec: open/write/close via std::fs

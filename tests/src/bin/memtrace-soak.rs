@@ -124,7 +124,9 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("memtrace-soak: {e}\nusage: memtrace-soak --minutes N [--kill-cgroups K] [--round-ms MS]");
+            eprintln!(
+                "memtrace-soak: {e}\nusage: memtrace-soak --minutes N [--kill-cgroups K] [--round-ms MS]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -141,7 +143,15 @@ fn main() -> ExitCode {
     let timeout = format!("{}s", duration.as_secs() + 120);
     let mut stress = procs::spawn_in(
         &hot,
-        Command::new("stress-ng").args(["--vm", "1", "--vm-bytes", "128M", "--timeout", &timeout, "--quiet"]),
+        Command::new("stress-ng").args([
+            "--vm",
+            "1",
+            "--vm-bytes",
+            "128M",
+            "--timeout",
+            &timeout,
+            "--quiet",
+        ]),
         None,
     );
     eprintln!(
@@ -209,8 +219,10 @@ fn main() -> ExitCode {
         reported: reported.pids.len(),
     };
     samples.push(end);
-    let kernel: BTreeMap<String, Option<u64>> =
-        kill_cgs.iter().map(|c| (c.rel.clone(), kernel_oom_kills(c))).collect();
+    let kernel: BTreeMap<String, Option<u64>> = kill_cgs
+        .iter()
+        .map(|c| (c.rel.clone(), kernel_oom_kills(c)))
+        .collect();
     let hot_kills = kernel_oom_kills(&hot);
     let hot_charged = hot_charge_count(&hot);
     // SAFETY: kill(2) of the stress-ng we started, by its pid; its workers die with the cgroup.
@@ -221,7 +233,10 @@ fn main() -> ExitCode {
     let exit = w.kill_with(libc::SIGTERM, Duration::from_secs(30));
 
     println!("\nmemtrace-soak series (every {} s):", SAMPLE_EVERY.as_secs());
-    println!("{:>7} {:>10} {:>5} {:>7} {:>9}", "t_s", "rss_kib", "fds", "kills", "reported");
+    println!(
+        "{:>7} {:>10} {:>5} {:>7} {:>9}",
+        "t_s", "rss_kib", "fds", "kills", "reported"
+    );
     for s in &samples {
         println!(
             "{:>7.0} {:>10} {:>5} {:>7} {:>9}",
@@ -240,13 +255,19 @@ fn main() -> ExitCode {
         .filter(|p| !reported.pids.contains(p))
         .collect();
     if !missing.is_empty() {
-        failures.push(format!("{} of {} kills not reported: {missing:?}", missing.len(), killed_pids.len()));
+        failures.push(format!(
+            "{} of {} kills not reported: {missing:?}",
+            missing.len(),
+            killed_pids.len()
+        ));
     }
     for (path, k) in &kernel {
         let r = reported.by_cgroup.get(path).copied().unwrap_or(0);
         println!("cgroup {path}: kernel oom_kill={k:?} reported={r}");
         if *k != Some(r) {
-            failures.push(format!("{path}: the kernel counted {k:?} kills, memtrace reported {r}"));
+            failures.push(format!(
+                "{path}: the kernel counted {k:?} kills, memtrace reported {r}"
+            ));
         }
     }
     println!("hot cgroup (stress-ng): kernel oom_kill={hot_kills:?}, {hot_charged}");
@@ -278,7 +299,12 @@ fn main() -> ExitCode {
     }
     let first = samples[0];
     if let Some(s) = samples.iter().find(|s| s.fds > first.fds) {
-        failures.push(format!("fd count grew: {} at start, {} at t={:.0}s", first.fds, s.fds, s.t.as_secs_f64()));
+        failures.push(format!(
+            "fd count grew: {} at start, {} at t={:.0}s",
+            first.fds,
+            s.fds,
+            s.t.as_secs_f64()
+        ));
     }
     // Warm: the first sample after a minute (the path cache and allocator pools fill up first).
     let warm = samples
@@ -295,7 +321,10 @@ fn main() -> ExitCode {
         end.rss_kib
     );
     if end.rss_kib > allowed {
-        failures.push(format!("rss grew from {} KiB to {} KiB", warm.rss_kib, end.rss_kib));
+        failures.push(format!(
+            "rss grew from {} KiB to {} KiB",
+            warm.rss_kib, end.rss_kib
+        ));
     }
     println!(
         "{} kills in {:.1} min ({} allocators not OOM-killed), {} reported",
