@@ -41,11 +41,6 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         oom_ring_bytes: args.oom_ring_bytes,
         try_all: false,
     };
-    let (tracer, rings) = Tracer::start(&opts)?;
-    let Rings {
-        oom: mut ring,
-        cgroups: mut cgroup_ring,
-    } = rings;
     let paths = match MemoryHierarchy::detect() {
         Ok(h) => Some(CgroupPaths::new(h)),
         Err(e) => {
@@ -53,6 +48,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // The kernel's kill counters just before attaching, and again just after.
+    let mut reconciler = paths.as_ref().map(Reconciler::new);
+    let (tracer, rings) = Tracer::start(&opts)?;
+    if let Some(r) = reconciler.as_mut() {
+        r.attached();
+    }
+    let Rings {
+        oom: mut ring,
+        cgroups: mut cgroup_ring,
+    } = rings;
     let mut opts = EnrichOptions {
         ws_alert_ratio: args.ws_alert_ratio,
         ..EnrichOptions::default()
@@ -78,7 +83,6 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
 
-    let mut reconciler = enricher.paths().map(Reconciler::new);
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
 
