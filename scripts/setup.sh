@@ -68,6 +68,12 @@ if [ -z "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "libLLVM.so.${LLVM}
     cargo "+$STABLE" install --locked bpf-linker --version 0.13.0 --no-default-features --features "llvm-${LLVM}"
 fi
 
+# cargo-fuzz: `cargo xtask fuzz` (fuzz/, run in CI as a smoke test). Built with the same nightly.
+if ! command -v cargo-fuzz >/dev/null 2>&1 || ! cargo-fuzz --version 2>/dev/null | grep -q ' 0\.13\.'; then
+  log "cargo install cargo-fuzz"
+  cargo "+$NIGHTLY" install cargo-fuzz --locked --version 0.13.2
+fi
+
 # tracefs: tracepoint attach and `memtrace probes` read it.
 if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" = 0 ]; then
   mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "could not mount tracefs (continuing)"

@@ -59,6 +59,9 @@ pub enum Constraint {
     Memcg,
     /// No cgroup was at its limit: the machine ran out of memory.
     Global,
+    /// The kernel gave no memory cgroup data for this kill (no BTF, or the plain tracepoint
+    /// with a victim that is not the triggering task): memcg or global cannot be told.
+    Unknown,
 }
 
 /// What filled the memory that ran out.
@@ -96,6 +99,8 @@ pub struct Facts<'a> {
     pub post_kill: Option<&'a MemoryStats>,
     /// Fraction of the limit at which a working-set alert fires (e.g. 0.9).
     pub ws_alert_ratio: f64,
+    /// No memcg data came from the kernel, so no OOM cgroup does not mean a global OOM.
+    pub memcg_unknown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,10 +146,10 @@ fn filled_by(f: &Facts<'_>) -> FilledBy {
 }
 
 pub fn verdict(f: &Facts<'_>) -> Verdict {
-    let constraint = if f.oom_cgroup.is_some() {
-        Constraint::Memcg
-    } else {
-        Constraint::Global
+    let constraint = match (f.oom_cgroup, f.memcg_unknown) {
+        (Some(_), _) => Constraint::Memcg,
+        (None, false) => Constraint::Global,
+        (None, true) => Constraint::Unknown,
     };
     let filled = filled_by(f);
     let (working_set_ratio, ws_alert_would_fire) = match (f.oom_cgroup, f.post_kill) {
@@ -156,6 +161,9 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
     };
     let mut summary = match f.oom_cgroup {
         Some((path, _, limit)) => format!("memcg OOM: {path} hit its {} limit", human_bytes(limit)),
+        None if f.memcg_unknown => {
+            "memcg or global OOM: not known (the kernel gave no memory cgroup data for this kill)".to_owned()
+        }
         None => "global OOM: no cgroup was at its limit, the machine ran out of memory".to_owned(),
     };
     summary.push_str(&format!("; filled by {}", filled.describe()));
@@ -264,5 +272,24 @@ mod tests {
         assert_eq!(v.constraint, Constraint::Global);
         assert!(v.summary.contains("bystander"));
         assert_eq!(v.working_set_ratio, None);
+    }
+
+    /// Without memcg data from the kernel (no BTF, or a tracepoint bystander) the absence of an
+    /// OOM cgroup proves nothing: never claim a global OOM then.
+    #[test]
+    fn no_memcg_data_is_not_a_global_oom() {
+        let v = verdict(&Facts {
+            victim_is_trigger: true,
+            victim_anon: 1,
+            memcg_unknown: true,
+            ..Facts::default()
+        });
+        assert_eq!(v.constraint, Constraint::Unknown);
+        assert!(
+            v.summary.starts_with("memcg or global OOM: not known"),
+            "{}",
+            v.summary
+        );
+        assert!(!v.summary.contains("machine ran out"));
     }
 }

@@ -11,6 +11,15 @@ use memtrace_common::layout::{ABSENT, KernelLayout};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Hidden, for tests: read the kernel BTF from this file instead (a path that does not exist
+/// simulates a kernel built without BTF). See docs/bad-input.md.
+pub const BTF_PATH_ENV: &str = "MEMTRACE_BTF_PATH";
+
+/// Where the kernel's BTF is read from: [`VMLINUX_BTF`], unless [`BTF_PATH_ENV`] says otherwise.
+pub fn vmlinux_path() -> PathBuf {
+    std::env::var_os(BTF_PATH_ENV).map_or_else(|| VMLINUX_BTF.into(), PathBuf::from)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("{path}: kernel BTF not found; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
@@ -45,8 +54,9 @@ impl KernelBtf {
         Ok(Self { btf })
     }
 
+    /// The running kernel's BTF: [`vmlinux_path`].
     pub fn from_sys() -> Result<Self, BtfError> {
-        Self::load(Path::new(VMLINUX_BTF))
+        Self::load(&vmlinux_path())
     }
 
     /// Is `name` a function the kernel has BTF for (attachable by fentry / tp_btf targets)?

@@ -261,7 +261,8 @@ impl Enricher {
 
         let context = self.take_context(tgid);
         let badness = r.rss_kb.map(|rss| {
-            let rss_pages = kb(rss.anon + rss.file + rss.shmem) / page;
+            // Saturating: the record's counters are not trusted to be sane (fuzz/oom_record).
+            let rss_pages = kb(rss.anon.saturating_add(rss.file).saturating_add(rss.shmem)) / page;
             let totalpages = match (&context, &oom_cgroup) {
                 // The kernel's own, where oom_kill_process is hooked.
                 (Some(c), _) if c.totalpages > 0 => c.totalpages,
@@ -292,6 +293,11 @@ impl Enricher {
                 .map(|(o, p)| (p, o.usage_bytes, o.limit_bytes)),
             post_kill: snapshot.as_ref().and_then(Snapshot::stats),
             ws_alert_ratio: self.opts.ws_alert_ratio,
+            memcg_unknown: r.oom_memcg.is_none()
+                && r.memcg_pages.is_none()
+                && r.victim_memcg_id.is_none()
+                && r.trigger_memcg_id.is_none()
+                && context.is_none(),
         });
 
         OomKill {
@@ -412,5 +418,65 @@ mod tests {
         assert_eq!(k.memcg_limit_bytes, None, "PAGE_COUNTER_MAX is no limit");
         assert!(k.verdict.victim_is_trigger);
         assert_eq!(e.enrich(record()).seq, 2);
+    }
+
+    /// A cgroup file that cannot be read (here memory.stat is a directory: EISDIR, as EACCES
+    /// would be for an unprivileged reader) or a cgroup that is gone: the kill is still
+    /// reported in full, and the snapshot says what failed.
+    #[test]
+    fn unreadable_or_missing_cgroup_files_still_give_the_kill() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        use crate::cgroup::{CgroupVersion, MemoryHierarchy};
+
+        let root = tempfile::tempdir().expect("tempdir");
+        let cg = root.path().join("cg");
+        std::fs::create_dir_all(cg.join("memory.stat")).expect("mkdir");
+        std::fs::write(cg.join("memory.usage_in_bytes"), "4096\n").expect("write");
+        let id = std::fs::metadata(&cg).expect("stat").ino();
+        let paths = CgroupPaths::new(MemoryHierarchy {
+            version: CgroupVersion::V1,
+            root: root.path().to_owned(),
+        });
+        let mut e = Enricher::new(Some(paths), EnrichOptions::default());
+        let mut r = record();
+        r.victim_memcg_id = Some(id);
+        r.oom_memcg = None;
+        let k = e.enrich(r.clone());
+        assert_eq!(k.cgroup.as_ref().and_then(|c| c.path.as_deref()), Some("/cg"));
+        match &k.snapshot {
+            Some(Snapshot::Failed(err)) => assert!(err.contains("memory.stat"), "{err}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(k.anon_rss_bytes, Some(64 * 1024));
+        let json = crate::output::json::event(&k, "h", 0);
+        assert!(json["memtrace.snapshot.error"].is_string(), "{json}");
+
+        std::fs::remove_dir_all(&cg).expect("rm");
+        let k = e.enrich(r);
+        assert_eq!(k.cgroup.and_then(|c| c.path).as_deref(), Some("/cg"), "path kept");
+        match &k.snapshot {
+            Some(Snapshot::Failed(err)) => assert!(err.contains("vanished"), "{err}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Found by fuzz/oom_record: rss counters near u64::MAX overflowed the badness sum (a
+    /// panic in debug builds, a wrapped score in release).
+    #[test]
+    fn huge_rss_counters_saturate() {
+        let mut e = Enricher::new(None, EnrichOptions::default());
+        let mut r = record();
+        r.rss_kb = Some(RssKb {
+            total_vm: u64::MAX,
+            anon: u64::MAX - 10,
+            file: 1 << 40,
+            shmem: u64::MAX,
+        });
+        let k = e.enrich(r);
+        let b = k.badness.expect("badness");
+        assert_eq!(b.rss_pages, u64::MAX / e.page_size);
+        assert_eq!(b.points, (b.rss_pages + b.swap_pages + b.pgtables_pages) as i64);
+        assert_eq!(k.anon_rss_bytes, Some(u64::MAX));
     }
 }

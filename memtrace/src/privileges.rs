@@ -1,7 +1,17 @@
-//! What the process may do: capabilities (from /proc/self/status) and kernel lockdown.
+//! What the process may do: capabilities (from /proc/self/status), tracefs access and kernel
+//! lockdown.
+//!
+//! The minimum, measured on 6.18 as uid 65534 (tests/tests/privileges.rs): CAP_BPF (load
+//! programs, create maps), CAP_PERFMON (tracing program types and tracepoint perf events), and
+//! CAP_DAC_READ_SEARCH when tracefs is not readable by the user (it is mode 0700, its format
+//! and id files 0440, owned by root: uid 0 needs no DAC capability). The cgroup files, the
+//! kernel BTF and /proc/<pid>/{cgroup,status} are world-readable; RLIMIT_MEMLOCK is not
+//! needed since 5.11 (memcg accounting).
 
 use serde::Serialize;
 
+pub const CAP_DAC_OVERRIDE: u32 = 1;
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
@@ -12,13 +22,18 @@ pub struct Privileges {
     pub cap_bpf: bool,
     pub cap_perfmon: bool,
     pub cap_sys_admin: bool,
+    /// CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE: either lets it read root-only files.
+    pub cap_dac_read_search: bool,
+    /// Can this process read tracefs's event files? `None`: tracefs is not mounted (memtrace
+    /// then mounts it, which needs CAP_SYS_ADMIN).
+    pub tracefs_readable: Option<bool>,
     /// `/sys/kernel/security/lockdown`'s selected mode, when the file exists.
     pub lockdown: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "memtrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); missing: {missing}. Run it as root (sudo memtrace ...) or grant them: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which memtrace)"
+    "memtrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and CAP_DAC_READ_SEARCH unless tracefs is readable (root); missing: {missing}. Run it as root (sudo memtrace ...) or grant them: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which memtrace)"
 )]
 pub struct MissingCapabilities {
     pub missing: String,
@@ -37,19 +52,29 @@ impl Privileges {
             cap_bpf: eff & (1 << CAP_BPF) != 0,
             cap_perfmon: eff & (1 << CAP_PERFMON) != 0,
             cap_sys_admin: eff & (1 << CAP_SYS_ADMIN) != 0,
+            cap_dac_read_search: eff & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) != 0,
+            tracefs_readable: crate::tracefs::readable(),
             lockdown,
         }
     }
 
-    /// Loading tracing programs needs CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN on older kernels.
+    /// Loading tracing programs needs CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN on older kernels;
+    /// reading tracepoint layouts needs tracefs, which is root's unless CAP_DAC_READ_SEARCH.
     pub fn check(&self) -> Result<(), MissingCapabilities> {
-        if self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon) {
+        let mut missing = vec![];
+        if !self.cap_sys_admin {
+            missing.extend(
+                [(self.cap_bpf, "CAP_BPF"), (self.cap_perfmon, "CAP_PERFMON")]
+                    .into_iter()
+                    .filter_map(|(have, name)| (!have).then_some(name)),
+            );
+        }
+        if self.tracefs_readable == Some(false) {
+            missing.push("CAP_DAC_READ_SEARCH");
+        }
+        if missing.is_empty() {
             return Ok(());
         }
-        let missing: Vec<_> = [(self.cap_bpf, "CAP_BPF"), (self.cap_perfmon, "CAP_PERFMON")]
-            .into_iter()
-            .filter_map(|(have, name)| (!have).then_some(name))
-            .collect();
         Err(MissingCapabilities {
             missing: missing.join(", "),
         })
@@ -88,17 +113,38 @@ mod tests {
         assert_eq!(selected_lockdown("none"), None);
     }
 
+    fn privileges(bpf: bool, perfmon: bool, tracefs: Option<bool>) -> Privileges {
+        Privileges {
+            euid: 1000,
+            cap_bpf: bpf,
+            cap_perfmon: perfmon,
+            cap_sys_admin: false,
+            cap_dac_read_search: false,
+            tracefs_readable: tracefs,
+            lockdown: None,
+        }
+    }
+
     #[test]
     fn missing_caps_are_named() {
-        let p = Privileges {
-            euid: 1000,
-            cap_bpf: true,
-            cap_perfmon: false,
-            cap_sys_admin: false,
-            lockdown: None,
-        };
-        let e = p.check().expect_err("missing perfmon");
+        let e = privileges(true, false, Some(true))
+            .check()
+            .expect_err("missing perfmon");
         assert_eq!(e.missing, "CAP_PERFMON");
         assert!(e.to_string().contains("CAP_PERFMON"));
+        let e = privileges(false, true, None).check().expect_err("missing bpf");
+        assert_eq!(e.missing, "CAP_BPF");
+        let e = privileges(true, true, Some(false)).check().expect_err("tracefs");
+        assert_eq!(e.missing, "CAP_DAC_READ_SEARCH");
+        let e = privileges(false, false, Some(false)).check().expect_err("all");
+        assert_eq!(e.missing, "CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH");
+        assert!(privileges(true, true, Some(true)).check().is_ok());
+        // Not mounted: memtrace mounts it (or says why it cannot).
+        assert!(privileges(true, true, None).check().is_ok());
+        let admin = Privileges {
+            cap_sys_admin: true,
+            ..privileges(false, false, Some(true))
+        };
+        assert!(admin.check().is_ok());
     }
 }

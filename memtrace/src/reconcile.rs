@@ -39,14 +39,30 @@ pub struct Report {
     /// Cgroups removed before they could be checked.
     pub gone: usize,
     pub mismatches: Vec<Mismatch>,
-    /// Host-wide kills counted by the kernel since start, and reported by memtrace.
-    pub vmstat_kernel: Option<u64>,
+    /// Host-wide kills counted by the kernel since start, and reported by memtrace: at least
+    /// the first, at most the second (kills during start-up may or may not have been seen).
+    pub vmstat_kernel: Option<(u64, u64)>,
     pub vmstat_reported: u64,
+}
+
+/// `reported` against a kernel count known to lie in `lo..=hi`: `None` if it fits, else the
+/// bound it breaks.
+fn outside(reported: u64, (lo, hi): (u64, u64)) -> Option<u64> {
+    if reported < lo {
+        Some(lo)
+    } else if reported > hi {
+        Some(hi)
+    } else {
+        None
+    }
 }
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.mismatches.is_empty() && self.vmstat_kernel.is_none_or(|k| k == self.vmstat_reported)
+        self.mismatches.is_empty()
+            && self
+                .vmstat_kernel
+                .is_none_or(|k| outside(self.vmstat_reported, k).is_none())
     }
 
     /// `ok` or what is wrong, for the exit summary.
@@ -59,36 +75,63 @@ impl Report {
             .iter()
             .map(|m| format!("{}:kernel={},reported={}", m.cgroup, m.kernel, m.reported))
             .collect();
-        if let Some(k) = self.vmstat_kernel.filter(|k| *k != self.vmstat_reported) {
+        if let Some(k) = self.vmstat_kernel.and_then(|k| outside(self.vmstat_reported, k)) {
             parts.push(format!("vmstat:kernel={k},reported={}", self.vmstat_reported));
         }
         format!("MISMATCH[{}]", parts.join(" "))
     }
 }
 
-/// Baselines taken at start, so counts from before memtrace ran are not held against it.
+/// Baselines taken at start, so counts from before memtrace ran are not held against it. They
+/// are read twice, just before the programs attach and just after: a kill between the two may
+/// or may not have been seen, so the kernel's count since start is a range, and a report is
+/// a mismatch only outside it (one read after attaching took such a kill as a false mismatch).
 pub struct Reconciler {
     hierarchy: MemoryHierarchy,
-    baseline: HashMap<String, u64>,
-    vmstat_baseline: Option<u64>,
+    before: HashMap<String, u64>,
+    after: HashMap<String, u64>,
+    vmstat_before: Option<u64>,
+    vmstat_after: Option<u64>,
     /// Mismatches seen at the previous check: only one that persists is reported, since a
     /// kill can be counted by the kernel a moment before its record is read.
     pending: Vec<Mismatch>,
 }
 
 impl Reconciler {
+    /// Reads the baselines; call it before attaching, and [`Self::attached`] right after.
     pub fn new(paths: &CgroupPaths) -> Self {
         let hierarchy = paths.hierarchy().clone();
-        let baseline = paths
+        let before: HashMap<String, u64> = paths
             .iter()
             .filter_map(|p| cgroup_oom_kills(&hierarchy, p).map(|n| (p.to_owned(), n)))
             .collect();
+        let vmstat_before = vmstat_oom_kills();
         Self {
             hierarchy,
-            baseline,
-            vmstat_baseline: vmstat_oom_kills(),
+            after: before.clone(),
+            before,
+            vmstat_before,
+            vmstat_after: vmstat_before,
             pending: vec![],
         }
+    }
+
+    /// Reads the baselines again, now that every kill is seen.
+    pub fn attached(&mut self) {
+        self.after = self
+            .before
+            .keys()
+            .filter_map(|p| cgroup_oom_kills(&self.hierarchy, p).map(|n| (p.clone(), n)))
+            .collect();
+        self.vmstat_after = vmstat_oom_kills();
+    }
+
+    /// The kernel's kills since start, from a counter's value now: (certainly seen, possibly).
+    fn since_start(now: u64, before: Option<u64>, after: Option<u64>) -> (u64, u64) {
+        (
+            now.saturating_sub(after.or(before).unwrap_or(0)),
+            now.saturating_sub(before.unwrap_or(0)),
+        )
     }
 
     /// Compares `reported` (kills per cgroup path) with the kernel's counters now.
@@ -99,8 +142,9 @@ impl Reconciler {
                 Some(k) => {
                     r.checked += 1;
                     // A cgroup created after start had a counter of zero.
-                    let kernel = k.saturating_sub(self.baseline.get(path).copied().unwrap_or(0));
-                    if kernel != n {
+                    let range =
+                        Self::since_start(k, self.before.get(path).copied(), self.after.get(path).copied());
+                    if let Some(kernel) = outside(n, range) {
                         r.mismatches.push(Mismatch {
                             cgroup: path.clone(),
                             kernel,
@@ -114,8 +158,8 @@ impl Reconciler {
         r.mismatches.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
         r.vmstat_reported = reported.values().sum();
         r.vmstat_kernel = vmstat_oom_kills()
-            .zip(self.vmstat_baseline)
-            .map(|(now, base)| now.saturating_sub(base));
+            .filter(|_| self.vmstat_before.is_some())
+            .map(|now| Self::since_start(now, self.vmstat_before, self.vmstat_after));
         r
     }
 
@@ -140,7 +184,7 @@ mod tests {
     fn describe_ok_and_mismatch() {
         let ok = Report {
             checked: 2,
-            vmstat_kernel: Some(3),
+            vmstat_kernel: Some((2, 3)),
             vmstat_reported: 3,
             ..Report::default()
         };
@@ -151,7 +195,7 @@ mod tests {
                 kernel: 5,
                 reported: 4,
             }],
-            vmstat_kernel: Some(5),
+            vmstat_kernel: Some((5, 6)),
             vmstat_reported: 4,
             ..Report::default()
         };
@@ -159,6 +203,47 @@ mod tests {
         assert_eq!(
             bad.describe(),
             "MISMATCH[/a:kernel=5,reported=4 vmstat:kernel=5,reported=4]"
+        );
+    }
+
+    /// A kill between the two baseline reads may have been seen or not: both are fine. A kill
+    /// after attaching that was not reported is a mismatch.
+    #[test]
+    fn kills_during_start_up_are_ambiguous_later_ones_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("a")).expect("mkdir");
+        let set = |n: u64| {
+            std::fs::write(
+                dir.path().join("a/memory.oom_control"),
+                format!("oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"),
+            )
+            .expect("write")
+        };
+        set(4);
+        let paths = CgroupPaths::new(MemoryHierarchy {
+            version: CgroupVersion::V1,
+            root: dir.path().to_owned(),
+        });
+        let mut r = Reconciler::new(&paths);
+        set(5); // killed while attaching
+        r.attached();
+        let reported = |n: u64| HashMap::from([("/a".to_owned(), n)]);
+        assert!(r.check(&reported(0)).mismatches.is_empty(), "not seen: fine");
+        assert!(r.check(&reported(1)).mismatches.is_empty(), "seen: fine");
+        set(6); // killed after attaching
+        assert!(r.check(&reported(1)).mismatches.is_empty());
+        assert_eq!(
+            r.check(&reported(0)).mismatches,
+            vec![Mismatch {
+                cgroup: "/a".into(),
+                kernel: 1,
+                reported: 0
+            }]
+        );
+        assert_eq!(
+            r.check(&reported(3)).mismatches[0].kernel,
+            2,
+            "more than the kernel"
         );
     }
 

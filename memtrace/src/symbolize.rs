@@ -94,7 +94,12 @@ impl Symbols {
             .filter(|a| !self.user.contains_key(&(pid, *a)))
             .collect();
         if !missing.is_empty() {
-            let src = Source::Process(Process::new(Pid::from(pid)));
+            // By path, not through /proc/<pid>/map_files: blazesym caches an open file per
+            // distinct path, and map_files paths are new for every process, which leaked an fd
+            // per symbolized process in a long-running daemon.
+            let mut process = Process::new(Pid::from(pid));
+            process.map_files = false;
+            let src = Source::Process(process);
             let resolved: Vec<String> = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
                 Ok(syms) => missing
                     .iter()

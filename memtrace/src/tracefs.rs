@@ -17,6 +17,10 @@ pub enum TracefsError {
         "tracefs is not mounted and could not be mounted at /sys/kernel/tracing ({source}); mount it: mount -t tracefs tracefs /sys/kernel/tracing"
     )]
     NotMounted { source: io::Error },
+    #[error(
+        "tracefs (/sys/kernel/tracing) is mounted but not readable: run memtrace as root or give it CAP_DAC_READ_SEARCH"
+    )]
+    Unreadable,
     #[error("tracepoint {category}:{name} does not exist on this kernel")]
     NoEvent { category: String, name: String },
     #[error("{path}: {source}")]
@@ -40,15 +44,24 @@ pub struct Tracefs {
 impl Tracefs {
     /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted anywhere.
     pub fn locate() -> Result<Self, TracefsError> {
-        for dir in CANDIDATES {
-            if Path::new(dir).join("events").is_dir() {
-                return Ok(Self { root: dir.into() });
-            }
+        if let Some(t) = Self::find() {
+            return Ok(t);
+        }
+        if readable() == Some(false) {
+            return Err(TracefsError::Unreadable);
         }
         mount_tracefs().map_err(|source| TracefsError::NotMounted { source })?;
         Ok(Self {
             root: CANDIDATES[0].into(),
         })
+    }
+
+    /// Finds tracefs without mounting it.
+    pub fn find() -> Option<Self> {
+        CANDIDATES
+            .iter()
+            .find(|dir| Path::new(dir).join("events").is_dir())
+            .map(|dir| Self { root: (*dir).into() })
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Self {
@@ -123,6 +136,19 @@ impl Tracefs {
             path: at("path", 4),
         })
     }
+}
+
+/// Can this process read tracefs's event files (`Some(false)`: mounted, but permission denied;
+/// `None`: not mounted)? tracefs is mode 0700 and its format files 0440, owned by root.
+pub fn readable() -> Option<bool> {
+    for dir in CANDIDATES {
+        match std::fs::File::open(Path::new(dir).join("events/oom/mark_victim/format")) {
+            Ok(_) => return Some(true),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Some(false),
+            Err(_) => {}
+        }
+    }
+    None
 }
 
 fn mount_tracefs() -> io::Result<()> {

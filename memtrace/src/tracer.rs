@@ -6,17 +6,21 @@
 use std::io;
 
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
-use memtrace_common::{charge::ChargeConfig, counters, layout::CgroupMkdirTpLayout};
+use memtrace_common::{
+    charge::ChargeConfig,
+    counters,
+    layout::{CgroupMkdirTpLayout, KernelLayout},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::{CgroupVersion, MemoryHierarchy},
     hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
-    kernel_btf::{BtfError, KernelBtf},
+    kernel_btf::{BtfError, KernelBtf, vmlinux_path},
     privileges::{MissingCapabilities, Privileges},
     tracefs::{Tracefs, TracefsError},
 };
@@ -115,15 +119,32 @@ impl Tracer {
     pub fn start(opts: &TracerOptions) -> Result<(Self, Rings), TracerError> {
         Privileges::current().check()?;
         raise_memlock_rlimit();
-        let kbtf = KernelBtf::from_sys()?;
-        let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
-        let resolved = kbtf.kernel_layout(v1);
-        if !resolved.missing.is_empty() {
-            log::warn!(
-                "kernel BTF lacks {}: those event fields stay empty",
-                resolved.missing.join(", ")
-            );
-        }
+        // Without BTF only the plain tracepoint can attach: the kill is still reported, with
+        // the fields the tracepoint record has (README "Limits").
+        let kbtf = match KernelBtf::from_sys() {
+            Ok(b) => Some(b),
+            Err(e @ BtfError::Missing { .. }) => {
+                log::warn!(
+                    "{e}: falling back to the oom:mark_victim tracepoint, without the fields BTF gives"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let layout = match &kbtf {
+            Some(kbtf) => {
+                let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
+                let resolved = kbtf.kernel_layout(v1);
+                if !resolved.missing.is_empty() {
+                    log::warn!(
+                        "kernel BTF lacks {}: those event fields stay empty",
+                        resolved.missing.join(", ")
+                    );
+                }
+                resolved.layout
+            }
+            None => KernelLayout::absent(),
+        };
         let tracefs = Tracefs::locate()?;
         let tp_layout = tracefs.mark_victim_layout()?;
         // Optional hook: without its layout the program fails to attach and is reported so.
@@ -134,22 +155,31 @@ impl Tracer {
 
         let mut loader = EbpfLoader::new();
         loader
-            .override_global("KERNEL_LAYOUT", &resolved.layout, true)
+            .override_global("KERNEL_LAYOUT", &layout, true)
             .override_global("MARK_VICTIM_TP", &tp_layout, true)
             .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true);
-        let charge_config = charge_config(&kbtf, opts.charges.unwrap_or_default().sample_every);
+        let sample_every = opts.charges.unwrap_or_default().sample_every;
+        let charge_config = kbtf
+            .as_ref()
+            .map_or(ChargeConfig::default_config(), |k| charge_config(k, sample_every));
         loader.override_global("CHARGE_CONFIG", &charge_config, true);
         if let Some(bytes) = opts.oom_ring_bytes {
             loader.map_max_entries("OOM_EVENTS", bytes);
         }
+        // aya's own copy of the kernel BTF, for the typed attach points (tp_btf, fentry).
+        let btf = kbtf
+            .as_ref()
+            .and_then(|_| Btf::parse_file(vmlinux_path(), Endianness::default()).ok());
+        if let Some(btf) = &btf {
+            loader.btf(btf);
+        }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(TracerError::Load)?;
         init_ebpf_logger(&mut ebpf);
 
-        let btf = Btf::from_sys_fs().ok();
         let env = AttachEnv {
             btf: btf.as_ref(),
-            kbtf: &kbtf,
+            kbtf: kbtf.as_ref(),
             tracefs: &tracefs,
         };
         let mut hooks = Vec::new();
@@ -279,7 +309,7 @@ impl Tracer {
 /// What attaching needs to know about the kernel.
 struct AttachEnv<'a> {
     btf: Option<&'a Btf>,
-    kbtf: &'a KernelBtf,
+    kbtf: Option<&'a KernelBtf>,
     tracefs: &'a Tracefs,
 }
 
@@ -297,7 +327,8 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
         }
         Attach::Fentry { function } => {
             let btf = env.btf.ok_or("no kernel BTF")?;
-            if !env.kbtf.has_function(function) {
+            let kbtf = env.kbtf.ok_or("no kernel BTF")?;
+            if !kbtf.has_function(function) {
                 return Err(format!(
                     "{function} is not in the kernel's BTF (inlined or renamed?)"
                 ));
@@ -315,7 +346,8 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             p.attach(function, 0).map_err(|e| explain(&e))?;
         }
         Attach::RawTp { event, first_arg } => {
-            if !env.kbtf.tracepoint_first_arg_is(event, first_arg) {
+            let kbtf = env.kbtf.ok_or("no kernel BTF")?;
+            if !kbtf.tracepoint_first_arg_is(event, first_arg) {
                 return Err(format!(
                     "{event}'s first argument is not a struct {first_arg} * on this kernel"
                 ));

@@ -111,6 +111,11 @@ pub fn bpf_ids_of(pid: u32) -> BpfIds {
             }
         }
     }
+    // A link's fdinfo names its program too.
+    for v in [&mut ids.progs, &mut ids.maps, &mut ids.links] {
+        v.sort_unstable();
+        v.dedup();
+    }
     ids
 }
 
@@ -123,6 +128,53 @@ pub fn wait_until_freed(ids: &BpfIds, timeout: std::time::Duration) -> BpfIds {
             return left;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Number of open file descriptors of `pid` (/proc/<pid>/fd).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+}
+
+/// Everything pinned in the BPF filesystem (/sys/fs/bpf), recursively; empty if not mounted.
+pub fn bpf_pins() -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/bpf")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+impl BpfIds {
+    /// Both sets of ids together.
+    pub fn extend(&mut self, other: &Self) {
+        for (a, b) in [
+            (&mut self.progs, &other.progs),
+            (&mut self.maps, &other.maps),
+            (&mut self.links, &other.links),
+        ] {
+            for x in b {
+                if !a.contains(x) {
+                    a.push(*x);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.progs.len() + self.maps.len() + self.links.len()
     }
 }
 

@@ -14,18 +14,20 @@ pub fn alloc_bin() -> std::path::PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/memtrace-alloc
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("memtrace-alloc"))
-        .expect("target dir");
+    // A test: target/<profile>/deps/<test> -> target/<profile>/memtrace-alloc. A binary of
+    // this crate (memtrace-soak): its sibling.
+    let dir = exe.parent().expect("target dir");
+    let candidates = [
+        dir.join("memtrace-alloc"),
+        dir.parent().unwrap_or(dir).join("memtrace-alloc"),
+    ];
+    let bin = candidates.iter().find(|b| b.exists()).unwrap_or(&candidates[1]);
     assert!(
         bin.exists(),
         "{} not built: cargo build -p memtrace-tests --bins",
         bin.display()
     );
-    bin
+    bin.clone()
 }
 
 /// The allocator's comm, as the kernel reports it.
@@ -34,10 +36,13 @@ pub const ALLOC_COMM: &str = "memtrace-alloc";
 /// Starts `memtrace-alloc args...` inside `cg`: the child joins the cgroup between fork and
 /// exec, so everything it allocates is charged there.
 pub fn alloc_in(cg: &TestCgroup, args: &[&str], oom_score_adj: Option<i32>) -> Child {
+    spawn_in(cg, Command::new(alloc_bin()).args(args), oom_score_adj)
+}
+
+/// Starts `cmd` inside `cg` (joined between fork and exec), stdout piped.
+pub fn spawn_in(cg: &TestCgroup, cmd: &mut Command, oom_score_adj: Option<i32>) -> Child {
     let procs = cg.procs_file();
-    let mut cmd = Command::new(alloc_bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // SAFETY: only async-signal-safe work between fork and exec: open/write/close via std::fs
@@ -51,7 +56,8 @@ pub fn alloc_in(cg: &TestCgroup, args: &[&str], oom_score_adj: Option<i32>) -> C
             Ok(())
         });
     }
-    cmd.spawn().expect("spawn memtrace-alloc")
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
 }
 
 /// `memtrace-alloc args...` in the cgroup directory `dir` (one the test made itself).

@@ -18,12 +18,32 @@ pub struct Watcher {
     pub stderr_lines: Vec<String>,
 }
 
+/// How a watcher ended.
+#[derive(Debug)]
+pub struct Exit {
+    pub status: std::process::ExitStatus,
+    /// Every stderr line, from the start.
+    pub stderr: Vec<String>,
+    /// The exit summary, when memtrace printed one (not after SIGKILL).
+    pub summary: Option<Summary>,
+}
+
 impl Watcher {
     /// Starts memtrace with `extra` arguments after `watch --output json`.
     pub fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(crate::memtrace_bin())
-            .args(["watch", "--output", "json"])
-            .args(extra)
+        Self::spawn(Self::command(extra))
+    }
+
+    /// `memtrace watch --output json extra...`, for callers that add environment or a wrapper.
+    pub fn command(extra: &[&str]) -> Command {
+        let mut c = Command::new(crate::memtrace_bin());
+        c.args(["watch", "--output", "json"]).args(extra);
+        c
+    }
+
+    /// Starts `cmd` (memtrace, or a wrapper that execs it) and waits until it is attached.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -114,8 +134,63 @@ impl Watcher {
         out
     }
 
+    /// Every event that has arrived, without waiting.
+    pub fn drain_events(&mut self) -> Vec<Value> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `sig` to this memtrace (by its own pid).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of our own child, by its pid.
+        let r = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({}, {sig}): {}",
+            self.child.id(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Open file descriptors of this memtrace, from /proc/<pid>/fd.
+    pub fn fd_count(&self) -> usize {
+        crate::fd_count(self.child.id())
+    }
+
+    /// Sends `sig` and waits (at most `timeout`) for memtrace to exit; collects all of stderr.
+    pub fn kill_with(mut self, sig: i32, timeout: Duration) -> Exit {
+        self.signal(sig);
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait().expect("wait memtrace") {
+                Some(status) => break status,
+                None if Instant::now() > deadline => {
+                    panic!(
+                        "memtrace did not exit within {timeout:?} of signal {sig}; stderr: {:#?}",
+                        self.stderr_lines
+                    )
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        // The reader thread ends at EOF, once every line is sent.
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_lines.push(line);
+        }
+        let summary = self
+            .stderr_lines
+            .iter()
+            .find(|l| l.contains("memtrace: exiting:"))
+            .map(|l| Summary::parse(l));
+        Exit {
+            status,
+            stderr: std::mem::take(&mut self.stderr_lines),
+            summary,
+        }
     }
 
     /// The BPF programs, maps and links this memtrace holds.
@@ -158,7 +233,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn parse(line: &str) -> Self {
+    /// Parses the `memtrace: exiting: key=value ...` line.
+    pub fn parse(line: &str) -> Self {
         let get = |key: &str| {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
@@ -170,11 +246,11 @@ impl Summary {
             delivered: get("delivered"),
             dropped_ringbuf_full: get("dropped_ringbuf_full"),
             decode_errors: get("decode_errors"),
+            // The last field, and the only one with spaces: `ok(2 cgroups, 0 gone)`.
             reconciled: line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("reconciled="))
-                .unwrap_or_default()
-                .to_owned(),
+                .split_once(" reconciled=")
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default(),
         }
     }
 }

@@ -24,6 +24,10 @@ fn bad_flags_exit_2_with_a_message() {
             "no \"kprobe\" variant",
         ),
         (&["watch", "--oom-ring-bytes", "1000"][..], "power of two"),
+        (&["watch", "--ws-alert-ratio", "2"][..], "must be in (0, 1]"),
+        (&["watch", "--ws-alert-ratio", "NaN"][..], "must be in (0, 1]"),
+        (&["watch", "--exit-after", "many"][..], "--exit-after"),
+        (&["watch", "--variant", "oom_victim"][..], "--variant"),
         (&["frobnicate"][..], "unrecognized subcommand"),
     ] {
         let (code, err) = run(args);

@@ -1,5 +1,7 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
+mod fuzz;
+mod soak;
 mod test;
 mod vm;
 
@@ -18,11 +20,17 @@ enum Task {
     Test(test::TestArgs),
     /// Run the integration tests in Debian kernels (6.1, 6.12, ...) under qemu.
     Vm(vm::VmArgs),
+    /// Run every cargo-fuzz target for a while, one at a time (CI: ~20 s each).
+    Fuzz(fuzz::FuzzArgs),
+    /// Real OOM kills for N minutes with memtrace running: every kill reported, RSS/fds sampled.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(&args),
         Task::Vm(args) => vm::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
     }
 }

@@ -49,9 +49,12 @@ impl MemoryHierarchy {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
             };
-            let mount_point = left.split(' ').nth(4)?;
+            // A line that does not parse is skipped, not the end of the search.
+            let Some(mount_point) = left.split(' ').nth(4) else {
+                continue;
+            };
             let mut r = right.split(' ');
-            let fstype = r.next()?;
+            let Some(fstype) = r.next() else { continue };
             let super_opts = r.nth(1).unwrap_or("");
             let root = PathBuf::from(unescape(mount_point));
             match fstype {
@@ -148,6 +151,12 @@ mod tests {
         for s in ["", " - ", "a b c d", "1 2 3 4 5 - cgroup", "\\\\\\ - cgroup2"] {
             let _ = MemoryHierarchy::from_mountinfo(s, |_| "memory".into());
         }
+        // A malformed line before the memory mount does not hide it.
+        let text = format!("1 2 3 - cgroup\n{V1}");
+        assert_eq!(
+            MemoryHierarchy::from_mountinfo(&text, |_| String::new()).map(|h| h.version),
+            Some(CgroupVersion::V1)
+        );
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert_eq!(unescape("/a\\04"), "/a\\04");
     }

@@ -9,7 +9,7 @@ use crate::{
     cgroup::MemoryHierarchy,
     cli::ProbesArgs,
     hooks::HookStatus,
-    kernel_btf::{KernelBtf, VMLINUX_BTF},
+    kernel_btf::{KernelBtf, vmlinux_path},
     output::Format,
     privileges::Privileges,
     tracer::{Tracer, TracerOptions},
@@ -33,7 +33,7 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         .to_owned();
     let (btf, missing) = match KernelBtf::from_sys() {
         Ok(b) => (
-            Some(VMLINUX_BTF.to_owned()),
+            Some(vmlinux_path().display().to_string()),
             b.kernel_layout(
                 MemoryHierarchy::detect().is_ok_and(|h| h.version == crate::cgroup::CgroupVersion::V1),
             )
@@ -92,11 +92,13 @@ fn print_text(r: &Report) {
     );
     let p = &r.privileges;
     println!(
-        "privileges  euid={} CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={} lockdown={}",
+        "privileges  euid={} CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={} CAP_DAC_READ_SEARCH={} tracefs_readable={} lockdown={}",
         p.euid,
         p.cap_bpf,
         p.cap_perfmon,
         p.cap_sys_admin,
+        p.cap_dac_read_search,
+        p.tracefs_readable.map_or("n/a".into(), |r| r.to_string()),
         p.lockdown.as_deref().unwrap_or("n/a")
     );
     for h in &r.hooks {

@@ -49,6 +49,11 @@ fn config(args: &WatchArgs) -> anyhow::Result<Config> {
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    // Before anything is attached: a SIGTERM that arrives as soon as "attached" is printed
+    // (or during start-up) must still end in a clean exit with the summary, not in the
+    // default action (tests/tests/lifecycle.rs).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let cfg = config(&args)?;
     let opts = TracerOptions {
         forced: cfg.variants()?,
@@ -58,11 +63,6 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             sample_every: cfg.charges.stack_sample_every,
         }),
     };
-    let (mut tracer, rings) = Tracer::start(&opts)?;
-    let Rings {
-        oom: mut ring,
-        cgroups: mut cgroup_ring,
-    } = rings;
     let paths = match MemoryHierarchy::detect() {
         Ok(h) => Some(CgroupPaths::new(h)),
         Err(e) => {
@@ -70,6 +70,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None
         }
     };
+    // The kernel's kill counters just before attaching, and again just after.
+    let mut reconciler = paths.as_ref().map(Reconciler::new);
+    let (mut tracer, rings) = Tracer::start(&opts)?;
+    if let Some(r) = reconciler.as_mut() {
+        r.attached();
+    }
+    let Rings {
+        oom: mut ring,
+        cgroups: mut cgroup_ring,
+    } = rings;
     let mut opts = EnrichOptions {
         ws_alert_ratio: cfg.watch.ws_alert_ratio,
         ..EnrichOptions::default()
@@ -126,13 +136,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Tests and scripts wait for this line: from here on, no kill is missed.
     eprintln!("memtrace: attached ({}); watching for OOM kills", via.join(", "));
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = interval(COUNTER_CHECK);
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
 
-    let mut reconciler = enricher.paths().map(Reconciler::new);
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
 

@@ -1,0 +1,92 @@
+//! Nothing is lost without saying so: a full OOM ring buffer drops records, the kernel counts
+//! them, memtrace logs `LOST n` (at most once a second) and its exit summary balances:
+//! produced (kernel_seen) == delivered + dropped.
+
+use std::{os::unix::process::ExitStatusExt as _, time::Duration};
+
+use memtrace_tests::{TestCgroup, Watcher, ebpf_available, procs};
+
+const MIB: u64 = 1 << 20;
+/// A 4096-byte ring holds 21 victim records (184 bytes + an 8-byte header each).
+const RING_BYTES: &str = "4096";
+const CGROUPS: usize = 4;
+const KILLS_PER_CGROUP: usize = 12;
+
+/// `LOST <n> OOM events` -> n.
+fn lost_count(line: &str) -> Option<u64> {
+    line.split_once("LOST ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn full_ring_buffer_drops_are_counted_and_logged() {
+    if !ebpf_available("full_ring_buffer_drops_are_counted_and_logged") {
+        return;
+    }
+    let mut w = Watcher::start(&["--oom-ring-bytes", RING_BYTES]);
+    // Stopped, memtrace reads nothing: the kernel's records pile up in the ring.
+    w.signal(libc::SIGSTOP);
+    let cgroups: Vec<TestCgroup> = (0..CGROUPS)
+        .map(|i| TestCgroup::new(&format!("drop{i}"), 16 * MIB))
+        .collect();
+    let killed: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = cgroups
+            .iter()
+            .map(|cg| {
+                s.spawn(move || {
+                    (0..KILLS_PER_CGROUP)
+                        .filter(|_| {
+                            let mut child = procs::alloc_in(cg, &["grow"], None);
+                            child.wait().is_ok_and(|st| st.signal() == Some(libc::SIGKILL))
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("killer thread"))
+            .sum()
+    });
+    assert_eq!(
+        killed,
+        CGROUPS * KILLS_PER_CGROUP,
+        "every allocator was OOM-killed"
+    );
+    w.signal(libc::SIGCONT);
+    let lost_line = w.wait_stderr("LOST ", Duration::from_secs(10));
+    // Let it drain and report whatever came after, then stop it.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(cgroups);
+    let exit = w.kill_with(libc::SIGTERM, Duration::from_secs(10));
+    assert!(exit.status.success(), "{exit:?}");
+    let s = exit.summary.expect("exit summary");
+    eprintln!("{killed} kills while stopped; {s:?}; {lost_line}");
+
+    assert!(s.dropped_ringbuf_full > 0, "nothing dropped: {s:?}");
+    assert!(s.kernel_seen >= killed as u64, "the kernel saw every kill: {s:?}");
+    assert_eq!(
+        s.kernel_seen,
+        s.delivered + s.dropped_ringbuf_full + s.decode_errors,
+        "produced == delivered + dropped: {s:?}"
+    );
+    // memtrace reported fewer kills than the kernel counted, and says so.
+    assert!(s.reconciled.starts_with("MISMATCH"), "{s:?}");
+    // The ring held what it could: every record that fitted was delivered.
+    assert!(s.delivered >= 15, "{s:?}");
+    // Rate-limited: one line per check (once a second); all the drops happened during the
+    // stop, so one line reports them all, and the lines add up to the summary's count.
+    let lost_lines: Vec<&String> = exit.stderr.iter().filter(|l| l.contains("LOST ")).collect();
+    let lost_total: u64 = lost_lines.iter().filter_map(|l| lost_count(l)).sum();
+    assert_eq!(lost_lines.len(), 1, "{lost_lines:#?}");
+    assert_eq!(lost_total, s.dropped_ringbuf_full, "{lost_lines:#?}");
+    assert!(
+        lost_lines[0].contains("--oom-ring-bytes"),
+        "says what to do: {}",
+        lost_lines[0]
+    );
+}

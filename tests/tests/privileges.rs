@@ -1,0 +1,137 @@
+//! Least privilege: memtrace as a non-root user (uid 65534) with only the capabilities it
+//! needs attaches and reports a real kill; with any one of them missing it says, in one line,
+//! which. The minimum on this kernel (6.18, tracefs mode 0700 with 0440 files):
+//! CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH (the last only to read tracefs).
+
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
+    process::Command,
+    time::Duration,
+};
+
+use memtrace_tests::{TestCgroup, Watcher, ebpf_available, memtrace_bin, procs};
+
+const NOBODY: &str = "65534";
+const MINIMUM: &[&str] = &["bpf", "perfmon", "dac_read_search"];
+
+/// `setpriv` as uid/gid 65534 with exactly `caps` (names as setpriv spells them), running
+/// `memtrace args...`. The caps are ambient, so they survive the exec into memtrace.
+fn as_nobody_with(caps: &[&str], args: &[&str]) -> Command {
+    let set = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+        &format!("--inh-caps={set}"),
+        &format!("--ambient-caps={set}"),
+        &format!("--bounding-set={set}"),
+    ])
+    .arg(memtrace_bin())
+    .args(args);
+    c
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The effective capability mask and uid of a running process.
+fn cap_eff_and_uid(pid: u32) -> (u64, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let eff = u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff");
+    let uid = field("Uid:")
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (eff, uid)
+}
+
+#[test]
+fn least_privilege_reports_a_real_kill() {
+    if !ebpf_available("least_privilege_reports_a_real_kill") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("!!! SKIPPED least_privilege_reports_a_real_kill: needs root to drop privileges");
+        return;
+    }
+    let mut w = Watcher::spawn(as_nobody_with(MINIMUM, &["watch", "--output", "json"]));
+    let (eff, uid) = cap_eff_and_uid(w.pid());
+    assert_eq!(uid, NOBODY, "memtrace runs as nobody");
+    assert_eq!(
+        eff,
+        1 << memtrace::privileges::CAP_BPF
+            | 1 << memtrace::privileges::CAP_PERFMON
+            | 1 << memtrace::privileges::CAP_DAC_READ_SEARCH,
+        "exactly the minimum: {eff:#x}"
+    );
+    let cg = TestCgroup::new("leastpriv", 32 << 20);
+    let mut child = procs::alloc_in(&cg, &["grow"], None);
+    let pid = child.id();
+    let status = child.wait().expect("wait allocator");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let ev = w.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
+    eprintln!("event: {ev}");
+    assert_eq!(ev["memtrace.hook"], "tp_btf");
+    assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str());
+    assert_eq!(ev["memtrace.memcg.limit_bytes"], 32u64 << 20);
+    // The cgroup files were readable: the snapshot is there, not an error.
+    assert!(ev["memtrace.snapshot.usage_bytes"].is_u64(), "{ev}");
+    assert!(ev["memtrace.snapshot.error"].is_null(), "{ev}");
+    drop(cg);
+    let s = w.stop();
+    assert!(s.delivered >= 1, "{s:?}");
+    assert_eq!(
+        s.kernel_seen,
+        s.delivered + s.dropped_ringbuf_full + s.decode_errors,
+        "{s:?}"
+    );
+}
+
+/// Is tracefs readable by others here (then CAP_DAC_READ_SEARCH is not needed)?
+fn tracefs_world_readable() -> bool {
+    let mode = |p: &str| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    mode("/sys/kernel/tracing") & 0o005 == 0o005
+        && mode("/sys/kernel/tracing/events/oom/mark_victim/format") & 0o004 != 0
+}
+
+#[test]
+fn each_missing_capability_is_named() {
+    if !is_root() {
+        eprintln!("!!! SKIPPED each_missing_capability_is_named: needs root to drop privileges");
+        return;
+    }
+    for missing in MINIMUM {
+        if *missing == "dac_read_search" && tracefs_world_readable() {
+            eprintln!("note: tracefs is world-readable here: CAP_DAC_READ_SEARCH is not needed");
+            continue;
+        }
+        let caps: Vec<&str> = MINIMUM.iter().copied().filter(|c| c != missing).collect();
+        let out = as_nobody_with(&caps, &["watch"])
+            .output()
+            .expect("setpriv (util-linux)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = format!("CAP_{}", missing.to_uppercase());
+        eprintln!("without {name}: {}", err.trim());
+        assert_eq!(out.status.code(), Some(1), "without {name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(&format!("missing: {name}.")),
+            "names exactly {name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
