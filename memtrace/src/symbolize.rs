@@ -53,8 +53,15 @@ impl Kallsyms {
     }
 }
 
+/// blazesym keeps an open file per distinct binary it has read. On a host where processes (and
+/// container root filesystems) come and go that is unbounded, so the symbolizer is replaced after
+/// this many distinct processes; names already resolved stay cached.
+const PIDS_PER_SYMBOLIZER: usize = 64;
+
 pub struct Symbols {
     symbolizer: Symbolizer,
+    /// Processes read by the current symbolizer.
+    pids: std::collections::HashSet<u32>,
     kallsyms: Option<Kallsyms>,
     /// (pid, address) -> name, so a process that exits keeps the names already resolved.
     user: HashMap<(u32, u64), String>,
@@ -74,6 +81,7 @@ impl Symbols {
     pub fn new() -> Self {
         Self {
             symbolizer: Symbolizer::new(),
+            pids: Default::default(),
             kallsyms: None,
             user: HashMap::new(),
         }
@@ -94,6 +102,14 @@ impl Symbols {
             .filter(|a| !self.user.contains_key(&(pid, *a)))
             .collect();
         if !missing.is_empty() {
+            if self.pids.insert(pid) && self.pids.len() > PIDS_PER_SYMBOLIZER {
+                self.symbolizer = Symbolizer::new();
+                self.pids.clear();
+                self.pids.insert(pid);
+                // Names of processes that are gone are not needed again.
+                self.user
+                    .retain(|(p, _), _| std::path::Path::new(&format!("/proc/{p}")).exists());
+            }
             // By path, not through /proc/<pid>/map_files: blazesym caches an open file per
             // distinct path, and map_files paths are new for every process, which leaked an fd
             // per symbolized process in a long-running daemon.
@@ -132,6 +148,26 @@ mod tests {
     #[inline(never)]
     fn marker_function_for_symbolization() -> u64 {
         marker_function_for_symbolization as *const () as usize as u64
+    }
+
+    #[test]
+    fn symbolizer_is_replaced_after_many_processes() {
+        let mut s = Symbols::new();
+        for pid in 0..PIDS_PER_SYMBOLIZER as u32 + 5 {
+            let _ = s.user(0x7000_0000 + pid, &[0x1234]);
+        }
+        assert!(
+            s.pids.len() <= PIDS_PER_SYMBOLIZER,
+            "{} pids on one symbolizer",
+            s.pids.len()
+        );
+        // At the reset the names of the 64 (nonexistent) processes were dropped: only the ones
+        // looked up since remain.
+        assert!(
+            s.user.len() <= 5,
+            "names of processes that are gone are dropped: {}",
+            s.user.len()
+        );
     }
 
     #[test]

@@ -156,7 +156,9 @@ fn fds_do_not_grow_across_kills() {
         return;
     }
     const KILLS: usize = 25;
-    let mut w = Watcher::start(&[]);
+    // No stack samples: the symbolizer's cache of open binaries (bounded, see
+    // memtrace/src/symbolize.rs) would count other tests' processes; this is about the kill path.
+    let mut w = Watcher::start(&["--stack-sample-every", "0"]);
     let at_start = settled_fds(&w);
     let mut after_kill = vec![];
     for i in 0..KILLS {
@@ -171,17 +173,17 @@ fn fds_do_not_grow_across_kills() {
         after_kill.push(settled_fds(&w));
     }
     eprintln!("fds: {at_start} at start, after each kill: {after_kill:?}");
-    // The symbolizer keeps one open file per distinct binary it has read (the allocator, libc,
-    // ld.so...): a few fds on the first kills, then none, however many processes come and go.
-    const WARM_UP: usize = 8;
+    // A kill may leave the odd cached file behind on the first kills (the first snapshot, the
+    // first cgroup scan); after that, none, however many cgroups come and go.
+    const WARM_UP: usize = 3;
     let settled = after_kill[WARM_UP];
     assert!(
         after_kill[WARM_UP..].iter().all(|&n| n <= settled),
         "fd count grew after {WARM_UP} kills: {after_kill:?}"
     );
     assert!(
-        settled <= at_start + 8,
-        "more fds than a few cached binaries: {at_start} -> {settled}: {after_kill:?}"
+        settled <= at_start + 2,
+        "fds left open by the first kills: {at_start} -> {settled}: {after_kill:?}"
     );
     let s = w.stop();
     assert!(s.delivered >= KILLS as u64, "{s:?}");
