@@ -1,5 +1,6 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
+mod bench;
 mod test;
 mod vm;
 
@@ -18,11 +19,15 @@ enum Task {
     Test(test::TestArgs),
     /// Run the integration tests in Debian kernels (6.1, 6.12, ...) under qemu.
     Vm(vm::VmArgs),
+    /// Measure memtrace (charge-path overhead, kill latency, storms, footprint, ring buffer)
+    /// into BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(&args),
         Task::Vm(args) => vm::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }

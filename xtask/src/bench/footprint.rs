@@ -1,0 +1,233 @@
+//! Benchmark 4, footprint: the daemon's RSS (VmRSS) and CPU (utime + stime) idle, with and without
+//! charge accounting (both daemons side by side, over the same minute), then during a storm.
+
+use std::{fmt::Write as _, time::Duration, time::Instant};
+
+use super::{
+    Ctx, Section,
+    daemon::Watch,
+    run_header,
+    stats::{f, max, median, pass},
+    storm::{self, Spec},
+    sys,
+};
+
+/// The two daemons, in the order they are measured.
+const DAEMONS: [(&str, &[&str]); 2] = [
+    ("`memtrace watch --no-charges`", &["--no-charges"]),
+    ("`memtrace watch` (charge accounting)", &[]),
+];
+
+/// One daemon over one window.
+#[derive(Clone, Copy, Default)]
+struct Window {
+    cpu_pct: f64,
+    rss_end_kb: f64,
+    rss_max_kb: f64,
+}
+
+struct Round {
+    idle: [Window; 2],
+    storm: [Window; 2],
+    storm_kills: u64,
+    hwm_kb: [f64; 2],
+    load_idle: String,
+    load_storm: String,
+}
+
+/// Measures `pids` over a window during which `during` runs (with a `tick` every 100 ms).
+fn measure(pids: [u32; 2], during: impl FnOnce(&mut dyn FnMut())) -> [Window; 2] {
+    let t0 = Instant::now();
+    let c0 = pids.map(|p| sys::cpu_ticks(p).unwrap_or(0));
+    let mut rss_max = [0u64; 2];
+    let mut sample = || {
+        for (i, p) in pids.iter().enumerate() {
+            rss_max[i] = rss_max[i].max(sys::status_kb(*p, "VmRSS").unwrap_or(0));
+        }
+    };
+    sample();
+    during(&mut sample);
+    sample();
+    let c1 = pids.map(|p| sys::cpu_ticks(p).unwrap_or(0));
+    let secs = t0.elapsed().as_secs_f64();
+    let hz = sys::clock_ticks_per_s();
+    let mut out = [Window::default(); 2];
+    for i in 0..2 {
+        out[i] = Window {
+            cpu_pct: (c1[i] - c0[i]) as f64 / hz / secs * 100.0,
+            rss_end_kb: sys::status_kb(pids[i], "VmRSS").unwrap_or(0) as f64,
+            rss_max_kb: rss_max[i] as f64,
+        };
+    }
+    out
+}
+
+pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
+    let idle = Duration::from_secs(if ctx.smoke { 5 } else { 60 });
+    let spec = Spec::for_ctx(ctx, Duration::from_secs(15));
+    let load_before = sys::loadavg();
+    let mut rounds = Vec::new();
+    for r in 0..ctx.rounds {
+        let daemons = [
+            Watch::start(&ctx.memtrace, DAEMONS[0].1)?,
+            Watch::start(&ctx.memtrace, DAEMONS[1].1)?,
+        ];
+        let pids = [daemons[0].pid(), daemons[1].pid()];
+        // Start-up work (BTF parsing, first map reads) is not idle.
+        std::thread::sleep(Duration::from_secs(if ctx.smoke { 1 } else { 5 }));
+        let idle_w = measure(pids, |tick| {
+            let end = Instant::now() + idle;
+            while Instant::now() < end {
+                std::thread::sleep(Duration::from_secs(1));
+                tick();
+            }
+        });
+        let load_idle = sys::loadavg();
+        let mut outcome = None;
+        let mut err = None;
+        let storm_w = measure(pids, |tick| match storm::storm(ctx, spec, tick) {
+            Ok(o) => outcome = Some(o),
+            Err(e) => err = Some(e),
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let outcome = outcome.expect("storm outcome");
+        let load_storm = sys::loadavg();
+        let hwm_kb = pids.map(|p| sys::status_kb(p, "VmHWM").unwrap_or(0) as f64);
+        for d in &daemons {
+            d.wait_quiet(Duration::from_secs(1), Duration::from_secs(30));
+        }
+        for d in daemons {
+            d.stop()?;
+        }
+        drop(outcome.keep);
+        eprintln!(
+            "bench: footprint round {r}: idle cpu {:.3}% / {:.3}%, rss {:.1} / {:.1} MiB; storm ({} kills) cpu {:.2}% / {:.2}%, rss max {:.1} / {:.1} MiB",
+            idle_w[0].cpu_pct,
+            idle_w[1].cpu_pct,
+            idle_w[0].rss_end_kb / 1024.0,
+            idle_w[1].rss_end_kb / 1024.0,
+            outcome.cgroups.iter().map(|c| c.1).sum::<u64>(),
+            storm_w[0].cpu_pct,
+            storm_w[1].cpu_pct,
+            storm_w[0].rss_max_kb / 1024.0,
+            storm_w[1].rss_max_kb / 1024.0,
+        );
+        rounds.push(Round {
+            idle: idle_w,
+            storm: storm_w,
+            storm_kills: outcome.cgroups.iter().map(|c| c.1).sum(),
+            hwm_kb,
+            load_idle,
+            load_storm,
+        });
+    }
+    let load_after = sys::loadavg();
+    Ok(report(ctx, &rounds, idle, &spec, &load_before, &load_after))
+}
+
+fn report(
+    ctx: &Ctx,
+    rounds: &[Round],
+    idle: Duration,
+    spec: &Spec,
+    load_before: &str,
+    load_after: &str,
+) -> Section {
+    let mut s = String::new();
+    let _ = writeln!(s, "## 4. Footprint: daemon RSS and CPU\n");
+    s.push_str(&run_header(ctx, "footprint"));
+    let _ = writeln!(
+        s,
+        "Per round, two daemons side by side (`--output json`, stdout read by the benchmark): `--no-charges` and \
+         the default (charge accounting). After 5 s of start-up, an idle window of {} s, then a storm window: {}. \
+         CPU = Δ(utime + stime) from /proc/<pid>/stat over the window's wall time (one CPU = 100 %); RSS = VmRSS \
+         from /proc/<pid>/status (end of window, and the maximum of samples every 1 s idle / 100 ms in the storm); \
+         VmHWM after the storm. \"Idle\" means no OOM kills: the machine itself is busy (load below), and the \
+         charge-accounting daemon reads the per-cgroup counters of every busy cgroup each second. {} rounds; load \
+         before {load_before}, after {load_after}.\n",
+        idle.as_secs(),
+        spec.describe(),
+        rounds.len()
+    );
+    let _ = writeln!(
+        s,
+        "| daemon | window | CPU % (median) | RSS MiB (median, end) | RSS MiB (max over rounds) | runs: CPU % |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---|");
+    let mb = |kb: f64| kb / 1024.0;
+    for (i, (name, _)) in DAEMONS.iter().enumerate() {
+        for (window, get) in [
+            (
+                "idle",
+                (|r: &Round, i: usize| r.idle[i]) as fn(&Round, usize) -> Window,
+            ),
+            ("storm", |r: &Round, i: usize| r.storm[i]),
+        ] {
+            let ws: Vec<Window> = rounds.iter().map(|r| get(r, i)).collect();
+            let _ = writeln!(
+                s,
+                "| {name} | {window} | {} | {} | {} | {} |",
+                f(median(&ws.iter().map(|w| w.cpu_pct).collect::<Vec<_>>()), 3),
+                f(
+                    mb(median(&ws.iter().map(|w| w.rss_end_kb).collect::<Vec<_>>())),
+                    1
+                ),
+                f(mb(max(&ws.iter().map(|w| w.rss_max_kb).collect::<Vec<_>>())), 1),
+                ws.iter()
+                    .map(|w| format!("{:.3}", w.cpu_pct))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nVmHWM after the storm (MiB, median): {} / {}. Kills per storm window (median): {}. Load at the end of \
+         each idle window: {}; of each storm: {}.\n",
+        f(
+            mb(median(&rounds.iter().map(|r| r.hwm_kb[0]).collect::<Vec<_>>())),
+            1
+        ),
+        f(
+            mb(median(&rounds.iter().map(|r| r.hwm_kb[1]).collect::<Vec<_>>())),
+            1
+        ),
+        f(
+            median(&rounds.iter().map(|r| r.storm_kills as f64).collect::<Vec<_>>()),
+            0
+        ),
+        rounds
+            .iter()
+            .map(|r| r.load_idle.split(' ').next().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        rounds
+            .iter()
+            .map(|r| r.load_storm.split(' ').next().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if !ctx.smoke {
+        // Targets, for each daemon: idle RSS <= 30 MB (30 * 10^6 bytes), idle CPU <= 0.5 %.
+        for (i, (name, _)) in DAEMONS.iter().enumerate() {
+            let rss = max(&rounds.iter().map(|r| r.idle[i].rss_max_kb).collect::<Vec<_>>()) * 1024.0;
+            let cpu = median(&rounds.iter().map(|r| r.idle[i].cpu_pct).collect::<Vec<_>>());
+            let _ = writeln!(
+                s,
+                "Target, {name}: idle RSS ≤ 30 MB → {} (max {:.1} MB = {:.1} MiB); idle CPU ≤ 0.5 % → {} (median {:.3} %).\n",
+                pass(rss <= 30e6),
+                rss / 1e6,
+                rss / (1 << 20) as f64,
+                pass(cpu <= 0.5),
+                cpu
+            );
+        }
+    }
+    Section {
+        key: "footprint",
+        body: s,
+        errors: vec![],
+    }
+}
