@@ -76,7 +76,19 @@ impl WatchExit {
 impl Watch {
     /// Starts the daemon and waits until it says it is attached.
     pub fn start(bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut c = Command::new(bin);
+        Self::start_via(&[], bin, extra)
+    }
+
+    /// Starts the daemon through a wrapper that execs it (e.g. `chrt -f 50`).
+    pub fn start_via(wrapper: &[&str], bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.args(["watch", "--output", "json"])
             .args(extra)
             .stdin(Stdio::null())

@@ -1,5 +1,6 @@
-//! Benchmark 4, footprint: the daemon's RSS (VmRSS) and CPU (utime + stime) idle, with and without
-//! charge accounting (both daemons side by side, over the same minute), then during a storm.
+//! Benchmark 4, footprint: the daemon's RSS (VmRSS) and CPU (utime + stime) idle, without charge
+//! accounting, with counters only and with the default stack sampling (three daemons side by
+//! side, over the same minute), then during a storm.
 
 use std::{fmt::Write as _, time::Duration, time::Instant};
 
@@ -12,34 +13,41 @@ use super::{
     sys,
 };
 
-/// The two daemons, in the order they are measured.
-const DAEMONS: [(&str, &[&str]); 2] = [
+/// The daemons, side by side.
+const DAEMONS: [(&str, &[&str]); 3] = [
     ("`memtrace watch --no-charges`", &["--no-charges"]),
-    ("`memtrace watch` (charge accounting)", &[]),
+    (
+        "`memtrace watch --stack-sample-every 0`",
+        &["--stack-sample-every", "0"],
+    ),
+    ("`memtrace watch` (default: charge accounting, stacks)", &[]),
 ];
+const N: usize = DAEMONS.len();
 
 /// One daemon over one window.
 #[derive(Clone, Copy, Default)]
 struct Window {
     cpu_pct: f64,
+    rss_start_kb: f64,
     rss_end_kb: f64,
     rss_max_kb: f64,
 }
 
 struct Round {
-    idle: [Window; 2],
-    storm: [Window; 2],
+    idle: [Window; N],
+    storm: [Window; N],
     storm_kills: u64,
-    hwm_kb: [f64; 2],
+    hwm_kb: [f64; N],
     load_idle: String,
     load_storm: String,
 }
 
 /// Measures `pids` over a window during which `during` runs (with a `tick` every 100 ms).
-fn measure(pids: [u32; 2], during: impl FnOnce(&mut dyn FnMut())) -> [Window; 2] {
+fn measure(pids: [u32; N], during: impl FnOnce(&mut dyn FnMut())) -> [Window; N] {
     let t0 = Instant::now();
     let c0 = pids.map(|p| sys::cpu_ticks(p).unwrap_or(0));
-    let mut rss_max = [0u64; 2];
+    let rss0 = pids.map(|p| sys::status_kb(p, "VmRSS").unwrap_or(0));
+    let mut rss_max = [0u64; N];
     let mut sample = || {
         for (i, p) in pids.iter().enumerate() {
             rss_max[i] = rss_max[i].max(sys::status_kb(*p, "VmRSS").unwrap_or(0));
@@ -51,10 +59,11 @@ fn measure(pids: [u32; 2], during: impl FnOnce(&mut dyn FnMut())) -> [Window; 2]
     let c1 = pids.map(|p| sys::cpu_ticks(p).unwrap_or(0));
     let secs = t0.elapsed().as_secs_f64();
     let hz = sys::clock_ticks_per_s();
-    let mut out = [Window::default(); 2];
-    for i in 0..2 {
+    let mut out = [Window::default(); N];
+    for i in 0..N {
         out[i] = Window {
             cpu_pct: (c1[i] - c0[i]) as f64 / hz / secs * 100.0,
+            rss_start_kb: rss0[i] as f64,
             rss_end_kb: sys::status_kb(pids[i], "VmRSS").unwrap_or(0) as f64,
             rss_max_kb: rss_max[i] as f64,
         };
@@ -68,11 +77,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let load_before = sys::loadavg();
     let mut rounds = Vec::new();
     for r in 0..ctx.rounds {
-        let daemons = [
-            Watch::start(&ctx.memtrace, DAEMONS[0].1)?,
-            Watch::start(&ctx.memtrace, DAEMONS[1].1)?,
-        ];
-        let pids = [daemons[0].pid(), daemons[1].pid()];
+        let daemons = DAEMONS
+            .iter()
+            .map(|(_, args)| Watch::start(&ctx.memtrace, args))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pids: [u32; N] = std::array::from_fn(|i| daemons[i].pid());
         // Start-up work (BTF parsing, first map reads) is not idle.
         std::thread::sleep(Duration::from_secs(if ctx.smoke { 1 } else { 5 }));
         let idle_w = measure(pids, |tick| {
@@ -101,23 +110,24 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         for d in daemons {
             d.stop()?;
         }
-        drop(outcome.keep);
+        let storm_kills = outcome.kernel_kills();
+        drop(outcome);
+        let show = |w: &[Window; N], rss: fn(&Window) -> f64| {
+            w.iter()
+                .map(|x| format!("{:.2}% {:.1} MiB", x.cpu_pct, rss(x) / 1024.0))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
         eprintln!(
-            "bench: footprint round {r}: idle cpu {:.3}% / {:.3}%, rss {:.1} / {:.1} MiB; storm ({} kills) cpu {:.2}% / {:.2}%, rss max {:.1} / {:.1} MiB",
-            idle_w[0].cpu_pct,
-            idle_w[1].cpu_pct,
-            idle_w[0].rss_end_kb / 1024.0,
-            idle_w[1].rss_end_kb / 1024.0,
-            outcome.cgroups.iter().map(|c| c.1).sum::<u64>(),
-            storm_w[0].cpu_pct,
-            storm_w[1].cpu_pct,
-            storm_w[0].rss_max_kb / 1024.0,
-            storm_w[1].rss_max_kb / 1024.0,
+            "bench: footprint round {r}: idle {}; storm ({} kills) {}",
+            show(&idle_w, |x| x.rss_end_kb),
+            storm_kills,
+            show(&storm_w, |x| x.rss_max_kb),
         );
         rounds.push(Round {
             idle: idle_w,
             storm: storm_w,
-            storm_kills: outcome.cgroups.iter().map(|c| c.1).sum(),
+            storm_kills,
             hwm_kb,
             load_idle,
             load_storm,
@@ -140,8 +150,9 @@ fn report(
     s.push_str(&run_header(ctx, "footprint"));
     let _ = writeln!(
         s,
-        "Per round, two daemons side by side (`--output json`, stdout read by the benchmark): `--no-charges` and \
-         the default (charge accounting). After 5 s of start-up, an idle window of {} s, then a storm window: {}. \
+        "Per round, three daemons side by side (`--output json`, stdout read by the benchmark): `--no-charges`, \
+         `--stack-sample-every 0` (charge counters, no stacks) and the default (counters and one stack per 64 \
+         charges, symbolized each second). After 5 s of start-up, an idle window of {} s, then a storm window: {}. \
          CPU = Δ(utime + stime) from /proc/<pid>/stat over the window's wall time (one CPU = 100 %); RSS = VmRSS \
          from /proc/<pid>/status (end of window, and the maximum of samples every 1 s idle / 100 ms in the storm); \
          VmHWM after the storm. \"Idle\" means no OOM kills: the machine itself is busy (load below), and the \
@@ -153,28 +164,33 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| daemon | window | CPU % (median) | RSS MiB (median, end) | RSS MiB (max over rounds) | runs: CPU % |"
+        "| daemon | window | CPU % (median) | RSS MiB at end (median) | RSS growth over the window MiB (median) | \
+         RSS MiB (max of samples, all rounds) | VmHWM MiB after the storm (median) | runs: CPU % |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|");
     let mb = |kb: f64| kb / 1024.0;
     for (i, (name, _)) in DAEMONS.iter().enumerate() {
-        for (window, get) in [
-            (
-                "idle",
-                (|r: &Round, i: usize| r.idle[i]) as fn(&Round, usize) -> Window,
-            ),
-            ("storm", |r: &Round, i: usize| r.storm[i]),
-        ] {
-            let ws: Vec<Window> = rounds.iter().map(|r| get(r, i)).collect();
+        for window in ["idle", "storm"] {
+            let ws: Vec<Window> = rounds
+                .iter()
+                .map(|r| if window == "idle" { r.idle[i] } else { r.storm[i] })
+                .collect();
+            let col = |g: fn(&Window) -> f64| ws.iter().map(g).collect::<Vec<_>>();
             let _ = writeln!(
                 s,
-                "| {name} | {window} | {} | {} | {} | {} |",
-                f(median(&ws.iter().map(|w| w.cpu_pct).collect::<Vec<_>>()), 3),
-                f(
-                    mb(median(&ws.iter().map(|w| w.rss_end_kb).collect::<Vec<_>>())),
-                    1
-                ),
-                f(mb(max(&ws.iter().map(|w| w.rss_max_kb).collect::<Vec<_>>())), 1),
+                "| {name} | {window} | {} | {} | {} | {} | {} | {} |",
+                f(median(&col(|w| w.cpu_pct)), 3),
+                f(mb(median(&col(|w| w.rss_end_kb))), 1),
+                f(mb(median(&col(|w| w.rss_end_kb - w.rss_start_kb))), 1),
+                f(mb(max(&col(|w| w.rss_max_kb))), 1),
+                if window == "storm" {
+                    f(
+                        mb(median(&rounds.iter().map(|r| r.hwm_kb[i]).collect::<Vec<_>>())),
+                        1,
+                    )
+                } else {
+                    String::new()
+                },
                 ws.iter()
                     .map(|w| format!("{:.3}", w.cpu_pct))
                     .collect::<Vec<_>>()
@@ -182,32 +198,22 @@ fn report(
             );
         }
     }
+    let loads = |g: fn(&Round) -> &str| {
+        rounds
+            .iter()
+            .map(|r| g(r).split(' ').next().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let _ = writeln!(
         s,
-        "\nVmHWM after the storm (MiB, median): {} / {}. Kills per storm window (median): {}. Load at the end of \
-         each idle window: {}; of each storm: {}.\n",
-        f(
-            mb(median(&rounds.iter().map(|r| r.hwm_kb[0]).collect::<Vec<_>>())),
-            1
-        ),
-        f(
-            mb(median(&rounds.iter().map(|r| r.hwm_kb[1]).collect::<Vec<_>>())),
-            1
-        ),
+        "\nKills per storm window (median): {}. 1-min load at the end of each idle window: {}; of each storm: {}.\n",
         f(
             median(&rounds.iter().map(|r| r.storm_kills as f64).collect::<Vec<_>>()),
             0
         ),
-        rounds
-            .iter()
-            .map(|r| r.load_idle.split(' ').next().unwrap_or("?"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        rounds
-            .iter()
-            .map(|r| r.load_storm.split(' ').next().unwrap_or("?"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        loads(|r| &r.load_idle),
+        loads(|r| &r.load_storm),
     );
     if !ctx.smoke {
         // Targets, for each daemon: idle RSS <= 30 MB (30 * 10^6 bytes), idle CPU <= 0.5 %.

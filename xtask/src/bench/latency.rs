@@ -18,17 +18,33 @@ const LIMIT: u64 = 16 << 20;
 const CGROUPS: usize = 4;
 pub const STRESS: &[&str] = &["--vm", "1", "--vm-bytes", "256M", "--timeout", "1h", "--quiet"];
 
+/// The daemon's scheduling class and the machine's extra load during a run of kills.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Phase {
     Idle,
     Loaded,
+    /// The same with the daemon under `chrt -f 50`: what is left without scheduling delay.
+    RtIdle,
+    RtLoaded,
 }
 
 impl Phase {
+    const ALL: [Phase; 4] = [Phase::Idle, Phase::Loaded, Phase::RtIdle, Phase::RtLoaded];
+
+    fn loaded(self) -> bool {
+        matches!(self, Phase::Loaded | Phase::RtLoaded)
+    }
+
+    fn rt(self) -> bool {
+        matches!(self, Phase::RtIdle | Phase::RtLoaded)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Phase::Idle => "idle",
-            Phase::Loaded => "under stress-ng --vm 1 --vm-bytes 256M",
+            Phase::Loaded => "stress-ng",
+            Phase::RtIdle => "idle, daemon SCHED_FIFO",
+            Phase::RtLoaded => "stress-ng, daemon SCHED_FIFO",
         }
     }
 }
@@ -78,49 +94,62 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let log = kmsg::Reader::start()?;
     let cal_start = log.calibrate("start")?;
     let boot_minus_mono = sys::boot_minus_mono_ns();
-    let watch = Watch::start(&ctx.memtrace, &[])?;
     let mut ours: Vec<(u32, usize, Phase, f64)> = Vec::new();
+    let mut kills: Vec<Kill> = Vec::new();
+    // kernel_seen, delivered, dropped_ringbuf_full over all the daemons.
+    let mut totals = [0u64; 3];
     let mut not_oom = 0;
     let mut n = 0;
     for block in 0..blocks {
-        for phase in [Phase::Idle, Phase::Loaded] {
-            let stress = match phase {
-                Phase::Loaded => {
+        for rt in [false, true] {
+            let wrapper: &[&str] = if rt { &["chrt", "-f", "50"] } else { &[] };
+            let watch = Watch::start_via(wrapper, &ctx.memtrace, &[])?;
+            for phase in Phase::ALL.into_iter().filter(|p| p.rt() == rt) {
+                let stress = if phase.loaded() {
                     let s = Stress::start(ctx, STRESS)?;
                     std::thread::sleep(Duration::from_secs(1));
                     Some(s)
-                }
-                Phase::Idle => None,
-            };
-            let load1 = sys::load1();
-            for _ in 0..per_block {
-                let run = sys::alloc_until_killed(&ctx.alloc, &cgs[n % CGROUPS], Duration::from_secs(60))?;
-                n += 1;
-                if run.oom_killed {
-                    ours.push((run.pid, block, phase, load1));
                 } else {
-                    not_oom += 1;
-                    eprintln!(
-                        "bench: latency: allocator {} ended without a kill: {}",
-                        run.pid, run.status
-                    );
+                    None
+                };
+                let load1 = sys::load1();
+                for _ in 0..per_block {
+                    let run =
+                        sys::alloc_until_killed(&ctx.alloc, &cgs[n % CGROUPS], Duration::from_secs(60))?;
+                    n += 1;
+                    if run.oom_killed {
+                        ours.push((run.pid, block, phase, load1));
+                    } else {
+                        not_oom += 1;
+                        eprintln!(
+                            "bench: latency: allocator {} ended without a kill: {}",
+                            run.pid, run.status
+                        );
+                    }
                 }
+                drop(stress);
+                eprintln!(
+                    "bench: latency block {block} {phase:?}: {n} kills so far (load {})",
+                    sys::loadavg()
+                );
             }
-            drop(stress);
-            eprintln!(
-                "bench: latency block {block} {phase:?}: {n} kills so far (load {})",
-                sys::loadavg()
-            );
+            watch.wait_quiet(Duration::from_secs(1), Duration::from_secs(10));
+            let exit = watch.stop()?;
+            kills.extend(exit.kills.iter().cloned());
+            for (i, key) in ["kernel_seen", "delivered", "dropped_ringbuf_full"]
+                .iter()
+                .enumerate()
+            {
+                totals[i] += exit.get(key);
+            }
         }
     }
-    watch.wait_quiet(Duration::from_secs(1), Duration::from_secs(10));
-    let exit = watch.stop()?;
     let cal_end = log.calibrate("end")?;
     let records = log.records();
     drop(log);
     let load_after = sys::loadavg();
 
-    let events: BTreeMap<u64, &Kill> = exit.kills.iter().map(|k| (k.pid, k)).collect();
+    let events: BTreeMap<u64, &Kill> = kills.iter().map(|k| (k.pid, k)).collect();
     let lines: BTreeMap<u64, &kmsg::Record> = records
         .iter()
         .filter_map(|r| Some((kmsg::killed_pid(&r.text)?, r)))
@@ -141,14 +170,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         err: cal_start.1.max(cal_end.1),
         drift: cal_end.0 - cal_start.0,
     };
-    let foreign = exit.kills.len() - samples.iter().filter(|s| s.event.is_some()).count();
+    let foreign = kills.len() - samples.iter().filter(|s| s.event.is_some()).count();
     Ok(report(
         ctx,
         &samples,
         &clock,
         not_oom,
         foreign,
-        &exit.summary,
+        totals,
         &load_before,
         &load_after,
     ))
@@ -177,7 +206,7 @@ fn report(
     clock: &Clock,
     not_oom: usize,
     foreign: usize,
-    summary: &BTreeMap<String, String>,
+    totals: [u64; 3],
     load_before: &str,
     load_after: &str,
 ) -> Section {
@@ -189,17 +218,17 @@ fn report(
     let _ = writeln!(
         s,
         "`memtrace watch --output json` (defaults: charge accounting on) while `memtrace-alloc grow` is OOM-killed \
-         {} times, one kill at a time, in {CGROUPS} memtrace-bench cgroups of 16 MiB in rotation; blocks of idle \
-         kills and of kills under `stress-ng {}` (another memtrace-bench cgroup, 1 GiB) alternate ({blocks} of each). \
-         Load before {load_before}, after {load_after}. Foreign kills seen (other users' tests) and not counted: \
-         {foreign}. memtrace's exit line: `{}`.\n",
+         {} times, one kill at a time, in {CGROUPS} memtrace-bench cgroups of 16 MiB in rotation. Each of {blocks} \
+         blocks runs four conditions in turn: idle; under `stress-ng {}` (another memtrace-bench cgroup, 1 GiB); \
+         and both again with the daemon started under `chrt -f 50` (SCHED_FIFO), which shows how much of the delay \
+         is waiting for a CPU rather than memtrace's own work. A fresh daemon for each scheduling class in each \
+         block. Load before {load_before}, after {load_after}. Foreign kills seen (other users' tests) and not \
+         counted: {foreign}. Over all daemons: kernel_seen={} delivered={} dropped_ringbuf_full={}.\n",
         samples.len(),
         STRESS[..4].join(" "),
-        summary
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
+        totals[0],
+        totals[1],
+        totals[2],
     );
     let _ = writeln!(
         s,
@@ -222,7 +251,7 @@ fn report(
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
     let mut idle_p99 = f64::NAN;
-    for phase in [Phase::Idle, Phase::Loaded] {
+    for phase in Phase::ALL {
         let of: Vec<&Sample> = samples.iter().filter(|x| x.phase == phase).collect();
         let ev = |get: &dyn Fn(&Kill) -> f64| -> Vec<f64> {
             of.iter().filter_map(|x| x.event.as_ref()).map(get).collect()
@@ -288,7 +317,7 @@ fn report(
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
     let mut per: BTreeMap<Phase, Vec<Dist>> = BTreeMap::new();
     for b in 0..blocks {
-        for phase in [Phase::Idle, Phase::Loaded] {
+        for phase in Phase::ALL {
             let of: Vec<&Sample> = samples
                 .iter()
                 .filter(|x| x.block == b && x.phase == phase)

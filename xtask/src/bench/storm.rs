@@ -64,7 +64,7 @@ pub struct Outcome {
     pub not_oom: u64,
     pub elapsed: Duration,
     /// Removed when the caller drops them (after memtrace has read what it needs).
-    pub keep: Vec<BenchCgroup>,
+    pub _keep: Vec<BenchCgroup>,
 }
 
 impl Outcome {
@@ -125,7 +125,7 @@ pub fn storm(ctx: &Ctx, spec: Spec, mut tick: impl FnMut()) -> anyhow::Result<Ou
             .collect(),
         not_oom: not_oom.load(Ordering::Relaxed),
         elapsed,
-        keep: cgs,
+        _keep: cgs,
     })
 }
 
