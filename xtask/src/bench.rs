@@ -13,6 +13,7 @@ mod faults;
 mod footprint;
 mod kmsg;
 mod latency;
+mod probes;
 mod ring;
 mod stats;
 mod storm;
@@ -84,9 +85,14 @@ impl Ctx {
 pub struct Section {
     pub key: &'static str,
     pub body: String,
+    /// One line for the summary at the top of the file.
+    pub summary: String,
     /// Lines that make the run fail (missed kills, broken benchmark), whatever the mode.
     pub errors: Vec<String>,
 }
+
+/// The benchmarks in the order of the results file.
+const KEYS: [&str; 5] = ["faults", "latency", "storm", "footprint", "ring"];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ensure!(
@@ -242,15 +248,78 @@ after. The sections between the `bench:` markers are rewritten by the benchmark;
 `cargo xtask bench all --smoke` (CI) is a one-minute version that checks the benchmarks work and \
 that no kill is missed, and writes `target/bench/smoke.md` instead.\n\n";
 
-/// Replaces (or appends) the section's marked block in the results file.
+/// Replaces (or appends) the section's marked block in the results file, and its line in the
+/// summary block.
 fn write_section(path: &Path, s: &Section) -> anyhow::Result<()> {
-    let begin = format!("<!-- bench:{} -->", s.key);
-    let end = format!("<!-- /bench:{} -->", s.key);
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| INTRO.to_owned());
-    let block = format!("{begin}\n{}{end}", s.body);
-    let new = match (old.find(&begin), old.find(&end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n{block}\n", old.trim_end()),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+    let text = replace_block(&old, s.key, &s.body);
+    let text = update_summary(&text, s.key, &s.summary);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn markers(key: &str) -> (String, String) {
+    (format!("<!-- bench:{key} -->"), format!("<!-- /bench:{key} -->"))
+}
+
+/// `text` with the block between `key`'s markers replaced by `body` (appended if absent).
+fn replace_block(text: &str, key: &str, body: &str) -> String {
+    let (begin, end) = markers(key);
+    let block = format!("{begin}\n{body}{end}");
+    match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &text[..b], &text[e + end.len()..]),
+        _ => format!("{}\n{block}\n", text.trim_end()),
+    }
+}
+
+/// The summary block (before the first benchmark section) with `key`'s line replaced. Each line
+/// ends in `<!-- key -->`; lines are kept in [`KEYS`] order.
+fn update_summary(text: &str, key: &str, line: &str) -> String {
+    let (begin, end) = markers("summary");
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    if let (Some(b), Some(e)) = (text.find(&begin), text.find(&end)) {
+        for l in text[b + begin.len()..e].lines() {
+            if let Some(k) = KEYS.iter().position(|k| l.ends_with(&format!("<!-- {k} -->"))) {
+                lines.push((k, l.to_owned()));
+            }
+        }
+    }
+    let k = KEYS.iter().position(|x| *x == key).unwrap_or(KEYS.len());
+    lines.retain(|(i, _)| *i != k);
+    lines.push((k, format!("- {line} <!-- {key} -->")));
+    lines.sort_by_key(|(i, _)| *i);
+    let body = format!(
+        "## Summary\n\n{}\n\n",
+        lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+    );
+    if text.contains(&begin) {
+        return replace_block(text, "summary", &body);
+    }
+    let block = format!("{begin}\n{body}{end}\n");
+    match text.find("<!-- bench:") {
+        Some(at) => format!("{}{block}{}", &text[..at], &text[at..]),
+        None => format!("{}\n{block}", text.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_and_summary_are_replaced_in_place() {
+        let t = replace_block(INTRO, "storm", "storm v1\n");
+        let t = update_summary(&t, "storm", "storm: ok");
+        let t = replace_block(&t, "faults", "faults v1\n");
+        let t = update_summary(&t, "faults", "faults: slow");
+        let t = format!("{t}\nHand-written notes.\n");
+        let t = replace_block(&t, "storm", "storm v2\n");
+        let t = update_summary(&t, "storm", "storm: still ok");
+        assert!(t.starts_with(INTRO.trim_end()));
+        assert!(t.contains("storm v2") && !t.contains("storm v1"));
+        assert!(t.contains("Hand-written notes."));
+        let faults = t.find("- faults: slow").unwrap();
+        let storm = t.find("- storm: still ok").unwrap();
+        assert!(faults < storm && !t.contains("storm: ok <!--"));
+        assert!(t.find("<!-- bench:summary -->").unwrap() < t.find("<!-- bench:storm -->").unwrap());
+    }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail, ensure};
 use super::{
     Ctx, Section,
     daemon::{Bpftrace, CHARGE_TP, Watch},
-    run_header,
+    probes, run_header,
     stats::{self, f, median, pass, ratio},
     sys::{self, BenchCgroup},
 };
@@ -21,6 +21,8 @@ enum Tracer {
     None,
     Memtrace(&'static [&'static str]),
     Bpftrace(&'static str),
+    /// A reference program of the benchmark's own.
+    Lab(probes::Kind),
 }
 
 #[derive(Clone, Copy)]
@@ -58,6 +60,20 @@ const BPFTRACE: Config = Config {
     label: "bpftrace `tracepoint:memcg:count_memcg_events { @[args->id] = count(); }`",
     tracer: Tracer::Bpftrace(BPFTRACE_COUNT),
 };
+const fn lab(key: &'static str, kind: probes::Kind) -> Config {
+    Config {
+        key,
+        label: kind.describe(),
+        tracer: Tracer::Lab(kind),
+    }
+}
+const LAB: [Config; 5] = [
+    lab("ref-empty", probes::Kind::Empty),
+    lab("ref-array", probes::Kind::Array),
+    lab("ref-lru1", probes::Kind::Lru1),
+    lab("ref-lru2", probes::Kind::Lru2),
+    lab("ref-hash2", probes::Kind::Hash2),
+];
 const BPFTRACE_NOP: Config = Config {
     key: "bpftrace-empty",
     label: "bpftrace `tracepoint:memcg:count_memcg_events { }` (empty program)",
@@ -82,18 +98,22 @@ struct Workload {
     mib: usize,
     reps: usize,
     cpu: usize,
+    items: probes::Items,
 }
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let configs: Vec<Config> = if ctx.smoke {
-        vec![NONE, CHARGES, BPFTRACE]
+        vec![NONE, CHARGES, BPFTRACE, LAB[3]]
     } else {
-        vec![NONE, OOM_ONLY, CHARGES, NO_STACKS, BPFTRACE, BPFTRACE_NOP]
+        let mut c = vec![NONE, OOM_ONLY, CHARGES, NO_STACKS, BPFTRACE, BPFTRACE_NOP];
+        c.extend(LAB);
+        c
     };
     let w = Workload {
         mib: if ctx.smoke { 64 } else { 256 },
         reps: if ctx.smoke { 3 } else { 11 },
         cpu: sys::nproc() - 1,
+        items: items()?,
     };
     let cg = BenchCgroup::new(&ctx.hierarchy, "faults", 2 << 30)?;
     let load_before = sys::loadavg();
@@ -135,6 +155,7 @@ fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) 
         None,
         Memtrace(Watch),
         Bpftrace(Bpftrace),
+        Lab(probes::Attached),
     }
     let running = match c.tracer {
         Tracer::None => Running::None,
@@ -154,9 +175,11 @@ fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) 
             Running::Memtrace(watch)
         }
         Tracer::Bpftrace(prog) => Running::Bpftrace(Bpftrace::start(prog)?),
+        Tracer::Lab(kind) => Running::Lab(probes::attach(kind, w.items)?),
     };
     let own = match &running {
         Running::None => 0,
+        Running::Lab(_) => std::process::id(),
         Running::Memtrace(m) => m.pid(),
         Running::Bpftrace(b) => b.pid(),
     };
@@ -185,6 +208,10 @@ fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) 
             None
         }
         Running::Bpftrace(b) => Some(b.stop()?),
+        Running::Lab(l) => {
+            drop(l);
+            None
+        }
     };
     let reps = parse_reps(&String::from_utf8_lossy(&out.stdout))?;
     ensure!(
@@ -277,6 +304,22 @@ fn item_breakdown(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<V
         .collect();
     items.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(items)
+}
+
+/// PGPGIN and PGFAULT on this kernel.
+fn items() -> anyhow::Result<probes::Items> {
+    let names = vm_event_names();
+    let find = |n: &str| -> anyhow::Result<i32> {
+        let v = names
+            .iter()
+            .find(|(_, v)| *v == n)
+            .with_context(|| format!("{n} not in the kernel's BTF"))?;
+        Ok(*v.0 as i32)
+    };
+    Ok(probes::Items {
+        pgpgin: find("PGPGIN")?,
+        pgfault: find("PGFAULT")?,
+    })
 }
 
 /// `enum vm_event_item` value -> name, from the kernel's BTF (via bpftool).
@@ -510,9 +553,28 @@ fn report(
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "\n</details>\n");
+    let verdict = |ok: bool| {
+        if ctx.smoke {
+            String::new()
+        } else {
+            format!(" {}", pass(ok))
+        }
+    };
+    let summary = format!(
+        "**Charge-path overhead** (CPU ns per page fault vs no tracer, median of per-round ratios): memtrace \
+         charge accounting {} (target ≤ +2 %:{}), counters without stacks {}, OOM hooks only {}; bpftrace per-cgroup \
+         count {} (memtrace below bpftrace:{}).",
+        ratio(r_charges),
+        verdict(r_charges <= 1.02),
+        ratio(ratio_of("no-stacks")),
+        ratio(ratio_of("oom-only")),
+        ratio(r_bpftrace),
+        verdict(r_charges < r_bpftrace),
+    );
     Section {
         key: "faults",
         body: s,
+        summary,
         errors,
     }
 }

@@ -30,6 +30,9 @@ struct Window {
     cpu_pct: f64,
     rss_start_kb: f64,
     rss_end_kb: f64,
+    /// RssAnon and RssFile at the end (file: mapped files, e.g. ELF files read for symbols).
+    anon_end_kb: f64,
+    file_end_kb: f64,
     rss_max_kb: f64,
 }
 
@@ -65,6 +68,8 @@ fn measure(pids: [u32; N], during: impl FnOnce(&mut dyn FnMut())) -> [Window; N]
             cpu_pct: (c1[i] - c0[i]) as f64 / hz / secs * 100.0,
             rss_start_kb: rss0[i] as f64,
             rss_end_kb: sys::status_kb(pids[i], "VmRSS").unwrap_or(0) as f64,
+            anon_end_kb: sys::status_kb(pids[i], "RssAnon").unwrap_or(0) as f64,
+            file_end_kb: sys::status_kb(pids[i], "RssFile").unwrap_or(0) as f64,
             rss_max_kb: rss_max[i] as f64,
         };
     }
@@ -164,10 +169,10 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| daemon | window | CPU % (median) | RSS MiB at end (median) | RSS growth over the window MiB (median) | \
-         RSS MiB (max of samples, all rounds) | VmHWM MiB after the storm (median) | runs: CPU % |"
+        "| daemon | window | CPU % (median) | RSS MiB at end (median) | of which anon / file | RSS growth over the \
+         window MiB (median) | RSS MiB (max of samples, all rounds) | VmHWM MiB after the storm (median) | runs: CPU % |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|");
     let mb = |kb: f64| kb / 1024.0;
     for (i, (name, _)) in DAEMONS.iter().enumerate() {
         for window in ["idle", "storm"] {
@@ -178,9 +183,11 @@ fn report(
             let col = |g: fn(&Window) -> f64| ws.iter().map(g).collect::<Vec<_>>();
             let _ = writeln!(
                 s,
-                "| {name} | {window} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {window} | {} | {} | {} / {} | {} | {} | {} | {} |",
                 f(median(&col(|w| w.cpu_pct)), 3),
                 f(mb(median(&col(|w| w.rss_end_kb))), 1),
+                f(mb(median(&col(|w| w.anon_end_kb))), 1),
+                f(mb(median(&col(|w| w.file_end_kb))), 1),
                 f(mb(median(&col(|w| w.rss_end_kb - w.rss_start_kb))), 1),
                 f(mb(max(&col(|w| w.rss_max_kb))), 1),
                 if window == "storm" {
@@ -231,9 +238,31 @@ fn report(
             );
         }
     }
+    let mut parts = Vec::new();
+    for (i, (name, _)) in DAEMONS.iter().enumerate() {
+        let rss = max(&rounds.iter().map(|r| r.idle[i].rss_max_kb).collect::<Vec<_>>()) * 1024.0;
+        let cpu = median(&rounds.iter().map(|r| r.idle[i].cpu_pct).collect::<Vec<_>>());
+        let storm_cpu = median(&rounds.iter().map(|r| r.storm[i].cpu_pct).collect::<Vec<_>>());
+        let verdict = if ctx.smoke {
+            String::new()
+        } else {
+            format!(" ({} / {})", pass(rss <= 30e6), pass(cpu <= 0.5))
+        };
+        parts.push(format!(
+            "{name}: {:.1} MB, {} % CPU{verdict}, storm {} % CPU",
+            rss / 1e6,
+            f(cpu, 2),
+            f(storm_cpu, 2)
+        ));
+    }
+    let summary = format!(
+        "**Footprint** idle, max RSS and median CPU (targets ≤ 30 MB, ≤ 0.5 %): {}.",
+        parts.join("; ")
+    );
     Section {
         key: "footprint",
         body: s,
+        summary,
         errors: vec![],
     }
 }

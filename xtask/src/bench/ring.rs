@@ -273,9 +273,39 @@ fn report(
             "ring: {missed} kills missed in the storm with a 4 KiB ring ({dropped} dropped)"
         ));
     }
+    let held = |size: u64| {
+        median(
+            &caps
+                .iter()
+                .filter(|c| c.size == size)
+                .map(|c| c.delivered as f64)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let summary = format!(
+        "**OOM ring buffer**: {RECORD_BYTES}-byte records; {} ({} held with the daemon stopped); the default 256 KiB \
+         holds {}. The daemon drains {} events/s; with a 4 KiB ring and the daemon running, {} dropped and {} missed \
+         in storms of {} kills/s.",
+        sizes
+            .iter()
+            .map(|&z| format!("{z} B → {} records", capacity(z)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        sizes
+            .iter()
+            .map(|&z| f(held(z), 0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        capacity(262_144),
+        f(rate, 0),
+        dropped,
+        missed,
+        f(kill_rate, 0),
+    );
     Section {
         key: "ring",
         body: s,
+        summary,
         errors,
     }
 }

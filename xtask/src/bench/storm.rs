@@ -314,9 +314,26 @@ fn report(ctx: &Ctx, spec: &Spec, rounds: &[Round], load_before: &str, load_afte
         rounds.iter().map(|r| r.outcome.kernel_kills()).sum::<u64>(),
         rounds.len()
     );
+    let summary = format!(
+        "**Storm**: {missed} missed of {} kills in {} rounds of {} s ({} kills/s median, charge path hot){}; emit delay \
+         in the storm p50 / p99 / max {} / {} / {} ms.",
+        rounds.iter().map(|r| r.outcome.kernel_kills()).sum::<u64>(),
+        rounds.len(),
+        spec.duration.as_secs(),
+        f(m(|r| r.outcome.rate()), 1),
+        if ctx.smoke {
+            String::new()
+        } else {
+            format!(" (target none missed: {})", pass(missed == 0))
+        },
+        f(d.p50 / 1000.0, 1),
+        f(d.p99 / 1000.0, 1),
+        f(d.max / 1000.0, 1),
+    );
     Section {
         key: "storm",
         body: s,
+        summary,
         errors,
     }
 }
