@@ -261,6 +261,16 @@ fn report(
             ""
         }
     );
+    let stall = |size: u64| format!("{size} B → {} s", f(capacity(size) as f64 / kill_rate, 1));
+    let _ = writeln!(
+        s,
+        "So with the daemon running, no ring size drops at the kill rates this machine can produce; what the size \
+         buys is time when the daemon does not read (stopped, starved of CPU, blocked): at the storm's rate a ring \
+         absorbs a stall of capacity / rate: {}, {} (the default), {}.\n",
+        sizes.iter().map(|&z| stall(z)).collect::<Vec<_>>().join(", "),
+        stall(262_144),
+        stall(1 << 20),
+    );
     if !ctx.smoke {
         let _ = writeln!(
             s,
