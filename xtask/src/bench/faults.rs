@@ -513,6 +513,28 @@ fn report(
             f(diff_of("bpftrace", "none"), 1),
             f(diff_of("bpftrace", "none") / hits, 1)
         );
+        let empty = diff_of("ref-empty", "none");
+        let _ = writeln!(
+            s,
+            "| reference: empty raw_tp program (− none) | {} | {} ns per hit: the cost of any program on this \
+             tracepoint |",
+            f(empty, 1),
+            f(empty / hits, 1)
+        );
+        for (key, what, lookups) in [
+            ("ref-array", "PGPGIN → per-CPU array slot", 1.0),
+            ("ref-lru1", "PGPGIN → LRU per-CPU hash by memcg", 1.0),
+            ("ref-lru2", "PGPGIN + PGFAULT → LRU per-CPU hash by memcg", 2.0),
+            ("ref-hash2", "PGPGIN + PGFAULT → per-CPU hash by memcg", 2.0),
+        ] {
+            let d = diff_of(key, "none");
+            let _ = writeln!(
+                s,
+                "| reference: {what} (− none) | {} | {} ns per counted event above the empty program |",
+                f(d, 1),
+                f((d - empty) / (lookups * pgpgin), 1)
+            );
+        }
         let _ = writeln!(s);
     }
     let _ = writeln!(
