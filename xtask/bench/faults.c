@@ -1,12 +1,13 @@
 /*
  * Page-fault microbenchmark for `cargo xtask bench faults`.
  *
- *   faults MIB REPS
+ *   faults MIB REPS     (REPS 0: until killed)
  *
  * Each repetition maps MIB MiB of anonymous memory (no huge pages), writes one byte per page
  * (one minor fault, one memcg charge each), and unmaps it (uncharge). It prints one line per
- * repetition: the pages touched, the minor faults counted by the kernel, and the thread CPU
- * time and the wall time of the whole cycle (mmap + faults + munmap) in ns.
+ * repetition: when it started (CLOCK_MONOTONIC ns), the pages touched, the minor faults
+ * counted by the kernel, and the thread CPU time and the wall time of the whole cycle
+ * (mmap + faults + munmap) in ns.
  *
  * Thread CPU time (CLOCK_THREAD_CPUTIME_ID, the scheduler's exact runtime) includes the kernel
  * work done in this thread's context, eBPF programs on the fault path included, and excludes
@@ -43,7 +44,7 @@ int main(int argc, char **argv)
 	size_t len = (size_t)atol(argv[1]) << 20;
 	int reps = atoi(argv[2]);
 	long page = sysconf(_SC_PAGESIZE);
-	for (int r = 0; r < reps; r++) {
+	for (int r = 0; reps == 0 || r < reps; r++) {
 		long f0 = minflt();
 		long long w0 = now_ns(CLOCK_MONOTONIC), c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
 		volatile char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -57,8 +58,8 @@ int main(int argc, char **argv)
 		munmap((void *)p, len);
 		long long c1 = now_ns(CLOCK_THREAD_CPUTIME_ID), w1 = now_ns(CLOCK_MONOTONIC);
 		long f1 = minflt();
-		printf("rep %d pages %zu minflt %ld cpu_ns %lld wall_ns %lld\n", r, len / (size_t)page, f1 - f0,
-		       c1 - c0, w1 - w0);
+		printf("rep %d start_ns %lld pages %zu minflt %ld cpu_ns %lld wall_ns %lld\n", r, w0, len / (size_t)page,
+		       f1 - f0, c1 - c0, w1 - w0);
 		fflush(stdout);
 	}
 	return 0;

@@ -40,6 +40,12 @@ const NONE: Config = Config {
     label: "no tracer",
     tracer: Tracer::None,
 };
+/// No tracer again, at the end of each round: with the first one, the round's baseline.
+const NONE_END: Config = Config {
+    key: "none-end",
+    label: "no tracer, again at the end of the round",
+    tracer: Tracer::None,
+};
 const OOM_ONLY: Config = Config {
     key: "oom-only",
     label: "`memtrace watch --no-charges` (OOM hooks only)",
@@ -80,18 +86,16 @@ const BPFTRACE_NOP: Config = Config {
     tracer: Tracer::Bpftrace(BPFTRACE_EMPTY),
 };
 
-/// One run of the fault program under one configuration.
+/// One configuration's turn in a round.
 struct Run {
     round: usize,
-    /// Median over the timed repetitions of thread CPU ns per page (mmap + fault + munmap).
+    /// Median over the repetitions of thread CPU ns per page (mmap + fault + munmap).
     cpu_ns: f64,
     wall_ns: f64,
     minflt_per_page: f64,
     /// Other processes' programs on the memcg event tracepoint during the run.
     foreign: usize,
     load1: f64,
-    /// bpftrace's count for the benchmark's cgroup, per page.
-    hits_per_page: Option<f64>,
 }
 
 struct Workload {
@@ -111,7 +115,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     };
     let w = Workload {
         mib: if ctx.smoke { 64 } else { 256 },
-        reps: if ctx.smoke { 3 } else { 11 },
+        reps: if ctx.smoke { 3 } else { 10 },
         cpu: sys::nproc() - 1,
         items: items()?,
     };
@@ -121,9 +125,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     // Rounds with a foreign program on the tracepoint do not count; up to twice as many rounds.
     let (mut clean, mut round) = (0, 0);
     while clean < ctx.rounds && round < ctx.rounds * 2 {
+        // One fault loop per round: every configuration of the round measures the same process
+        // (and so mostly the same physical pages), which keeps the per-round ratios steady.
+        let fault_loop = FaultLoop::start(ctx, &cg, &w)?;
         let mut foreign = 0;
-        for c in &configs {
-            let r = run_one(ctx, c, &cg, &w, round)?;
+        for c in configs.iter().chain([&NONE_END]) {
+            let r = run_one(ctx, c, &fault_loop, &w, round)?;
             eprintln!(
                 "bench: faults round {round} {:<15} {:>7.1} ns/fault cpu {:>7.1} wall (foreign hooks {}, load {:.2})",
                 c.key, r.cpu_ns, r.wall_ns, r.foreign, r.load1
@@ -131,6 +138,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             foreign += r.foreign;
             runs.entry(c.key).or_default().push(r);
         }
+        drop(fault_loop);
         if foreign == 0 {
             clean += 1;
         }
@@ -150,7 +158,65 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     ))
 }
 
-fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) -> anyhow::Result<Run> {
+/// The fault program running until dropped, its repetitions collected as they are printed.
+struct FaultLoop {
+    child: sys::Reaped,
+    reps: std::sync::Arc<std::sync::Mutex<Vec<Rep>>>,
+}
+
+impl FaultLoop {
+    fn start(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Self> {
+        let mut child = sys::Reaped(
+            cg.command(std::path::Path::new("taskset"), &[])
+                .args(["-c", &w.cpu.to_string()])
+                .arg(&ctx.faults)
+                .args([w.mib.to_string(), "0".into()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting the fault program")?,
+        );
+        let out = child.0.stdout.take().context("stdout")?;
+        let reps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = reps.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(rep) = Rep::parse(&line) {
+                    r.lock().unwrap().push(rep);
+                }
+            }
+        });
+        Ok(Self { child, reps })
+    }
+
+    /// The first `n` repetitions that started at or after `since` (CLOCK_MONOTONIC ns).
+    fn collect(&self, since: u64, n: usize) -> anyhow::Result<Vec<Rep>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let got: Vec<Rep> = self
+                .reps
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.start_ns >= since)
+                .take(n)
+                .cloned()
+                .collect();
+            if got.len() == n {
+                return Ok(got);
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the fault program (pid {}) printed {} of {n} repetitions",
+                self.child.pid(),
+                got.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+fn run_one(ctx: &Ctx, c: &Config, fault_loop: &FaultLoop, w: &Workload, round: usize) -> anyhow::Result<Run> {
     enum Running {
         None,
         Memtrace(Watch),
@@ -177,6 +243,7 @@ fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) 
         Tracer::Bpftrace(prog) => Running::Bpftrace(Bpftrace::start(prog)?),
         Tracer::Lab(kind) => Running::Lab(probes::attach(kind, w.items)?),
     };
+    let since = sys::mono_ns();
     let own = match &running {
         Running::None => 0,
         Running::Lab(_) => std::process::id(),
@@ -191,43 +258,20 @@ fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) 
     };
     let foreign_before = foreign(());
     let load1 = sys::load1();
-    let out = cg
-        .command(std::path::Path::new("taskset"), &[])
-        .args(["-c", &w.cpu.to_string()])
-        .arg(&ctx.faults)
-        .args([w.mib.to_string(), w.reps.to_string()])
-        .stdout(Stdio::piped())
-        .output()
-        .context("running the fault program")?;
-    ensure!(out.status.success(), "fault program failed: {}", out.status);
+    let reps = fault_loop.collect(since, w.reps)?;
     let foreign = foreign_before.max(foreign(()));
-    let counts = match running {
-        Running::None => None,
+    match running {
+        Running::None => {}
         Running::Memtrace(m) => {
             m.stop()?;
-            None
         }
-        Running::Bpftrace(b) => Some(b.stop()?),
-        Running::Lab(l) => {
-            drop(l);
-            None
+        Running::Bpftrace(b) => {
+            b.stop()?;
         }
-    };
-    let reps = parse_reps(&String::from_utf8_lossy(&out.stdout))?;
-    ensure!(
-        reps.len() == w.reps,
-        "fault program printed {} of {} repetitions",
-        reps.len(),
-        w.reps
-    );
-    // The first repetition warms up (page tables, allocator caches) and is not counted.
-    let timed = &reps[1.min(reps.len() - 1)..];
+        Running::Lab(l) => drop(l),
+    }
     let per_page =
-        |get: fn(&Rep) -> f64| median(&timed.iter().map(|r| get(r) / r.pages as f64).collect::<Vec<_>>());
-    let pages: u64 = reps.iter().map(|r| r.pages).sum();
-    let hits_per_page = counts
-        .and_then(|m| m.get(&cg.id().to_string()).copied())
-        .map(|hits| hits as f64 / pages as f64);
+        |get: fn(&Rep) -> f64| median(&reps.iter().map(|r| get(r) / r.pages as f64).collect::<Vec<_>>());
     Ok(Run {
         round,
         cpu_ns: per_page(|r| r.cpu_ns as f64),
@@ -235,41 +279,41 @@ fn run_one(ctx: &Ctx, c: &Config, cg: &BenchCgroup, w: &Workload, round: usize) 
         minflt_per_page: per_page(|r| r.minflt as f64),
         foreign,
         load1,
-        hits_per_page,
     })
 }
 
+#[derive(Clone)]
 struct Rep {
+    start_ns: u64,
     pages: u64,
     minflt: u64,
     cpu_ns: u64,
     wall_ns: u64,
 }
 
-/// `rep N pages P minflt F cpu_ns C wall_ns W` lines.
-fn parse_reps(out: &str) -> anyhow::Result<Vec<Rep>> {
-    out.lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let num = |key: &str| -> anyhow::Result<u64> {
-                let i = f
-                    .iter()
-                    .position(|x| *x == key)
-                    .with_context(|| format!("no {key} in {l:?}"))?;
-                Ok(f.get(i + 1).context("value")?.parse()?)
-            };
-            let rep = Rep {
-                pages: num("pages")?,
-                minflt: num("minflt")?,
-                cpu_ns: num("cpu_ns")?,
-                wall_ns: num("wall_ns")?,
-            };
-            if rep.pages == 0 {
-                bail!("no pages in {l:?}");
-            }
-            Ok(rep)
-        })
-        .collect()
+impl Rep {
+    /// `rep N start_ns S pages P minflt F cpu_ns C wall_ns W`.
+    fn parse(l: &str) -> anyhow::Result<Self> {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let num = |key: &str| -> anyhow::Result<u64> {
+            let i = f
+                .iter()
+                .position(|x| *x == key)
+                .with_context(|| format!("no {key} in {l:?}"))?;
+            Ok(f.get(i + 1).context("value")?.parse()?)
+        };
+        let rep = Rep {
+            start_ns: num("start_ns")?,
+            pages: num("pages")?,
+            minflt: num("minflt")?,
+            cpu_ns: num("cpu_ns")?,
+            wall_ns: num("wall_ns")?,
+        };
+        if rep.pages == 0 {
+            bail!("no pages in {l:?}");
+        }
+        Ok(rep)
+    }
 }
 
 /// Which memcg events one fault cycle raises, per page (not timed): what the hooks see.
@@ -286,7 +330,10 @@ fn item_breakdown(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<V
         .output()?;
     ensure!(out.status.success(), "fault program failed: {}", out.status);
     let counts = bt.stop()?;
-    let pages: u64 = parse_reps(&String::from_utf8_lossy(&out.stdout))?
+    let pages: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(Rep::parse)
+        .collect::<anyhow::Result<Vec<_>>>()?
         .iter()
         .map(|r| r.pages)
         .sum();
@@ -372,20 +419,45 @@ fn report(
             .map(|v| v.iter().filter(|r| use_round(r.round)).map(get).collect())
             .unwrap_or_default()
     };
-    let cpu = |key: &str| median(&vals(key, |r| r.cpu_ns));
-    // Per-round ratio to the no-tracer run of the same round, then the median.
+    // A round's baseline: the mean of its no-tracer runs at the start and at the end (which
+    // cancels a linear drift within the round).
+    let base = |round: usize| -> f64 {
+        let at = |key: &str| {
+            runs.get(key)
+                .and_then(|v| v.iter().find(|r| r.round == round))
+                .map(|r| r.cpu_ns)
+        };
+        match (at("none"), at("none-end")) {
+            (Some(a), Some(b)) => (a + b) / 2.0,
+            (Some(a), None) => a,
+            _ => f64::NAN,
+        }
+    };
+    let cpu = |key: &str| {
+        if key == "none" {
+            median(
+                &(0..rounds)
+                    .filter(|r| use_round(*r))
+                    .map(base)
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            median(&vals(key, |r| r.cpu_ns))
+        }
+    };
+    // Per-round ratio to the round's baseline, then the median.
     let ratio_of = |key: &str| -> f64 {
-        let (Some(a), Some(b)) = (runs.get(key), runs.get("none")) else {
+        let Some(a) = runs.get(key) else {
             return f64::NAN;
         };
         median(
             &a.iter()
-                .zip(b)
-                .filter(|(x, _)| use_round(x.round))
-                .map(|(x, y)| x.cpu_ns / y.cpu_ns)
+                .filter(|x| use_round(x.round))
+                .map(|x| x.cpu_ns / base(x.round))
                 .collect::<Vec<_>>(),
         )
     };
+    // Per-round difference (b = "none": the baseline), then the median.
     let diff_of = |a: &str, b: &str| -> f64 {
         let (Some(x), Some(y)) = (runs.get(a), runs.get(b)) else {
             return f64::NAN;
@@ -394,9 +466,19 @@ fn report(
             &x.iter()
                 .zip(y)
                 .filter(|(p, _)| use_round(p.round))
-                .map(|(p, q)| p.cpu_ns - q.cpu_ns)
+                .map(|(p, q)| p.cpu_ns - if b == "none" { base(p.round) } else { q.cpu_ns })
                 .collect::<Vec<_>>(),
         )
+    };
+    let drift = |_: ()| -> Vec<f64> {
+        let (Some(a), Some(b)) = (runs.get("none"), runs.get("none-end")) else {
+            return vec![];
+        };
+        a.iter()
+            .zip(b)
+            .filter(|(x, _)| use_round(x.round))
+            .map(|(x, y)| y.cpu_ns / x.cpu_ns)
+            .collect()
     };
 
     let mut s = String::new();
@@ -404,12 +486,14 @@ fn report(
     s.push_str(&run_header(ctx, "faults"));
     let _ = writeln!(
         s,
-        "Workload: `taskset -c {cpu} target/bench/faults {mib} {reps}` (xtask/bench/faults.c) in a \
-         memtrace-bench memory cgroup (limit 2 GiB): mmap {mib} MiB anonymous (MADV_NOHUGEPAGE), write one byte per \
-         4 KiB page, munmap; {reps} repetitions, the first one not counted. A run's value is the median over its \
-         repetitions of **thread CPU time per page** (the whole mmap + fault + munmap cycle, eBPF programs in the \
-         faulting thread included; time other tasks ran on that CPU excluded). Configurations interleaved, one of \
-         each per round; {counted} rounds counted{dirty}. Load before {load_before}, after {load_after}.\n",
+        "Workload: `taskset -c {cpu} target/bench/faults {mib} 0` (xtask/bench/faults.c) in a memtrace-bench memory \
+         cgroup (limit 2 GiB), looping until stopped: mmap {mib} MiB anonymous (MADV_NOHUGEPAGE), write one byte per \
+         4 KiB page, munmap. One such process per round; each configuration in turn attaches its tracer, then takes \
+         the next {reps} repetitions that start after the attach, then detaches (so all configurations of a round \
+         measure the same process, and mostly the same physical pages: run-to-run differences of the machine cancel \
+         in the per-round ratio). A run's value is the median over its repetitions of **thread CPU time per page** \
+         (the whole mmap + fault + munmap cycle, eBPF programs in the faulting thread included; time other tasks \
+         ran on that CPU excluded). {counted} rounds counted{dirty}. Load before {load_before}, after {load_after}.\n",
         cpu = w.cpu,
         mib = w.mib,
         reps = w.reps,
@@ -423,14 +507,13 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| configuration | ns/fault (CPU, median) | ratio to no tracer (median of per-round ratios) | ns/fault (wall, median) | tracepoint hits/fault |"
+        "| configuration | ns/fault (CPU, median) | ratio to no tracer (median of per-round ratios) | ns/fault (wall, median) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
     for c in configs {
-        let hits = vals(c.key, |r| r.hits_per_page.unwrap_or(f64::NAN));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             c.label,
             f(cpu(c.key), 1),
             if c.key == "none" {
@@ -439,10 +522,21 @@ fn report(
                 ratio(ratio_of(c.key))
             },
             f(median(&vals(c.key, |r| r.wall_ns)), 1),
-            f(median(&hits), 2),
         );
     }
     let minflt = median(&vals("none", |r| r.minflt_per_page));
+    let drifts = drift(());
+    let _ = writeln!(
+        s,
+        "\n\"No tracer\" is each round's baseline: the mean of its no-tracer runs at the start and at the end of the \
+         round. End / start: median {} (runs: {}), a measure of how steady the machine was within a round.",
+        f(median(&drifts), 3),
+        drifts
+            .iter()
+            .map(|d| format!("{d:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(
         s,
         "\nMinor faults per page touched (no tracer): {}. Wall time is shown for completeness: on this shared \
@@ -470,7 +564,8 @@ fn report(
 
     if !ctx.smoke {
         // What costs what, from the per-round differences.
-        let hits = median(&vals("bpftrace", |r| r.hits_per_page.unwrap_or(f64::NAN)));
+        // Every hit runs the program, counted or not.
+        let hits: f64 = items.iter().map(|x| x.1).sum();
         let pgpgin = items
             .iter()
             .find(|(k, _)| k.ends_with(" PGPGIN"))
@@ -552,6 +647,9 @@ fn report(
         s,
         "<details><summary>All runs (CPU ns/fault; foreign = other programs on the tracepoint; load = 1-min load average)</summary>\n"
     );
+    let mut configs = configs.to_vec();
+    configs.push(NONE_END);
+    let configs = &configs;
     let _ = write!(s, "| round | load | foreign |");
     for c in configs {
         let _ = write!(s, " {} |", c.key);
