@@ -1,5 +1,6 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
+mod bench;
 mod fuzz;
 mod soak;
 mod test;
@@ -24,6 +25,9 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Real OOM kills for N minutes with memtrace running: every kill reported, RSS/fds sampled.
     Soak(soak::SoakArgs),
+    /// Measure memtrace (charge-path overhead, kill latency, storms, footprint, ring buffer)
+    /// into BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Task::Vm(args) => vm::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Soak(args) => soak::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }
