@@ -138,6 +138,82 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
 }
 
+/// What a process holds open, by kind, so that a leak can be told from a bounded cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdCensus {
+    /// Kernel objects: BPF maps, programs and links, sockets, pipes, epoll, eventfd. A daemon
+    /// that leaks none holds the same number all its life.
+    pub objects: usize,
+    /// Files under /proc and /sys (cgroup stats, /proc/<pid>/...): reads, never kept open.
+    pub reads: usize,
+    /// Other files by path: mostly what the stack symbolizer keeps open, one per distinct path
+    /// mapped by a sampled process (binaries, libraries, /dev/zero), dropped when the
+    /// symbolizer is replaced (memtrace/src/symbolize.rs).
+    pub files: std::collections::BTreeMap<String, usize>,
+}
+
+impl FdCensus {
+    pub fn total(&self) -> usize {
+        self.objects + self.reads + self.files.values().sum::<usize>()
+    }
+
+    /// Paths open more than once: a cache keyed by path holds each once, so a repeat is a leak
+    /// (the symbolizer once opened each binary again per process through map_files).
+    pub fn repeated(&self) -> Vec<(&str, usize)> {
+        self.files
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(p, n)| (p.as_str(), *n))
+            .collect()
+    }
+}
+
+/// The fds of `pid` by kind (readlink of each /proc/<pid>/fd entry), stdio (0-2, whatever the
+/// parent passed) left out.
+pub fn fd_census(pid: u32) -> FdCensus {
+    let dir = format!("/proc/{pid}/fd");
+    let mut c = FdCensus::default();
+    for e in std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .flatten()
+    {
+        if e.file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|fd| fd <= 2)
+        {
+            continue;
+        }
+        // An fd closed between readdir and readlink is simply not counted.
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if !target.starts_with('/') {
+            c.objects += 1;
+        } else if target.starts_with("/proc/") || target.starts_with("/sys/") {
+            c.reads += 1;
+        } else {
+            *c.files.entry(target).or_default() += 1;
+        }
+    }
+    c
+}
+
+/// The census of a busy process with reads in flight filtered out: the least of a few samples
+/// taken 50 ms apart (an fd that a leak left open is in every one of them).
+pub fn settled_fd_census(pid: u32) -> FdCensus {
+    (0..5)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            fd_census(pid)
+        })
+        .min_by_key(|c| (c.objects + c.reads, c.total()))
+        .unwrap_or_default()
+}
+
 /// Everything pinned in the BPF filesystem (/sys/fs/bpf), recursively; empty if not mounted.
 pub fn bpf_pins() -> Vec<std::path::PathBuf> {
     let mut out = vec![];

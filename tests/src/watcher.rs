@@ -161,6 +161,11 @@ impl Watcher {
         crate::fd_count(self.child.id())
     }
 
+    /// memtrace's fds by kind, reads in flight filtered out (see [`crate::settled_fd_census`]).
+    pub fn fd_census(&self) -> crate::FdCensus {
+        crate::settled_fd_census(self.child.id())
+    }
+
     /// Sends `sig` and waits (at most `timeout`) for memtrace to exit; collects all of stderr.
     pub fn kill_with(mut self, sig: i32, timeout: Duration) -> Exit {
         self.signal(sig);
