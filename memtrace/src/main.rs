@@ -4,7 +4,12 @@ use memtrace::{
     commands,
 };
 
-#[tokio::main]
+// One thread runs the event loop, the ring buffer's readiness and the sink tasks: a kill wakes
+// that thread and nothing else before the event is handed to the sinks. The multi-threaded
+// runtime polled the ring on a worker that then woke the main task, which woke a sink's
+// worker: on a busy host each of those wakeups can wait for a CPU (BENCHMARKS.md, latency).
+// Blocking work has threads of its own (the charge worker, stdout writes, journald sends).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {

@@ -34,6 +34,7 @@ pub const TARGETS: &[&str] = &[
     "proc_cgroup",
     "tracefs_format",
     "cli",
+    "config",
 ];
 
 #[derive(Debug, clap::Args)]
