@@ -219,14 +219,13 @@ fn main() -> ExitCode {
     // The last events, then the kernel's counters while the cgroups still exist.
     std::thread::sleep(Duration::from_secs(3));
     reported.collect(&mut w);
-    let end = Sample {
+    samples.push(Sample {
         t: start.elapsed(),
         rss_kib: rss_kib(pid),
         fds: w.fd_census(),
         kills: killed_pids.len(),
         reported: reported.pids.len(),
-    };
-    samples.push(end.clone());
+    });
     let kernel: BTreeMap<String, Option<u64>> = kill_cgs
         .iter()
         .map(|c| (c.rel.clone(), kernel_oom_kills(c)))
@@ -312,7 +311,8 @@ fn main() -> ExitCode {
     // files the charge worker's symbolizer keeps open (one per distinct binary it has met,
     // dropped when it is replaced: memtrace/src/symbolize.rs) come and go with the processes it
     // samples, so their number is not judged, but a path open twice is a leak.
-    let first = samples[0].clone();
+    // The last sample is the one taken at the end (pushed above), so the list is never empty.
+    let (first, end) = (&samples[0], &samples[samples.len() - 1]);
     for s in &samples {
         let t = s.t.as_secs_f64();
         if s.fds.objects > first.fds.objects || s.fds.reads > first.fds.reads {
@@ -337,10 +337,10 @@ fn main() -> ExitCode {
         "files open by path (mostly the symbolizer's cache): at most {files_max} at once, {} distinct: {binaries:?}",
         binaries.len()
     );
-    // Warm: the first sample after a minute (the path cache and allocator pools fill up first).
-    // (or half-way through a shorter soak, so that a one-minute run still judges the second half).
+    // Warm: the first sample after a minute (the path cache and allocator pools fill up first),
+    // or half-way through a shorter soak, so that a one-minute run still judges its second half.
     let warm_after = Duration::from_secs(60).min(duration / 2);
-    let warm = samples.iter().find(|s| s.t >= warm_after).unwrap_or(&first);
+    let warm = samples.iter().find(|s| s.t >= warm_after).unwrap_or(first);
     let allowed = warm.rss_kib + (warm.rss_kib / 5).max(8 * 1024);
     println!(
         "rss: {} KiB at start, {} KiB warm (t={:.0}s), {} KiB at the end (allowed {allowed})",
