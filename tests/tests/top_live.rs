@@ -97,7 +97,9 @@ fn live_view_drills_into_the_allocating_cgroup() {
         if let Some(title) = lines.iter().find(|l| l.contains(STACKS_TITLE)) {
             if !title.contains(&format!(" {} ", cg.rel)) {
                 tmux.send(&["Escape"]); // another cgroup's: it moved under the cursor
-            } else if s.contains(ALLOC_FN) {
+            } else if s.contains(ALLOC_FN) && s.contains("kernel frames, innermost first") {
+                // Both panes drawn: tmux can capture a frame that the terminal is still
+                // writing, with the table of stacks but not yet the selected stack below it.
                 break s;
             }
         } else if let Some(target) = lines.iter().position(|l| is_row_of(l, &cg.rel)) {
