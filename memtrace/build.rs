@@ -1,5 +1,5 @@
 //! Builds the eBPF object (memtrace-ebpf) with the pinned nightly and bpf-linker, for
-//! `include_bytes_aligned!` in `src/tracer.rs` (aya-template's arrangement).
+//! `include_bytes_aligned!` in `src/kernel/tracer.rs` (aya-template's arrangement).
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memtrace::attribution::parse_cgroup_path;
+use memtrace::enrich::attribution::parse_cgroup_path;
 
 fn lower_hex(s: &str) -> bool {
     s.bytes()

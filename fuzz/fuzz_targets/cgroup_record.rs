@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memtrace::event::CgroupCreated;
+use memtrace::kernel::records::CgroupCreated;
 use memtrace_common::cgroup::{CGROUP_MKDIR_RECORD_LEN, CGROUP_PATH_LEN};
 
 fuzz_target!(|data: &[u8]| {

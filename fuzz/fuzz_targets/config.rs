@@ -1,5 +1,5 @@
 //! The config file: TOML text → `Config::parse`, then `validate`, as `memtrace watch --config`
-//! does (memtrace/src/config.rs).
+//! does (memtrace/src/config/mod.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

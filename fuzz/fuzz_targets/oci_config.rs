@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memtrace::attribution::names_from_oci_config;
+use memtrace::enrich::attribution::names_from_oci_config;
 
 fuzz_target!(|data: &[u8]| {
     match names_from_oci_config(data) {

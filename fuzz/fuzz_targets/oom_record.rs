@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use memtrace::{
-    event::OomRecord,
-    kill::{EnrichOptions, Enricher},
+    kernel::records::OomRecord,
+    enrich::kill::{EnrichOptions, Enricher},
     output::{json, text},
 };
 use memtrace_common::{

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{hooks::ForcedVariant, output::Format};
+use crate::{kernel::hooks::ForcedVariant, output::Format};
 
 #[derive(Debug, Parser)]
 #[command(

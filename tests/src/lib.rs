@@ -16,7 +16,7 @@ pub use watcher::Watcher;
 /// Returns false (after saying so loudly) when eBPF tests cannot run here; panics instead when
 /// `MEMTRACE_REQUIRE_EBPF=1`.
 pub fn ebpf_available(test: &str) -> bool {
-    let p = memtrace::privileges::Privileges::current();
+    let p = memtrace::kernel::privileges::Privileges::current();
     let why = if p.check().is_err() {
         Some("not root and no CAP_BPF + CAP_PERFMON")
     } else if memtrace::cgroup::MemoryHierarchy::detect().is_err() {
@@ -148,7 +148,7 @@ pub struct FdCensus {
     pub reads: usize,
     /// Other files by path: mostly what the stack symbolizer keeps open, one per distinct path
     /// mapped by a sampled process (binaries, libraries, /dev/zero), dropped when the
-    /// symbolizer is replaced (memtrace/src/symbolize.rs).
+    /// symbolizer is replaced (memtrace/src/charges/symbolize.rs).
     pub files: std::collections::BTreeMap<String, usize>,
 }
 

@@ -5,7 +5,7 @@
 
 use std::{os::unix::process::ExitStatusExt as _, process::Command, time::Duration};
 
-use memtrace::kernel_btf::BTF_PATH_ENV;
+use memtrace::kernel::btf::BTF_PATH_ENV;
 use memtrace_tests::{TestCgroup, Watcher, ebpf_available, memtrace_bin, procs};
 use serde_json::Value;
 

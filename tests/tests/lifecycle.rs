@@ -157,7 +157,7 @@ fn fds_do_not_grow_across_kills() {
     }
     const KILLS: usize = 25;
     // No stack samples: the symbolizer's cache of open binaries (bounded, see
-    // memtrace/src/symbolize.rs) would count other tests' processes; this is about the kill path.
+    // memtrace/src/charges/symbolize.rs) would count other tests' processes; this is about the kill path.
     let mut w = Watcher::start(&["--stack-sample-every", "0"]);
     let at_start = settled_fds(&w);
     let mut after_kill = vec![];

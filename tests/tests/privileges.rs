@@ -73,9 +73,9 @@ fn least_privilege_reports_a_real_kill() {
     assert_eq!(uid, NOBODY, "memtrace runs as nobody");
     assert_eq!(
         eff,
-        1 << memtrace::privileges::CAP_BPF
-            | 1 << memtrace::privileges::CAP_PERFMON
-            | 1 << memtrace::privileges::CAP_DAC_READ_SEARCH,
+        1 << memtrace::kernel::privileges::CAP_BPF
+            | 1 << memtrace::kernel::privileges::CAP_PERFMON
+            | 1 << memtrace::kernel::privileges::CAP_DAC_READ_SEARCH,
         "exactly the minimum: {eff:#x}"
     );
     let cg = TestCgroup::new("leastpriv", 32 << 20);

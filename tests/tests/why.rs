@@ -239,7 +239,7 @@ fn twenty_kills_in_four_cgroups_reconcile() {
     }
     assert_eq!(seen, want, "every victim reported once, in its own cgroup");
     for cg in &cgs {
-        let kernel = memtrace::reconcile::cgroup_oom_kills(
+        let kernel = memtrace::cgroup::reconcile::cgroup_oom_kills(
             &memtrace::cgroup::MemoryHierarchy::detect().expect("hierarchy"),
             &cg.rel,
         );

@@ -3,6 +3,7 @@
 
 pub mod hierarchy;
 pub mod paths;
+pub mod reconcile;
 pub mod stats;
 
 pub use hierarchy::{CgroupVersion, MemoryHierarchy};

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
-    charges::ChargeMonitor,
+    charges::accounting::ChargeMonitor,
+    charges::stacks::HotStack,
+    charges::symbolize::Symbols,
     cli::HotspotsArgs,
+    kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
     output::Format,
-    stacks::HotStack,
-    symbolize::Symbols,
-    tracer::{ChargeOptions, Tracer, TracerOptions},
 };
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {

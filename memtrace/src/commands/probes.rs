@@ -8,11 +8,11 @@ use serde::Serialize;
 use crate::{
     cgroup::MemoryHierarchy,
     cli::ProbesArgs,
-    hooks::HookStatus,
-    kernel_btf::{KernelBtf, vmlinux_path},
+    kernel::btf::{KernelBtf, vmlinux_path},
+    kernel::hooks::HookStatus,
+    kernel::privileges::Privileges,
+    kernel::tracer::{Tracer, TracerOptions},
     output::Format,
-    privileges::Privileges,
-    tracer::{Tracer, TracerOptions},
 };
 
 #[derive(Debug, Serialize)]

@@ -12,19 +12,19 @@ use tokio::{
 };
 
 use crate::{
-    attribution::BundleRoots,
+    cgroup::reconcile::Reconciler,
     cgroup::{CgroupPaths, MemoryHierarchy},
-    charge_watch::ChargeWatch,
+    charges::warnings::{PreOomWarning, WarnOptions},
+    charges::worker::ChargeWatch,
     cli::WatchArgs,
-    clock,
     config::Config,
-    event::{CgroupCreated, OomRecord},
-    kill::{EnrichOptions, Enricher},
-    metrics::{self, Metrics},
-    reconcile::Reconciler,
+    enrich::attribution::BundleRoots,
+    enrich::kill::{EnrichOptions, Enricher},
+    kernel::clock,
+    kernel::records::{CgroupCreated, OomRecord},
+    kernel::tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
+    output::metrics::{self, Metrics},
     sinks::{Event, SinkReport, Sinks},
-    tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
-    warnings::{PreOomWarning, WarnOptions},
 };
 
 /// How often the kernel counters are checked for lost events.

@@ -4,9 +4,9 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
-    clock,
-    kill::{OomKill, Snapshot},
-    warnings::PreOomWarning,
+    charges::warnings::PreOomWarning,
+    enrich::kill::{OomKill, Snapshot},
+    kernel::clock,
 };
 
 /// Inserts `key: value` unless the value is `None`.
@@ -183,7 +183,7 @@ pub fn warning(w: &PreOomWarning, host: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kill::{CgroupRef, PathSource};
+    use crate::enrich::kill::{CgroupRef, PathSource};
 
     #[test]
     fn flat_otel_keys() {

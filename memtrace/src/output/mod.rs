@@ -1,6 +1,7 @@
 //! How events are written: human text or JSON lines (flat OpenTelemetry-style keys).
 
 pub mod json;
+pub mod metrics;
 pub mod text;
 
 use clap::ValueEnum;

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 
 use super::human_bytes;
 use crate::{
-    clock,
-    kill::OomKill,
-    warnings::{PreOomWarning, Reason},
+    charges::warnings::{PreOomWarning, Reason},
+    enrich::kill::OomKill,
+    kernel::clock,
 };
 
 /// One sentence about a warning (also the JSON `body`).

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::{Event, Payload, Sink, SinkError, http::Poster};
-use crate::{clock, config::AlertmanagerConfig};
+use crate::{config::AlertmanagerConfig, kernel::clock};
 
 pub const ALERTNAME: &str = "MemtraceOOMKill";
 /// Pre-OOM warnings (severity `warning`, label `cgroup`, summary = the warning).
@@ -91,7 +91,7 @@ impl Sink for AlertmanagerSink {
 mod tests {
     use super::*;
     use crate::{
-        attribution::{Attribution, K8sNames},
+        enrich::attribution::{Attribution, K8sNames},
         sinks::tests::kill,
     };
 

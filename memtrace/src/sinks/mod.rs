@@ -25,11 +25,11 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
+    charges::warnings::PreOomWarning,
     config::SinksConfig,
-    kill::OomKill,
-    metrics::Metrics,
+    enrich::kill::OomKill,
+    output::metrics::Metrics,
     output::{Format, json, text},
-    warnings::PreOomWarning,
 };
 
 /// At most one warning per sink in this interval; the others are counted in the next one.
@@ -40,7 +40,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub enum Payload {
     /// A task killed by the OOM killer.
     Kill(Box<OomKill>),
-    /// A cgroup close to its limit (warnings.rs).
+    /// A cgroup close to its limit (charges/warnings.rs).
     Warning(Box<PreOomWarning>),
 }
 
@@ -371,7 +371,7 @@ async fn run<S: Sink>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{diagnosis, event::HookSource, kill::*};
+    use crate::{enrich::diagnosis, enrich::kill::*, kernel::records::HookSource};
 
     pub fn kill() -> OomKill {
         OomKill {

@@ -309,7 +309,7 @@ fn main() -> ExitCode {
     }
     // fds: kernel objects (BPF, sockets, pipes) and reads of /proc and /sys never grow; the
     // files the charge worker's symbolizer keeps open (one per distinct binary it has met,
-    // dropped when it is replaced: memtrace/src/symbolize.rs) come and go with the processes it
+    // dropped when it is replaced: memtrace/src/charges/symbolize.rs) come and go with the processes it
     // samples, so their number is not judged, but a path open twice is a leak.
     // The last sample is the one taken at the end (pushed above), so the list is never empty.
     let (first, end) = (&samples[0], &samples[samples.len() - 1]);

@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 use super::view::{Action, App, Header};
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
-    charges::{ChargeMaps, ChargeMonitor, Sample, rows},
+    charges::accounting::{ChargeMaps, ChargeMonitor, Sample, rows},
+    charges::stacks::HotStack,
+    charges::symbolize::Symbols,
     cli::TopArgs,
-    stacks::HotStack,
-    symbolize::Symbols,
-    tracer::{ChargeOptions, Tracer, TracerOptions},
+    kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
 };
 
 /// Time given to user-stack symbolization per refresh.
@@ -238,7 +238,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::charges::SampleKey;
+    use crate::charges::accounting::SampleKey;
 
     #[inline(never)]
     fn memtrace_top_marker_frame() -> u64 {

@@ -11,10 +11,10 @@ use std::{io::IsTerminal as _, time::Duration};
 
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
-    charges::{ChargeMonitor, Row, rows},
+    charges::accounting::{ChargeMonitor, Row, rows},
     cli::TopArgs,
+    kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
     output::Format,
-    tracer::{ChargeOptions, Tracer, TracerOptions},
 };
 
 /// How `top` shows its samples.

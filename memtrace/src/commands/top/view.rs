@@ -14,7 +14,7 @@ use ratatui::{
     widgets::{Block, Cell, Paragraph, Row as TableRow, Table, TableState},
 };
 
-use crate::{charges::Row, output::human_bytes, stacks::HotStack};
+use crate::{charges::accounting::Row, charges::stacks::HotStack, output::human_bytes};
 
 /// The cgroup table's columns, as in `memtrace top --once`.
 pub const COLUMNS: [&str; 9] = [
@@ -444,7 +444,7 @@ mod tests {
     use ratatui::{Terminal, backend::TestBackend};
 
     use super::*;
-    use crate::charges::Rate;
+    use crate::charges::accounting::Rate;
 
     fn row(id: u64, cgroup: &str, charges: f64) -> Row {
         Row {

@@ -14,7 +14,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{cli::WatchArgs, hooks::ForcedVariant, output::Format};
+use crate::{cli::WatchArgs, kernel::hooks::ForcedVariant, output::Format};
 
 /// Default address of the Prometheus endpoint when metrics are enabled without one.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9747";
@@ -739,7 +739,7 @@ mod tests {
 
     #[test]
     fn example_file_parses_and_validates() {
-        let text = include_str!("../../memtrace.example.toml");
+        let text = include_str!("../../../memtrace.example.toml");
         let c = Config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
         c.validate().unwrap_or_else(|e| panic!("{e}"));
     }

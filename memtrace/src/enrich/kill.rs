@@ -5,11 +5,11 @@
 use std::{collections::HashMap, time::SystemTime};
 
 use crate::{
-    attribution::{self, Attribution, BundleRoots, K8sNames},
     cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
-    clock,
-    diagnosis::{self, Badness, Facts, Verdict},
-    event::{HookSource, OomContext, VictimRecord},
+    enrich::attribution::{self, Attribution, BundleRoots, K8sNames},
+    enrich::diagnosis::{self, Badness, Facts, Verdict},
+    kernel::clock,
+    kernel::records::{HookSource, OomContext, VictimRecord},
 };
 
 /// Where a cgroup path came from: the kernel's record (exact) or /proc after the fact.
@@ -85,7 +85,7 @@ pub struct OomKill {
     pub context: Option<OomContext>,
     /// The top charging stacks of the OOM cgroup in the seconds before the kill (filled by
     /// the daemon, which owns the charge maps).
-    pub hotspots: Vec<crate::stacks::HotStack>,
+    pub hotspots: Vec<crate::charges::stacks::HotStack>,
     pub badness: Option<Badness>,
     pub verdict: Verdict,
     pub trigger_pid: u32,
@@ -370,7 +370,7 @@ fn proc_tgid(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{OomMemcg, RssKb};
+    use crate::kernel::records::{OomMemcg, RssKb};
 
     fn record() -> VictimRecord {
         VictimRecord {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::{charges::Sample, symbolize::Symbols};
+use crate::{charges::accounting::Sample, charges::symbolize::Symbols};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HotStack {

@@ -18,11 +18,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
-    charges::{ChargeMaps, ChargeMonitor, rows},
-    kill::OomKill,
-    stacks::HotStack,
-    symbolize::Symbols,
-    warnings::{PreOomWarning, WarnOptions, Warner},
+    charges::accounting::{ChargeMaps, ChargeMonitor, rows},
+    charges::stacks::HotStack,
+    charges::symbolize::Symbols,
+    charges::warnings::{PreOomWarning, WarnOptions, Warner},
+    enrich::kill::OomKill,
 };
 
 /// Stacks shown with a kill.
@@ -63,10 +63,11 @@ impl Worker {
         let started = Instant::now();
         // The time budget goes first to the cgroups closest to their limit: the ones whose
         // stacks a kill will ask for.
-        let mut latest: Vec<&crate::charges::Sample> = self.monitor.latest().iter().collect();
+        let mut latest: Vec<&crate::charges::accounting::Sample> = self.monitor.latest().iter().collect();
         latest.sort_by(|a, b| {
-            let room =
-                |s: &crate::charges::Sample| self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
+            let room = |s: &crate::charges::accounting::Sample| {
+                self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX)
+            };
             room(a).total_cmp(&room(b))
         });
         let resolved: Vec<HotStack> = latest

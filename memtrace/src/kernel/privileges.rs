@@ -53,7 +53,7 @@ impl Privileges {
             cap_perfmon: eff & (1 << CAP_PERFMON) != 0,
             cap_sys_admin: eff & (1 << CAP_SYS_ADMIN) != 0,
             cap_dac_read_search: eff & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) != 0,
-            tracefs_readable: crate::tracefs::readable(),
+            tracefs_readable: crate::kernel::tracefs::readable(),
             lockdown,
         }
     }

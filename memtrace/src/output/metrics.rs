@@ -37,7 +37,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::kill::OomKill;
+use crate::enrich::kill::OomKill;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KillLabels {
@@ -222,7 +222,7 @@ impl Metrics {
             };
             self.oom_kills.get_or_create(&labels).inc();
         }
-        // The snapshot is of the OOM cgroup, or the victim's in a global OOM (kill.rs).
+        // The snapshot is of the OOM cgroup, or the victim's in a global OOM (enrich/kill.rs).
         let path = k
             .oom_cgroup
             .as_ref()
@@ -396,7 +396,7 @@ mod tests {
     use super::*;
     use crate::{
         cgroup::MemoryStats,
-        kill::{OomCgroup, Snapshot},
+        enrich::kill::{OomCgroup, Snapshot},
         sinks::tests::kill,
     };
 
@@ -434,10 +434,10 @@ mod tests {
         // Exiting victims are not kills; a second cgroup pushes out the first (max 1).
         k.victim_exiting = true;
         k.oom_cgroup = Some(OomCgroup {
-            cgroup: crate::kill::CgroupRef {
+            cgroup: crate::enrich::kill::CgroupRef {
                 id: None,
                 path: Some("/other".into()),
-                source: crate::kill::PathSource::Kernel,
+                source: crate::enrich::kill::PathSource::Kernel,
             },
             usage_bytes: 0,
             limit_bytes: 0,

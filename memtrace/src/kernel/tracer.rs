@@ -1,5 +1,5 @@
 //! Loads the embedded eBPF object with the running kernel's layouts, attaches the first
-//! working variant of each hook (see [`crate::hooks`]), and hands out the OOM ring buffer.
+//! working variant of each hook (see [`crate::kernel::hooks`]), and hands out the OOM ring buffer.
 //! Dropping the [`Tracer`] detaches and unloads everything: memtrace pins nothing, so even a
 //! SIGKILLed daemon leaves nothing behind once its fds close.
 
@@ -19,10 +19,10 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::{CgroupVersion, MemoryHierarchy},
-    hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
-    kernel_btf::{BtfError, KernelBtf, vmlinux_path},
-    privileges::{MissingCapabilities, Privileges},
-    tracefs::{Tracefs, TracefsError},
+    kernel::btf::{BtfError, KernelBtf, vmlinux_path},
+    kernel::hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
+    kernel::privileges::{MissingCapabilities, Privileges},
+    kernel::tracefs::{Tracefs, TracefsError},
 };
 
 /// The eBPF object built by build.rs (aya-build), embedded: one binary to ship.
@@ -260,9 +260,9 @@ impl Tracer {
     }
 
     /// The charge maps, for whoever polls them; `None` without charge accounting.
-    pub fn take_charge_maps(&mut self) -> Option<crate::charges::ChargeMaps> {
+    pub fn take_charge_maps(&mut self) -> Option<crate::charges::accounting::ChargeMaps> {
         self.selected("charge")?;
-        match crate::charges::ChargeMaps::take(&mut self.ebpf) {
+        match crate::charges::accounting::ChargeMaps::take(&mut self.ebpf) {
             Ok(m) => Some(m),
             Err(e) => {
                 log::warn!("charge maps: {e}");
@@ -369,7 +369,7 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             if !fixed.is_empty() {
                 let fields = env.tracefs.fields(category, name).map_err(|e| e.to_string())?;
                 for (field, offset, size) in fixed {
-                    let want = crate::tracefs::Field {
+                    let want = crate::kernel::tracefs::Field {
                         offset: *offset,
                         size: *size,
                     };

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::charges::Row;
+use crate::charges::accounting::Row;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WarnOptions {
@@ -125,7 +125,7 @@ impl Warner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::charges::Rate;
+    use crate::charges::accounting::Rate;
 
     fn row(ws_mib: u64, stalls: f64) -> Row {
         Row {

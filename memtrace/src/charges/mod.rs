@@ -1,0 +1,9 @@
+//! Who is charging memory: the kernel's per-cgroup counters and sampled stacks summed and
+//! windowed ([`accounting`]), made readable ([`stacks`], [`symbolize`]), pre-OOM warnings
+//! ([`warnings`]), and the worker thread of `memtrace watch` that runs them ([`worker`]).
+
+pub mod accounting;
+pub mod stacks;
+pub mod symbolize;
+pub mod warnings;
+pub mod worker;
