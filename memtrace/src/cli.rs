@@ -57,10 +57,15 @@ pub struct WatchArgs {
     /// Working-set alert threshold (fraction of the limit) the verdict checks against.
     #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
     pub ws_alert_ratio: Option<f64>,
-    /// Where OCI bundles' config.json live, `{id}` standing for the container id (repeatable;
-    /// replaces the containerd / CRI-O / docker defaults).
+    /// Where OCI bundles' config.json live, `{id}` standing for the container id and
+    /// `{namespace}` for a containerd namespace (repeatable; replaces the containerd / CRI-O /
+    /// docker defaults).
     #[arg(long = "oci-bundle", value_name = "PATTERN")]
     pub oci_bundles: Vec<std::path::PathBuf>,
+    /// dockerd's data root, where plain Docker keeps containers' names and images (repeatable;
+    /// default /var/lib/docker).
+    #[arg(long = "docker-root", value_name = "DIR")]
+    pub docker_roots: Vec<std::path::PathBuf>,
     /// Serve Prometheus metrics on http://ADDR/metrics (config: metrics.listen;
     /// default when enabled there: 127.0.0.1:9747).
     #[arg(long, value_name = "ADDR")]

@@ -19,6 +19,7 @@ use crate::{
     cli::WatchArgs,
     config::Config,
     enrich::attribution::BundleRoots,
+    enrich::docker::DockerRoots,
     enrich::kill::{EnrichOptions, Enricher},
     kernel::clock,
     kernel::records::{CgroupCreated, OomRecord},
@@ -85,7 +86,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         ..EnrichOptions::default()
     };
     if !cfg.watch.oci_bundles.is_empty() {
-        opts.bundles = BundleRoots(cfg.watch.oci_bundles.clone());
+        opts.names.bundles = BundleRoots(cfg.watch.oci_bundles.clone());
+    }
+    if !cfg.watch.docker_roots.is_empty() {
+        opts.names.docker = DockerRoots(cfg.watch.docker_roots.clone());
     }
     let mut enricher = Enricher::new(paths, opts);
     let host = cfg.watch.host_name.clone().unwrap_or_else(hostname);

@@ -99,6 +99,8 @@ pub struct WatchConfig {
     pub oom_ring_bytes: Option<u32>,
     pub ws_alert_ratio: f64,
     pub oci_bundles: Vec<PathBuf>,
+    /// dockerd data roots, for plain Docker containers' names and images.
+    pub docker_roots: Vec<PathBuf>,
     /// How long sinks get at exit to deliver what they hold.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -113,6 +115,7 @@ impl Default for WatchConfig {
             oom_ring_bytes: None,
             ws_alert_ratio: 0.9,
             oci_bundles: vec![],
+            docker_roots: vec![],
             shutdown_timeout: Duration::from_secs(5),
             host_name: None,
         }
@@ -465,6 +468,9 @@ impl Config {
         }
         if !args.oci_bundles.is_empty() {
             self.watch.oci_bundles = args.oci_bundles.clone();
+        }
+        if !args.docker_roots.is_empty() {
+            self.watch.docker_roots = args.docker_roots.clone();
         }
         if args.host_name.is_some() {
             self.watch.host_name = args.host_name.clone();

@@ -44,6 +44,11 @@ pub struct Attribution {
     pub systemd_unit: Option<String>,
     /// Never set by `parse_cgroup_path`; filled in by the caller from `BundleRoots`.
     pub names: Option<K8sNames>,
+    /// The engine's own name for the container (Docker's `--name`; containerd's
+    /// `<namespace>/<id>`), outside Kubernetes. Filled in by `enrich::names`.
+    pub container_name: Option<String>,
+    /// The image as the user named it (Docker's `Config.Image`). Filled in by `enrich::names`.
+    pub image_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,40 @@ pub enum OciError {
     },
     #[error("invalid container id {0:?} (want 64 lowercase hex chars)")]
     InvalidContainerId(String),
+    #[error("{} is larger than {limit} bytes: not read", path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
+}
+
+/// No engine writes a config this large; a bigger file is not read (the event path waits on it).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Reads a small engine/OCI config file. `Ok(None)` when it does not exist.
+pub(crate) fn read_config(path: &Path) -> Result<Option<Vec<u8>>, OciError> {
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => return Ok(None),
+        Err(source) => {
+            return Err(OciError::Io {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| OciError::Io {
+            path: path.into(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(OciError::TooLarge {
+            path: path.into(),
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(Some(bytes))
 }
 
 /// Parse a cgroup path (relative to the hierarchy root). Pure and total: unknown or
@@ -177,10 +216,27 @@ fn is_lower_hex_digit(c: u8) -> bool {
     c.is_ascii_digit() || (b'a'..=b'f').contains(&c)
 }
 
-/// Only `annotations` is modelled: serde skips the rest of a large config without allocating.
+/// Only what memtrace reads is modelled: serde skips the rest of a large config without
+/// allocating.
 #[derive(Deserialize)]
 struct OciConfig {
     annotations: Option<HashMap<String, String>>,
+    linux: Option<OciLinux>,
+}
+
+#[derive(Deserialize)]
+struct OciLinux {
+    #[serde(rename = "cgroupsPath")]
+    cgroups_path: Option<String>,
+}
+
+/// A containerd task found from its cgroup: `ctr run` and other plain containerd clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerdTask {
+    pub namespace: String,
+    pub id: String,
+    /// nerdctl's `nerdctl/name` annotation (the name its user typed), when there is one.
+    pub name: Option<String>,
 }
 
 /// Read Kubernetes names from an OCI runtime `config.json`. Missing annotations yield
@@ -221,6 +277,8 @@ impl Default for BundleRoots {
                 "/run/containerd/io.containerd.runtime.v2.task/moby/{id}/config.json",
                 "/run/containers/storage/overlay-containers/{id}/userdata/config.json",
                 "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/{id}/config.json",
+                // containerd without Kubernetes (`ctr run`, nerdctl): found by cgroup path.
+                "/run/containerd/io.containerd.runtime.v2.task/{namespace}/{id}/config.json",
             ]
             .map(PathBuf::from)
             .into(),
@@ -230,6 +288,8 @@ impl Default for BundleRoots {
 
 impl BundleRoots {
     pub const ID_SLOT: &'static str = "{id}";
+    /// containerd namespace, in patterns for [`BundleRoots::lookup_task`].
+    pub const NAMESPACE_SLOT: &'static str = "{namespace}";
 
     /// First bundle found wins. `Ok(None)` when no root has this container.
     pub fn lookup_names(&self, container_id: &str) -> Result<Option<K8sNames>, OciError> {
@@ -238,12 +298,8 @@ impl BundleRoots {
             return Err(OciError::InvalidContainerId(container_id.to_owned()));
         }
         for path in self.0.iter().filter_map(|p| fill_slot(p, container_id)) {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                    continue;
-                }
-                Err(source) => return Err(OciError::Io { path, source }),
+            let Some(bytes) = read_config(&path)? else {
+                continue;
             };
             return parse_names(&bytes)
                 .map(Some)
@@ -251,17 +307,88 @@ impl BundleRoots {
         }
         Ok(None)
     }
+
+    /// A containerd task outside Kubernetes, from its cgroup path. containerd's default
+    /// cgroup is `/<namespace>/<id>` (oci/spec.go populateDefaultUnixSpec), under `ctr run
+    /// --cgroup`'s parent when given, and its bundle is `<state>/<namespace>/<id>`. The
+    /// bundle's `linux.cgroupsPath` must be this very cgroup, so that a cgroup that merely
+    /// ends in two such names is not taken for a container. `Ok(None)`: not a task here.
+    pub fn lookup_task(&self, cgroup_path: &str) -> Result<Option<ContainerdTask>, OciError> {
+        let mut segs = cgroup_path.rsplit('/').filter(|s| !s.is_empty());
+        let (Some(id), Some(namespace)) = (segs.next(), segs.next()) else {
+            return Ok(None);
+        };
+        // Only containerd identifiers reach a path: no `/`, no leading `.`, so no traversal.
+        if !is_containerd_identifier(id) || !is_containerd_identifier(namespace) {
+            return Ok(None);
+        }
+        let patterns = self.0.iter().filter_map(|p| fill_slots(p, &[namespace, id]));
+        for path in patterns {
+            let Some(bytes) = read_config(&path)? else {
+                continue;
+            };
+            let cfg = serde_json::from_slice::<OciConfig>(&bytes)
+                .map_err(|source| OciError::JsonAt { path, source })?;
+            let cgroup = cfg.linux.and_then(|l| l.cgroups_path).unwrap_or_default();
+            if cgroup.trim_matches('/') != cgroup_path.trim_matches('/') {
+                continue;
+            }
+            let name = cfg
+                .annotations
+                .and_then(|mut a| a.remove("nerdctl/name"))
+                .filter(|n| !n.is_empty());
+            return Ok(Some(ContainerdTask {
+                namespace: namespace.to_owned(),
+                id: id.to_owned(),
+                name,
+            }));
+        }
+        Ok(None)
+    }
 }
 
-/// Whole-component substitution; a pattern without a slot is skipped, since it would
-/// otherwise attribute one fixed file to every container.
+/// containerd's identifier rule (identifiers/validate.go): `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`,
+/// at most 76 characters.
+fn is_containerd_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    let sep = |c: &u8| matches!(c, b'.' | b'_' | b'-');
+    !b.is_empty()
+        && b.len() <= 76
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || sep(c))
+        && !sep(&b[0])
+        && !sep(&b[b.len() - 1])
+        && !b.windows(2).any(|w| sep(&w[0]) && sep(&w[1]))
+}
+
+/// Whole-component substitution of the id; a pattern without the id slot, or with any other
+/// slot, is skipped (a slotless one would attribute one fixed file to every container).
 fn fill_slot(pattern: &Path, id: &str) -> Option<PathBuf> {
     let slot = OsStr::new(BundleRoots::ID_SLOT);
+    if pattern.iter().any(|c| c == BundleRoots::NAMESPACE_SLOT) {
+        return None;
+    }
     let path: PathBuf = pattern
         .iter()
         .map(|c| if c == slot { id.as_ref() } else { c })
         .collect();
     (path != pattern).then_some(path)
+}
+
+/// `[namespace, id]` into a pattern that has both slots; any other pattern is skipped.
+fn fill_slots(pattern: &Path, [namespace, id]: &[&str; 2]) -> Option<PathBuf> {
+    let has = |slot: &str| pattern.iter().any(|c| c == slot);
+    if !has(BundleRoots::NAMESPACE_SLOT) || !has(BundleRoots::ID_SLOT) {
+        return None;
+    }
+    let path = pattern
+        .iter()
+        .map(|c| match c.to_str() {
+            Some(BundleRoots::NAMESPACE_SLOT) => OsStr::new(namespace),
+            Some(BundleRoots::ID_SLOT) => OsStr::new(id),
+            _ => c,
+        })
+        .collect();
+    Some(path)
 }
 
 #[cfg(test)]
@@ -530,5 +657,76 @@ mod tests {
         let crio = fill_slot(&BundleRoots::default().0[2], CID).unwrap();
         let want = format!("/run/containers/storage/overlay-containers/{CID}/userdata/config.json");
         assert_eq!(crio, Path::new(&want));
+    }
+
+    /// What `ctr -n default run --cgroup /t/default/web1 ... web1` writes (trimmed).
+    fn task_bundle(root: &Path, ns: &str, id: &str, cgroup: &str, ann: &str) {
+        let dir = root.join(ns).join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = format!(
+            r#"{{"ociVersion":"1.0.2-dev","annotations":{{{ann}}},"linux":{{"cgroupsPath":"{cgroup}"}}}}"#
+        );
+        std::fs::write(dir.join("config.json"), cfg).unwrap();
+    }
+
+    #[test]
+    fn containerd_task_by_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = BundleRoots(vec![dir.path().join("{namespace}/{id}/config.json")]);
+        task_bundle(dir.path(), "default", "web1", "/t/default/web1", "");
+        let task = roots.lookup_task("/t/default/web1").unwrap().unwrap();
+        assert_eq!(
+            (task.namespace.as_str(), task.id.as_str(), task.name),
+            ("default", "web1", None)
+        );
+        // nerdctl's name wins; the bundle must be this very cgroup's.
+        task_bundle(
+            dir.path(),
+            "nerdctl",
+            "abc",
+            "/nerdctl/abc",
+            r#""nerdctl/name":"db""#,
+        );
+        assert_eq!(
+            roots
+                .lookup_task("/nerdctl/abc")
+                .unwrap()
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("db")
+        );
+        assert_eq!(roots.lookup_task("/elsewhere/nerdctl/abc").unwrap(), None);
+        for not_task in ["/", "/web1", "/t/default/nope", "/t/../web1", "/t/default/.web1"] {
+            assert_eq!(roots.lookup_task(not_task).unwrap(), None, "{not_task}");
+        }
+        task_bundle(dir.path(), "bad", "json", "/bad/json", "oops");
+        assert!(matches!(
+            roots.lookup_task("/bad/json"),
+            Err(OciError::JsonAt { .. })
+        ));
+        // Id-only patterns never see a task lookup, and {namespace} patterns no id lookup.
+        assert_eq!(roots.lookup_names(CID).unwrap(), None);
+        let id_only = BundleRoots(vec![dir.path().join("default/{id}/config.json")]);
+        assert_eq!(id_only.lookup_task("/t/default/web1").unwrap(), None);
+    }
+
+    #[test]
+    fn containerd_identifiers() {
+        for ok in ["a", "web1", "k8s.io", "a-b_c.d", &"x".repeat(76)] {
+            assert!(is_containerd_identifier(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "-a", "a-", "a..b", "a/b", "é", &"x".repeat(77)] {
+            assert!(!is_containerd_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn oversized_config_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(matches!(read_config(&path), Err(OciError::TooLarge { .. })));
+        assert_eq!(read_config(&dir.path().join("none")).unwrap(), None);
     }
 }

@@ -6,8 +6,9 @@ use std::{collections::HashMap, time::SystemTime};
 
 use crate::{
     cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
-    enrich::attribution::{self, Attribution, BundleRoots, K8sNames},
+    enrich::attribution::Attribution,
     enrich::diagnosis::{self, Badness, Facts, Verdict},
+    enrich::names::{NameSources, Namer},
     kernel::clock,
     kernel::records::{HookSource, OomContext, VictimRecord},
 };
@@ -107,14 +108,15 @@ fn limit_bytes(pages: u64, page_size: u64) -> Option<u64> {
 pub struct EnrichOptions {
     /// Working-set alert threshold as a fraction of the limit, for the verdict.
     pub ws_alert_ratio: f64,
-    pub bundles: BundleRoots,
+    /// Where container names are looked up.
+    pub names: NameSources,
 }
 
 impl Default for EnrichOptions {
     fn default() -> Self {
         Self {
             ws_alert_ratio: 0.9,
-            bundles: BundleRoots::default(),
+            names: NameSources::default(),
         }
     }
 }
@@ -125,8 +127,8 @@ pub struct Enricher {
     page_size: u64,
     seq: u64,
     opts: EnrichOptions,
-    /// Container id -> names, kept after the container is gone.
-    names: HashMap<String, Option<K8sNames>>,
+    /// Cgroup -> container and names, kept after the container is gone.
+    namer: Namer,
     /// Recent oom_kill_process records, waiting for their victim.
     contexts: Vec<OomContext>,
     /// Kills reported per victim cgroup path (exiting victims excluded), for reconciliation.
@@ -141,8 +143,8 @@ impl Enricher {
             paths,
             page_size,
             seq: 0,
+            namer: Namer::new(opts.names.clone()),
             opts,
-            names: HashMap::new(),
             contexts: Vec::new(),
             kills_by_cgroup: HashMap::new(),
         }
@@ -205,24 +207,6 @@ impl Enricher {
         })
     }
 
-    fn attribute(&mut self, path: &str) -> Option<Attribution> {
-        let mut a = attribution::parse_cgroup_path(path);
-        if let Some(id) = a.container_id.clone() {
-            let names =
-                self.names
-                    .entry(id)
-                    .or_insert_with_key(|id| match self.opts.bundles.lookup_names(id) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            log::warn!("container {id}: {e}");
-                            None
-                        }
-                    });
-            a.names = names.clone();
-        }
-        (a != Attribution::default()).then_some(a)
-    }
-
     pub fn enrich(&mut self, r: VictimRecord) -> OomKill {
         self.seq += 1;
         let tgid = r
@@ -252,7 +236,7 @@ impl Enricher {
             .and_then(|o| o.cgroup.path.clone())
             .or_else(|| victim_path.clone());
         let snapshot = snap_path.as_deref().and_then(|p| self.snapshot(p));
-        let attribution = victim_path.as_deref().and_then(|p| self.attribute(p));
+        let attribution = victim_path.as_deref().and_then(|p| self.namer.attribute(p));
         if let Some(p) = &victim_path
             && !r.victim_exiting
         {

@@ -1,6 +1,8 @@
 //! From a kernel record to the kill memtrace reports: cgroup paths, container attribution
-//! ([`attribution`]), the badness score and the verdict ([`diagnosis`]), assembled in [`kill`].
+//! ([`attribution`], named by [`names`] from the engines' records), the badness score and the verdict ([`diagnosis`]), assembled in [`kill`].
 
 pub mod attribution;
 pub mod diagnosis;
+pub mod docker;
 pub mod kill;
+pub mod names;

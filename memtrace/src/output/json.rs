@@ -124,7 +124,11 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     if let Some(a) = &k.attribution {
         let names = a.names.as_ref();
         o.opt("container.id", a.container_id.clone())
+            .opt("container.name", a.container_name.clone())
+            .opt("container.image.name", a.image_name.clone())
             .opt("container.runtime", a.runtime.map(|r| json!(r)))
+            // The current OpenTelemetry name; `container.runtime` stays for existing pipelines.
+            .opt("container.runtime.name", a.runtime.map(|r| json!(r)))
             .opt("k8s.pod.uid", a.pod_uid.clone())
             .opt("k8s.pod.qos_class", a.qos.map(|q| json!(q)))
             .opt("k8s.namespace.name", names.and_then(|n| n.namespace.clone()))
