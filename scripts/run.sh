@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-scripts/setup.sh
-cargo build --release --package memtrace --bin memtrace
+# Set-up and build talk on stderr only: stdout is the event stream (| jq from the first run).
+scripts/setup.sh >&2
+cargo build --release --package memtrace --bin memtrace >&2
 exec target/release/memtrace watch "$@"

@@ -2,6 +2,9 @@
 # Installs everything memtrace needs on a fresh Debian 12 (bookworm) x86_64 host, idempotently.
 # A second run only checks and returns in seconds. See ../shared/BRIEF.md §6 for why each piece.
 set -euo pipefail
+# Everything set-up prints goes to stderr: `scripts/run.sh --output json | jq` must see only
+# events on stdout, from the very first run (rustup and cargo install print progress on stdout).
+exec 1>&2
 
 NIGHTLY=nightly-2026-08-01      # LLVM 22.1.x: must match bpf-linker's LLVM
 STABLE=1.98.0                   # aya 0.16 needs rustc >= 1.98 (rust-toolchain.toml)

@@ -78,10 +78,13 @@ fn prometheus_scrapes_the_kill_counter() {
     let port = free_port();
     let prom_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let dir = server_dir("prometheus");
+    // The shipped alerting rules, evaluated every second.
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/memtrace-rules.yaml");
+    std::fs::copy(&rules, dir.path().join("memtrace-rules.yaml")).expect("copy the rules");
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: memtrace\n    static_configs:\n      - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n  - memtrace-rules.yaml\nscrape_configs:\n  - job_name: memtrace\n    static_configs:\n      - targets: ['{target}']\n"
         ),
     )
     .expect("prometheus.yml");
@@ -122,6 +125,40 @@ fn prometheus_scrapes_the_kill_counter() {
     )
     .expect("query");
     assert!(body.contains("\"version\""), "{body}");
+
+    // The shipped rules fire for this kill (deploy/prometheus/memtrace-rules.yaml), and only
+    // MemtraceOOMKill does for this cgroup; the daemon is up, so MemtraceDown stays quiet.
+    let alerts = wait_for("MemtraceOOMKill firing in Prometheus", WAIT, || {
+        prom.assert_running();
+        let (_, body) = http_get(prom_addr, "/api/v1/alerts").ok()?;
+        let v = json(&body);
+        let alerts = v["data"]["alerts"].as_array()?.clone();
+        alerts
+            .iter()
+            .any(|a| {
+                a["labels"]["alertname"] == "MemtraceOOMKill"
+                    && a["labels"]["cgroup"] == cg.rel.as_str()
+                    && a["state"] == "firing"
+            })
+            .then_some(alerts)
+    });
+    let kill = alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "MemtraceOOMKill" && a["labels"]["cgroup"] == cg.rel.as_str())
+        .expect("the alert");
+    eprintln!("alert: {kill}");
+    assert_eq!(kill["labels"]["severity"], "critical");
+    assert_eq!(kill["labels"]["constraint"], "memcg");
+    assert!(
+        kill["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(&cg.rel)),
+        "{kill}"
+    );
+    assert!(
+        !alerts.iter().any(|a| a["labels"]["alertname"] == "MemtraceDown"),
+        "{alerts:#?}"
+    );
     drop(cg);
     w.stop();
 }
@@ -549,6 +586,43 @@ fn metrics_pass_promtool() {
     assert!(
         text.contains(&format!("cgroup=\"{}\"", cg.rel)),
         "the kill is in the metrics: {text}"
+    );
+    // The charge side: the cgroup that charged up to its limit has its counters (it was busy
+    // and nearly full), and the reconciliation state is there.
+    let charges = format!("memtrace_cgroup_charges_total{{cgroup=\"{}\"}}", cg.rel);
+    let text = wait_for("the killed cgroup's charge counters", WAIT, || {
+        let t = scrape(addr);
+        (sample(&t, &charges)? > 0.0).then_some(t)
+    });
+    let of = |family: &str| sample(&text, &format!("{family}{{cgroup=\"{}\"}}", cg.rel));
+    assert!(
+        of("memtrace_cgroup_page_faults_total").is_some_and(|n| n >= 8192.0),
+        "the allocator touched its 64 MiB page by page: at least 32 MiB of faults: {text}"
+    );
+    assert!(of("memtrace_cgroup_reclaim_stalls_total").is_some(), "{text}");
+    assert!(
+        of("memtrace_cgroup_reclaim_stall_seconds_total").is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "memtrace_reconcile_mismatched_cgroups"),
+        Some(0.0),
+        "{text}"
+    );
+    let mut p = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut p.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+    let out = p.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool on the charge side: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     // The file sink wrote the event too.
     let file = std::fs::read_to_string(dir.path().join("events.jsonl")).expect("events file");

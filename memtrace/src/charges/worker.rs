@@ -23,6 +23,7 @@ use crate::{
     charges::symbolize::Symbols,
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
     enrich::kill::OomKill,
+    output::metrics::Metrics,
 };
 
 /// Stacks shown with a kill.
@@ -55,6 +56,8 @@ struct Worker {
     page_size: u64,
     /// Headroom (% of the limit) per cgroup at the last poll.
     headroom: HashMap<u64, f64>,
+    /// Where the charge counters and warnings are counted for /metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Worker {
@@ -111,7 +114,13 @@ impl Worker {
                 r.limit_bytes
             );
         }
+        if let Some(m) = &self.metrics {
+            m.record_charges(&rows, self.page_size);
+        }
         for warning in self.warner.check(&rows, now) {
+            if let Some(m) = &self.metrics {
+                m.record_warning(&warning);
+            }
             if self.warnings.try_send(warning).is_err() {
                 log::warn!("pre-OOM warning dropped: the event loop is behind");
             }
@@ -127,6 +136,7 @@ impl ChargeWatch {
         window: Duration,
         warn: WarnOptions,
         interval: Duration,
+        metrics: Option<Arc<Metrics>>,
     ) -> std::io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -144,6 +154,7 @@ impl ChargeWatch {
             warnings: tx,
             page_size,
             headroom: HashMap::new(),
+            metrics,
         };
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()

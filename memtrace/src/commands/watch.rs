@@ -101,6 +101,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             None => format!("{} unavailable", h.hook),
         })
         .collect();
+    let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups, cfg.metrics.forget_after));
     let mut charge_watch = match (tracer.take_charge_maps(), enricher.paths()) {
         (Some(maps), Some(paths)) => {
             let warn = WarnOptions {
@@ -115,13 +116,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                     cfg.charges.kill_context_window,
                     warn,
                     COUNTER_CHECK,
+                    Some(metrics.clone()),
                 )
                 .context("starting the charge worker")?,
             )
         }
         _ => None,
     };
-    let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups));
     let server = match cfg.metrics_addr()? {
         Some(addr) => {
             let l = metrics::bind(addr)
@@ -185,10 +186,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost, &metrics);
+                if let Some(p) = enricher.paths() {
+                    let h = p.hierarchy();
+                    metrics.sweep(|cgroup| h.dir(cgroup).is_dir());
+                }
                 // Compare with the kernel's counters while kills keep coming, and once more after.
                 if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
                     reconciled_at = delivery.delivered;
-                    for m in rec.check_persistent(&enricher.kills_by_cgroup) {
+                    let mismatches = rec.check_persistent(&enricher.kills_by_cgroup);
+                    metrics.reconciled(&mismatches);
+                    for m in mismatches {
                         log::error!(
                             "RECONCILE: cgroup {}: the kernel counted {} OOM kills since memtrace started, memtrace reported {}",
                             m.cgroup, m.kernel, m.reported

@@ -157,8 +157,14 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// `IP:PORT` to serve `/metrics` on.
     pub listen: String,
-    /// Per-cgroup gauges kept at most (the oldest cgroup is forgotten first).
+    /// Cgroups with per-cgroup gauges and charge counters at most (the least recently
+    /// updated is forgotten first).
     pub max_cgroups: usize,
+    /// How long the series of a removed cgroup stay (kill counters included), so that scrapes
+    /// and alerts see their last values; then they go (a crash-looping pod would otherwise
+    /// add series forever).
+    #[serde(with = "duration")]
+    pub forget_after: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -167,6 +173,7 @@ impl Default for MetricsConfig {
             enabled: false,
             listen: DEFAULT_METRICS_ADDR.into(),
             max_cgroups: 1000,
+            forget_after: Duration::from_secs(3600),
         }
     }
 }
@@ -569,6 +576,9 @@ impl Config {
         self.metrics_addr()?;
         if self.metrics.max_cgroups == 0 {
             return Err(invalid("metrics.max_cgroups", "must be at least 1"));
+        }
+        if self.metrics.forget_after < Duration::from_secs(1) {
+            return Err(invalid("metrics.forget_after", "must be at least 1s"));
         }
         let s = &self.sinks;
         if let Some(c) = s.stdout.as_ref().filter(|c| c.enabled) {

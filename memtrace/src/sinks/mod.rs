@@ -445,7 +445,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_stuck_sink_drops_and_counts_without_delaying_the_others() {
-        let metrics = Arc::new(Metrics::new(10));
+        let metrics = Arc::new(Metrics::new(10, std::time::Duration::from_secs(3600)));
         let mut s = Sinks {
             outs: vec![],
             metrics: metrics.clone(),
