@@ -14,6 +14,7 @@ APT_PKGS=(
   bpftool bpftrace stress-ng util-linux procps tmux          # tests and benchmarks (tmux: the live `top` view)
   qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
   prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
+  containerd runc docker.io                                  # runtime tests and `cargo xtask image` (started by them, never at boot)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod procs;
+pub mod runtimes;
 pub mod servers;
 pub mod terminal;
 pub mod watcher;
