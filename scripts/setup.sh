@@ -15,6 +15,7 @@ APT_PKGS=(
   qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
   prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
   containerd runc docker.io                                  # runtime tests and `cargo xtask image` (started by them, never at boot)
+  python3-venv                                               # rotel (OTLP collector) in .tools/venv
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -76,6 +77,20 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1 || ! cargo-fuzz --version 2>/dev/null | grep -q ' 0\.13\.'; then
   log "cargo install cargo-fuzz"
   cargo "+$NIGHTLY" install cargo-fuzz --locked --version 0.13.2
+fi
+
+# rotel, a real OpenTelemetry collector (PyPI), for the OTLP test (tests/tests/otlp.rs). In a
+# venv under the project's .tools/ with Debian's own python3: the system Python is "externally
+# managed" (PEP 668), and a venv needs neither --break-system-packages nor root.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROTEL_VERSION=0.0.1a15
+if ! "$ROOT/.tools/bin/rotel-agent" --version >/dev/null 2>&1; then
+  log "pip install rotel==$ROTEL_VERSION into .tools/venv"
+  /usr/bin/python3 -m venv "$ROOT/.tools/venv"
+  "$ROOT/.tools/venv/bin/pip" install --quiet --disable-pip-version-check "rotel==$ROTEL_VERSION"
+  agent=$(ls "$ROOT"/.tools/venv/lib/python3*/site-packages/rotel/rotel-agent)
+  mkdir -p "$ROOT/.tools/bin"
+  ln -sf "$agent" "$ROOT/.tools/bin/rotel-agent"
 fi
 
 # tracefs: tracepoint attach and `memtrace probes` read it.

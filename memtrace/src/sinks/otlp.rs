@@ -1,6 +1,10 @@
 //! Each event as an OpenTelemetry log record, POSTed to an OTLP/HTTP logs endpoint
 //! (`http://collector:4318/v1/logs`) in OTLP's JSON encoding. The event's flat keys become the
 //! record's attributes; `host.name` and `service.name=memtrace` are resource attributes.
+//!
+//! Current semantic conventions: the event name is the LogRecord's own EventName field, not the
+//! deprecated `event.name` attribute, and the runtime is `container.runtime.name`. The JSON lines
+//! keep the old keys beside the new ones (pipelines parse them); here they are left out.
 
 use std::time::UNIX_EPOCH;
 
@@ -13,6 +17,10 @@ use crate::config::HttpConfig;
 /// OpenTelemetry SeverityNumber ERROR (WARN for a victim that was already exiting).
 const SEVERITY_ERROR: u32 = 17;
 const SEVERITY_WARN: u32 = 13;
+
+/// JSON-line keys whose current names the record carries instead: `event.name` (the record's
+/// EventName) and `container.runtime` (`container.runtime.name`).
+const DEPRECATED: [&str; 2] = ["event.name", "container.runtime"];
 
 #[derive(Debug)]
 pub struct OtlpSink {
@@ -63,6 +71,7 @@ pub fn payload(ev: &Event, host: &str) -> Value {
         .into_iter()
         .flatten()
         .filter(|(k, _)| !matches!(k.as_str(), "timestamp" | "severity_text" | "body" | "host.name"))
+        .filter(|(k, _)| !DEPRECATED.contains(&k.as_str()))
         .filter_map(|(k, v)| Some(attr(k, any_value(v)?)))
         .collect();
     let (sev, sev_text) = if ev.is_warning() {
@@ -116,9 +125,11 @@ mod tests {
         let attrs = r["attributes"].as_array().expect("attributes");
         let get = |k: &str| attrs.iter().find(|a| a["key"] == k).map(|a| a["value"].clone());
         assert_eq!(get("process.pid"), Some(json!({ "intValue": "10" })));
+        assert_eq!(r["eventName"], "memtrace.oom_kill");
         assert_eq!(
             get("event.name"),
-            Some(json!({ "stringValue": "memtrace.oom_kill" }))
+            None,
+            "deprecated: the EventName field carries it"
         );
         assert_eq!(get("body"), None);
     }
