@@ -1,7 +1,8 @@
 //! The OOM ring buffer's records, decoded and then handled exactly as `memtrace watch` handles
 //! them: enriched (no cgroup hierarchy: no file reads beyond /proc) and written as text and
 //! JSON. The input is a stream of records, as `drain` sees them: each record's length follows
-//! from its kind (a context record is 64 bytes, anything else is tried as a 184-byte victim).
+//! from its kind (a context record is `OOM_CONTEXT_RECORD_LEN` bytes, anything else is tried as a
+//! victim record of `OOM_VICTIM_RECORD_LEN`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

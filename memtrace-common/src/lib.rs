@@ -10,5 +10,6 @@ pub mod cgroup;
 pub mod charge;
 pub mod counters;
 pub mod layout;
+pub mod memcg_stat;
 pub mod oom;
 pub mod oom_context;

@@ -1,6 +1,8 @@
 //! The OOM victim record: one per task the OOM killer marks as a victim (`mark_victim`), so
 //! every task of a `memory.oom.group` kill gets its own.
 
+use crate::memcg_stat::MEMCG_STAT_ITEMS;
+
 /// Record kind written in [`OomVictimRecord::kind`].
 pub const KIND_OOM_VICTIM: u32 = 1;
 
@@ -32,9 +34,15 @@ pub mod flags {
     pub const VICTIM_EXITING: u32 = 1 << 14;
     /// At least one kernel read failed while filling the record.
     pub const READ_ERROR: u32 = 1 << 15;
+    /// `victim_stats` / `oom_stats` were read from the memcg's own statistics.
+    pub const HAS_VICTIM_STATS: u32 = 1 << 16;
+    pub const HAS_OOM_STATS: u32 = 1 << 17;
 }
 
 pub const COMM_LEN: usize = 16;
+
+/// A statistic the kernel does not count (or could not be read) in `victim_stats`/`oom_stats`.
+pub const STAT_ABSENT: u32 = u32::MAX;
 
 /// Wire layout of an OOM victim record in the `OOM_EVENTS` ring buffer. Sizes are in kB where
 /// the kernel's own `mark_victim` tracepoint uses kB, in pages where the kernel counts pages.
@@ -75,6 +83,10 @@ pub struct OomVictimRecord {
     pub trigger_tgid: u32,
     pub victim_comm: [u8; COMM_LEN],
     pub trigger_comm: [u8; COMM_LEN],
+    /// The memory breakdown (`crate::memcg_stat::item` order, in pages, saturated below
+    /// [`STAT_ABSENT`]) of the victim's memcg and of the OOM memcg, read at the hook.
+    pub victim_stats: [u32; MEMCG_STAT_ITEMS],
+    pub oom_stats: [u32; MEMCG_STAT_ITEMS],
 }
 
 /// Size of one record on the wire; the decoder refuses any other length.
@@ -109,9 +121,12 @@ impl OomVictimRecord {
             trigger_tgid: 0,
             victim_comm: [0; COMM_LEN],
             trigger_comm: [0; COMM_LEN],
+            victim_stats: [STAT_ABSENT; MEMCG_STAT_ITEMS],
+            oom_stats: [STAT_ABSENT; MEMCG_STAT_ITEMS],
         }
     }
 }
 
 // The decoder reads the fields in this order; keep the layout free of padding.
-const _: () = assert!(OOM_VICTIM_RECORD_LEN == 8 + 8 * 14 + 4 * 2 + 4 * 6 + 2 * COMM_LEN);
+const _: () =
+    assert!(OOM_VICTIM_RECORD_LEN == 8 + 8 * 14 + 4 * 2 + 4 * 6 + 2 * COMM_LEN + 2 * 4 * MEMCG_STAT_ITEMS);

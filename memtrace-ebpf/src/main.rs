@@ -5,6 +5,7 @@
 
 mod kernel;
 mod maps;
+mod memcg_stat;
 mod probes;
 
 #[cfg(not(test))]

@@ -5,6 +5,7 @@
 //! into a failure: CI never silently skips the kernel side.
 
 pub mod cgroup;
+pub mod kmsg;
 pub mod procs;
 pub mod runtimes;
 pub mod servers;

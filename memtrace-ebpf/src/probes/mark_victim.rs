@@ -25,6 +25,7 @@ use memtrace_common::{
 use crate::{
     kernel::{self, off, read},
     maps::{OOM_EVENTS, bump},
+    memcg_stat,
 };
 
 /// Tracepoint field offsets, from tracefs; patched by userspace.
@@ -115,7 +116,22 @@ fn fill_memcg(rec: &mut OomVictimRecord, task: *const u8) -> bool {
         rec.oom_memcg_depth = depth;
         rec.flags |= flags::HAS_OOM_MEMCG;
     }
+    fill_stats(rec, memcg);
     ok
+}
+
+/// The memory breakdown of the victim's memcg and of the OOM memcg, at the kill.
+#[inline(always)]
+fn fill_stats(rec: &mut OomVictimRecord, memcg: *const u8) {
+    if memcg_stat::read_stats(memcg, &mut rec.victim_stats) {
+        rec.flags |= flags::HAS_VICTIM_STATS;
+    }
+    if rec.flags & flags::HAS_OOM_MEMCG != 0
+        && let Some(oom) = memcg_stat::ancestor(memcg, rec.oom_memcg_depth)
+        && memcg_stat::read_stats(oom, &mut rec.oom_stats)
+    {
+        rec.flags |= flags::HAS_OOM_STATS;
+    }
 }
 
 /// Fills a record from the victim's `task_struct` (tp_btf and raw_tp variants).

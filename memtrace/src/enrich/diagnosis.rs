@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::{cgroup::MemoryStats, output::human_bytes};
+use crate::{cgroup::MemoryStats, enrich::at_kill::Breakdown, output::human_bytes};
 
 /// `oom_score_adj` value that exempts a task from the OOM killer.
 pub const OOM_SCORE_ADJ_MIN: i32 = -1000;
@@ -97,52 +97,81 @@ pub struct Facts<'a> {
     pub oom_cgroup: Option<(&'a str, u64, u64)>,
     /// The OOM cgroup's (or, in a global OOM, the victim's cgroup's) stats after the kill.
     pub post_kill: Option<&'a MemoryStats>,
+    /// The same cgroup's breakdown read in the kernel at the kill; preferred when present.
+    pub at_kill: Option<&'a Breakdown>,
     /// Fraction of the limit at which a working-set alert fires (e.g. 0.9).
     pub ws_alert_ratio: f64,
     /// No memcg data came from the kernel, so no OOM cgroup does not mean a global OOM.
     pub memcg_unknown: bool,
 }
 
+/// Which numbers the verdict rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// The cgroup's own counters, read in the kernel at the kill.
+    AtKill,
+    /// The cgroup's files, read after the kill (the victim's memory may be freed by then).
+    PostKill,
+    /// Neither: only the victim's own counters.
+    Victim,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub constraint: Constraint,
     pub filled_by: FilledBy,
+    pub basis: Basis,
     pub victim_is_trigger: bool,
     /// Working set (usage - inactive_file) over the limit at the kill; usage is the kernel's
-    /// at the kill, inactive_file from the snapshot just after.
+    /// at the kill, inactive_file too when [`Basis::AtKill`], else from the snapshot after.
     pub working_set_ratio: Option<f64>,
     /// Whether an alert on working set >= `ws_alert_ratio` x limit would have fired.
     pub ws_alert_would_fire: Option<bool>,
     pub summary: String,
 }
 
-/// The largest of what filled the cgroup. The victim's anon memory is freed by the kill, so
-/// anon is the larger of the snapshot's and the victim's own at the kill; shmem and page cache
-/// outlive the kill and are read from the snapshot.
-fn filled_by(f: &Facts<'_>) -> FilledBy {
-    let Some(s) = f.post_kill else {
-        return if f.victim_anon > 0 {
-            FilledBy::Anon
-        } else {
-            FilledBy::Unknown
-        };
-    };
-    let anon = s.anon.max(f.victim_anon);
-    let shmem = s.shmem.max(f.victim_shmem);
+/// The largest of what filled the cgroup: from the counters at the kill when the kernel gave
+/// them; otherwise from the snapshot after it, where the victim's anon memory is already freed,
+/// so anon is the larger of the snapshot's and the victim's own at the kill.
+fn filled_by(f: &Facts<'_>) -> (FilledBy, Basis) {
     // v1 cache and v2 file both include shmem.
-    let cache = s.file.saturating_sub(s.shmem);
-    let kernel = s.kernel.unwrap_or(0);
+    let (anon, shmem, cache, kernel, basis) = match (f.at_kill, f.post_kill) {
+        (Some(a), _) if a.anon.is_some() && a.file.is_some() => (
+            a.anon.unwrap_or(0),
+            a.shmem.unwrap_or(0),
+            a.file.unwrap_or(0).saturating_sub(a.shmem.unwrap_or(0)),
+            a.kernel.unwrap_or(0),
+            Basis::AtKill,
+        ),
+        (_, Some(s)) => (
+            s.anon.max(f.victim_anon),
+            s.shmem.max(f.victim_shmem),
+            s.file.saturating_sub(s.shmem),
+            s.kernel.unwrap_or(0),
+            Basis::PostKill,
+        ),
+        _ => {
+            let filled = if f.victim_anon > 0 {
+                FilledBy::Anon
+            } else {
+                FilledBy::Unknown
+            };
+            return (filled, Basis::Victim);
+        }
+    };
     let parts = [
         (anon, FilledBy::Anon),
         (shmem, FilledBy::Shmem),
         (cache, FilledBy::PageCache),
         (kernel, FilledBy::Kernel),
     ];
-    parts
+    let filled = parts
         .into_iter()
         .filter(|(v, _)| *v > 0)
         .max_by_key(|(v, _)| *v)
-        .map_or(FilledBy::Unknown, |(_, k)| k)
+        .map_or(FilledBy::Unknown, |(_, k)| k);
+    (filled, basis)
 }
 
 pub fn verdict(f: &Facts<'_>) -> Verdict {
@@ -151,10 +180,15 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
         (None, false) => Constraint::Global,
         (None, true) => Constraint::Unknown,
     };
-    let filled = filled_by(f);
-    let (working_set_ratio, ws_alert_would_fire) = match (f.oom_cgroup, f.post_kill) {
-        (Some((_, usage, limit)), Some(s)) if limit > 0 => {
-            let ratio = usage.saturating_sub(s.inactive_file) as f64 / limit as f64;
+    let (filled, basis) = filled_by(f);
+    let inactive_file = match (basis, f.at_kill, f.post_kill) {
+        (Basis::AtKill, Some(a), _) => a.inactive_file,
+        (_, _, Some(s)) => Some(s.inactive_file),
+        _ => None,
+    };
+    let (working_set_ratio, ws_alert_would_fire) = match (f.oom_cgroup, inactive_file) {
+        (Some((_, usage, limit)), Some(inactive)) if limit > 0 => {
+            let ratio = usage.saturating_sub(inactive) as f64 / limit as f64;
             (Some(ratio), Some(ratio >= f.ws_alert_ratio))
         }
         _ => (None, None),
@@ -187,6 +221,7 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
     Verdict {
         constraint,
         filled_by: filled,
+        basis,
         victim_is_trigger: f.victim_is_trigger,
         working_set_ratio,
         ws_alert_would_fire,
@@ -260,6 +295,35 @@ mod tests {
         assert_eq!(v.filled_by, FilledBy::PageCache);
         assert_eq!(v.ws_alert_would_fire, Some(false));
         assert!(v.summary.contains("would NOT have fired"));
+    }
+
+    /// The counters at the kill win over the snapshot after it: the snapshot of an anon-filled
+    /// cgroup after the kill shows mostly page cache, the kernel's counters at the kill do not.
+    #[test]
+    fn at_kill_counters_win() {
+        let mib = 1u64 << 20;
+        let after = stats(mib, 8 * mib, 0, 6 * mib);
+        let at = Breakdown {
+            anon: Some(60 * mib),
+            file: Some(3 * mib),
+            shmem: Some(0),
+            inactive_file: Some(2 * mib),
+            ..Breakdown::default()
+        };
+        let f = Facts {
+            victim_is_trigger: true,
+            victim_anon: 0,
+            oom_cgroup: Some(("/a", 64 * mib, 64 * mib)),
+            post_kill: Some(&after),
+            at_kill: Some(&at),
+            ws_alert_ratio: 0.9,
+            ..Facts::default()
+        };
+        let v = verdict(&f);
+        assert_eq!((v.filled_by, v.basis), (FilledBy::Anon, Basis::AtKill));
+        assert_eq!(v.working_set_ratio, Some(62.0 / 64.0));
+        let v = verdict(&Facts { at_kill: None, ..f });
+        assert_eq!((v.filled_by, v.basis), (FilledBy::PageCache, Basis::PostKill));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 use crate::{
     cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
+    enrich::at_kill::Breakdown,
     enrich::attribution::Attribution,
     enrich::diagnosis::{self, Badness, Facts, Verdict},
     enrich::names::{NameSources, Namer},
@@ -79,6 +80,10 @@ pub struct OomKill {
     pub memcg_usage_bytes: Option<u64>,
     pub memcg_limit_bytes: Option<u64>,
     pub oom_cgroup: Option<OomCgroup>,
+    /// The memory breakdown of the victim's cgroup and of the OOM cgroup, read in the kernel
+    /// at the kill (hierarchical, as fresh as the kernel's last stats flush).
+    pub cgroup_at_kill: Option<Breakdown>,
+    pub oom_cgroup_at_kill: Option<Breakdown>,
     /// Post-kill snapshot of the OOM cgroup (or, in a global OOM, the victim's cgroup).
     pub snapshot: Option<Snapshot>,
     pub attribution: Option<Attribution>,
@@ -267,6 +272,13 @@ impl Enricher {
         let oom_path = oom_cgroup
             .as_ref()
             .map(|o| o.cgroup.path.as_deref().unwrap_or("?"));
+        let cgroup_at_kill = r.stats.victim.map(|p| Breakdown::from_pages(&p, page));
+        let oom_cgroup_at_kill = r.stats.oom.map(|p| Breakdown::from_pages(&p, page));
+        // The verdict's cgroup: the OOM cgroup, or in a global OOM the victim's own.
+        let verdict_at_kill = match &oom_cgroup {
+            Some(_) => oom_cgroup_at_kill.as_ref(),
+            None => cgroup_at_kill.as_ref(),
+        };
         let verdict = diagnosis::verdict(&Facts {
             victim_is_trigger: r.trigger_tgid == tgid,
             victim_anon: r.rss_kb.map_or(0, |x| kb(x.anon)),
@@ -276,6 +288,7 @@ impl Enricher {
                 .zip(oom_path)
                 .map(|(o, p)| (p, o.usage_bytes, o.limit_bytes)),
             post_kill: snapshot.as_ref().and_then(Snapshot::stats),
+            at_kill: verdict_at_kill,
             ws_alert_ratio: self.opts.ws_alert_ratio,
             memcg_unknown: r.oom_memcg.is_none()
                 && r.memcg_pages.is_none()
@@ -304,6 +317,8 @@ impl Enricher {
             memcg_usage_bytes: usage,
             memcg_limit_bytes: limit,
             oom_cgroup,
+            cgroup_at_kill,
+            oom_cgroup_at_kill,
             snapshot,
             attribution,
             context,
@@ -387,6 +402,7 @@ mod tests {
             }),
             victim_exiting: false,
             read_error: false,
+            stats: Box::default(),
         }
     }
 

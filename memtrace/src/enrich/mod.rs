@@ -1,6 +1,7 @@
 //! From a kernel record to the kill memtrace reports: cgroup paths, container attribution
 //! ([`attribution`], named by [`names`] from the engines' records), the badness score and the verdict ([`diagnosis`]), assembled in [`kill`].
 
+pub mod at_kill;
 pub mod attribution;
 pub mod diagnosis;
 pub mod docker;

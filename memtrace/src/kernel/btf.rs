@@ -30,7 +30,7 @@ pub enum BtfError {
 
 /// The kernel's BTF, parsed once.
 pub struct KernelBtf {
-    btf: Btf,
+    pub(super) btf: Btf,
 }
 
 /// A resolved layout and the fields that could not be resolved.
@@ -114,7 +114,7 @@ impl KernelBtf {
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
-    fn strip(&self, mut ty: Type) -> Option<Type> {
+    pub(super) fn strip(&self, mut ty: Type) -> Option<Type> {
         for _ in 0..16 {
             ty = match ty {
                 Type::Typedef(t) => self.btf.resolve_chained_type(&t).ok()?,
@@ -129,7 +129,7 @@ impl KernelBtf {
     }
 
     /// Finds `member` in `s`, looking inside anonymous members; returns its byte offset and type.
-    fn find_member(&self, s: &btf_rs::Struct, member: &str, depth: u32) -> Option<(u32, Type)> {
+    pub(super) fn find_member(&self, s: &btf_rs::Struct, member: &str, depth: u32) -> Option<(u32, Type)> {
         if depth > 8 {
             return None;
         }
@@ -174,6 +174,25 @@ impl KernelBtf {
                 .map(|m| m.val()),
             _ => None,
         })
+    }
+
+    /// Enumerators of the enum named `in_enum`, in declaration order.
+    pub fn enum_members(&self, in_enum: &str) -> Vec<(String, u32)> {
+        let Ok(types) = self.btf.resolve_types_by_name(in_enum) else {
+            return Vec::new();
+        };
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => Some(
+                    e.members
+                        .iter()
+                        .filter_map(|m| Some((self.btf.resolve_name(m).ok()?, m.val())))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     fn type_size(&self, ty: &Type) -> Option<u32> {

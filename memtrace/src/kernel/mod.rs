@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod clock;
 pub mod hooks;
+pub mod memcg_stat;
 pub mod privileges;
 pub mod records;
 pub mod tracefs;

@@ -7,7 +7,8 @@
 use bytes::Buf;
 use memtrace_common::{
     cgroup::{CGROUP_MKDIR_RECORD_LEN, CGROUP_PATH_LEN, KIND_CGROUP_MKDIR, flags as cgroup_flags},
-    oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, flags},
+    memcg_stat::MEMCG_STAT_ITEMS,
+    oom::{COMM_LEN, KIND_OOM_VICTIM, OOM_VICTIM_RECORD_LEN, STAT_ABSENT, flags},
     oom_context::{KIND_OOM_CONTEXT, OOM_CONTEXT_RECORD_LEN, flags as ctx_flags},
 };
 use serde::Serialize;
@@ -60,6 +61,48 @@ pub struct OomMemcg {
     pub depth: u32,
 }
 
+/// A memcg's statistics read in the kernel at the kill, in pages, in
+/// `memtrace_common::memcg_stat::item` order (`None`: the kernel does not count that item).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatPages([u32; MEMCG_STAT_ITEMS]);
+
+impl Default for StatPages {
+    fn default() -> Self {
+        Self([STAT_ABSENT; MEMCG_STAT_ITEMS])
+    }
+}
+
+impl StatPages {
+    fn decode(b: &mut &[u8]) -> Self {
+        let mut out = [STAT_ABSENT; MEMCG_STAT_ITEMS];
+        for slot in &mut out {
+            *slot = b.get_u32_le();
+        }
+        Self(out)
+    }
+
+    pub fn get(&self, item: usize) -> Option<u64> {
+        self.0
+            .get(item)
+            .copied()
+            .filter(|&v| v != STAT_ABSENT)
+            .map(u64::from)
+    }
+
+    pub fn set(&mut self, item: usize, pages: Option<u32>) {
+        if let Some(slot) = self.0.get_mut(item) {
+            *slot = pages.unwrap_or(STAT_ABSENT);
+        }
+    }
+}
+
+/// The statistics a record carries: of the victim's memcg and of the OOM memcg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordStats {
+    pub victim: Option<StatPages>,
+    pub oom: Option<StatPages>,
+}
+
 /// One decoded `mark_victim` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VictimRecord {
@@ -86,6 +129,9 @@ pub struct VictimRecord {
     pub victim_exiting: bool,
     /// A kernel read failed while the record was filled: some fields may be missing.
     pub read_error: bool,
+    /// The victim memcg's and the OOM memcg's statistics at the kill.
+    /// Boxed: they would double the record's size.
+    pub stats: Box<RecordStats>,
 }
 
 /// A NUL-terminated kernel `comm`, as text.
@@ -145,7 +191,9 @@ impl TryFrom<&[u8]> for VictimRecord {
         let trigger_pid = b.get_u32_le();
         let trigger_tgid = b.get_u32_le();
         let (victim_comm, rest) = b.split_at(COMM_LEN);
-        let trigger_comm = &rest[..COMM_LEN];
+        let (trigger_comm, mut rest) = rest.split_at(COMM_LEN);
+        let victim_stats = StatPages::decode(&mut rest);
+        let oom_stats = StatPages::decode(&mut rest);
         Ok(Self {
             source,
             ktime_boot_ns,
@@ -166,6 +214,10 @@ impl TryFrom<&[u8]> for VictimRecord {
             oom_memcg: has(flags::HAS_OOM_MEMCG).then_some(oom_memcg),
             victim_exiting: has(flags::VICTIM_EXITING),
             read_error: has(flags::READ_ERROR),
+            stats: Box::new(RecordStats {
+                victim: has(flags::HAS_VICTIM_STATS).then_some(victim_stats),
+                oom: has(flags::HAS_OOM_STATS).then_some(oom_stats),
+            }),
         })
     }
 }
@@ -347,6 +399,9 @@ mod tests {
         }
         v.extend_from_slice(&r.victim_comm);
         v.extend_from_slice(&r.trigger_comm);
+        for x in r.victim_stats.iter().chain(&r.oom_stats) {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
         v
     }
 
@@ -364,6 +419,9 @@ mod tests {
         r.oom_memcg_usage_pages = 16_380;
         r.oom_memcg_limit_pages = 16_384;
         r.oom_memcg_depth = 1;
+        r.flags |= flags::HAS_OOM_STATS;
+        r.oom_stats[0] = 16_000;
+        r.oom_stats[3] = 12;
         r.ktime_boot_ns = 123_456_789;
         r.victim_memcg_id = 4242;
         r.anon_rss_kb = 65_000;
@@ -414,6 +472,12 @@ mod tests {
             })
         );
         assert!(!d.victim_exiting);
+        let stats = d.stats.oom.expect("oom stats");
+        assert_eq!(
+            (stats.get(0), stats.get(3), stats.get(1)),
+            (Some(16_000), Some(12), None)
+        );
+        assert_eq!(d.stats.victim, None, "HAS_VICTIM_STATS not set");
         assert_eq!(d.victim_uid, None, "HAS_UID not set");
         assert_eq!(d.swap_pages, None);
         assert!(!d.read_error);

@@ -14,6 +14,7 @@ use memtrace_common::{
     charge::ChargeConfig,
     counters,
     layout::{CgroupMkdirTpLayout, KernelLayout},
+    memcg_stat::MemcgStatLayout,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -152,13 +153,27 @@ impl Tracer {
             .cgroup_mkdir_layout()
             .unwrap_or(CgroupMkdirTpLayout::absent());
         let page_shift = page_shift();
+        let stat_layout = match kbtf.as_ref().map(|k| k.memcg_stat_layout(page_shift)) {
+            Some(Ok(r)) => {
+                if !r.missing.is_empty() {
+                    log::info!("this kernel's memcgs do not count {}", r.missing.join(", "));
+                }
+                r.layout
+            }
+            Some(Err(e)) => {
+                log::warn!("no memory breakdown at the kill: {e}; the post-kill snapshot stands in");
+                MemcgStatLayout::absent()
+            }
+            None => MemcgStatLayout::absent(),
+        };
 
         let mut loader = EbpfLoader::new();
         loader
             .override_global("KERNEL_LAYOUT", &layout, true)
             .override_global("MARK_VICTIM_TP", &tp_layout, true)
             .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
-            .override_global("PAGE_SHIFT", &page_shift, true);
+            .override_global("PAGE_SHIFT", &page_shift, true)
+            .override_global("MEMCG_STAT_LAYOUT", &stat_layout, true);
         let sample_every = opts.charges.unwrap_or_default().sample_every;
         let charge_config = kbtf
             .as_ref()

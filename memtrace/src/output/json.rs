@@ -80,6 +80,14 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             .put("memtrace.oom_cgroup.usage_bytes", oc.usage_bytes)
             .put("memtrace.oom_cgroup.limit_bytes", oc.limit_bytes);
     }
+    for (prefix, at) in [
+        ("memtrace.cgroup.at_kill.", &k.cgroup_at_kill),
+        ("memtrace.oom_cgroup.at_kill.", &k.oom_cgroup_at_kill),
+    ] {
+        for (key, value) in at.iter().flat_map(|b| b.fields()) {
+            o.opt(&format!("{prefix}{key}"), value);
+        }
+    }
     match &k.snapshot {
         Some(Snapshot::Read(s)) => {
             o.put("memtrace.snapshot.when", "post_kill")
@@ -119,6 +127,7 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     o.put("memtrace.verdict", v.summary.clone())
         .put("memtrace.constraint", json!(v.constraint))
         .put("memtrace.filled_by", json!(v.filled_by))
+        .put("memtrace.verdict.basis", json!(v.basis))
         .opt("memtrace.working_set_ratio", v.working_set_ratio)
         .opt("memtrace.ws_alert_would_fire", v.ws_alert_would_fire);
     if let Some(a) = &k.attribution {

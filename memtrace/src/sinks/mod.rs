@@ -398,6 +398,8 @@ pub(crate) mod tests {
             memcg_usage_bytes: Some(1 << 26),
             memcg_limit_bytes: Some(1 << 26),
             oom_cgroup: None,
+            cgroup_at_kill: None,
+            oom_cgroup_at_kill: None,
             snapshot: None,
             attribution: None,
             badness: None,

@@ -4,6 +4,8 @@
 //! memtrace-alloc grow [CHUNK_MIB]      allocate and touch CHUNK_MIB (default 1) forever
 //! memtrace-alloc hold MIB              allocate and touch MIB, print "ready", sleep
 //! memtrace-alloc shm PATH MIB          write MIB to a tmpfs file, print "ready", sleep
+//! memtrace-alloc cache PATH MIB        write MIB to a disk file, map and mlock it (page cache
+//!                                      the kernel cannot reclaim), print "ready", sleep
 //! memtrace-alloc trickle MIB_PER_S MAX_MIB   charge at a steady rate, forever: allocate 1 MiB
 //!                                      chunks, free them all on reaching MAX_MIB, repeat
 
@@ -36,6 +38,42 @@ fn ready_then_sleep() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Writes `bytes` to a file on disk, then maps and mlocks it: its page cache stays charged to
+/// our cgroup and cannot be reclaimed (mlocked pages are unevictable).
+fn lock_cache(path: &str, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..bytes >> 20 {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()?;
+    // SAFETY: a fresh shared read-only mapping of a file we own; never unmapped (we sleep).
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the range was just mapped.
+    if unsafe { libc::mlock(addr, bytes) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn mib(arg: Option<String>, default: usize) -> usize {
@@ -94,8 +132,16 @@ fn main() {
             }
             ready_then_sleep()
         }
+        Some("cache") => {
+            let path = args.next().unwrap_or_else(|| "/tmp/memtrace-test-cache".into());
+            if let Err(e) = lock_cache(&path, mib(args.next(), 16)) {
+                eprintln!("memtrace-alloc: {path}: {e}");
+                std::process::exit(1);
+            }
+            ready_then_sleep()
+        }
         _ => {
-            eprintln!("usage: memtrace-alloc grow [CHUNK_MIB] | hold MIB | shm PATH MIB");
+            eprintln!("usage: memtrace-alloc grow [CHUNK_MIB] | hold MIB | shm PATH MIB | cache PATH MIB");
             std::process::exit(2);
         }
     }
