@@ -91,6 +91,10 @@ mod tests {
         p.set(item::KMEM, Some(5));
         assert_eq!(Breakdown::from_pages(&p, 4096).kernel, Some(5 * 4096));
         p.set(item::ANON, Some(u32::MAX - 1));
-        assert_eq!(Breakdown::from_pages(&p, 1 << 40).anon, Some(u64::MAX), "saturates");
+        assert_eq!(
+            Breakdown::from_pages(&p, 1 << 40).anon,
+            Some(u64::MAX),
+            "saturates"
+        );
     }
 }
