@@ -30,8 +30,11 @@ impl Kmsg {
                 Ok(0) => break,
                 Ok(n) => {
                     let rec = String::from_utf8_lossy(&buf[..n]);
+                    // One record per printk; a record with several lines (6.1 prints the whole
+                    // memory.stat dump in one) has them escaped as \x0a.
                     if let Some((_, msg)) = rec.split_once(';') {
-                        out.push(msg.lines().next().unwrap_or("").to_owned());
+                        let msg = msg.lines().next().unwrap_or("");
+                        out.extend(msg.split("\\x0a").map(str::to_owned));
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,

@@ -61,7 +61,9 @@ fn anon_filled_matches_the_kernel_log() {
             eprintln!("attempt {attempt}: the kernel logged no dump for this kill (rate-limited)");
             continue;
         };
-        let logged = dump[anon_key];
+        let logged = *dump
+            .get(anon_key)
+            .unwrap_or_else(|| panic!("no {anon_key} in the kernel's dump: {dump:?}"));
         eprintln!("at kill {anon}, memory.stat dump {anon_key} {logged}, Killed process anon-rss {killed}");
         assert!(within(anon, logged, 3.0), "at kill {anon} vs dump {logged}");
         assert!(within(anon, killed, 5.0), "at kill {anon} vs anon-rss {killed}");
@@ -112,8 +114,8 @@ fn page_cache_filled_is_page_cache_at_the_kill() {
     }
     let mut w = Watcher::start(&[]);
     let cg = TestCgroup::new("atkill-cache", 64 * MIB);
-    let file = std::env::temp_dir().join(format!("memtrace-test-atkill-{}", std::process::id()));
-    let file = file.to_string_lossy().into_owned();
+    let dir = CacheDir::new();
+    let file = dir.0.join("cache").to_string_lossy().into_owned();
     let _rm = RemoveFile(file.clone());
     let mut holder = procs::alloc_in(&cg, &["cache", &file, "48"], None);
     procs::wait_ready(&mut holder);
@@ -132,6 +134,51 @@ fn page_cache_filled_is_page_cache_at_the_kill() {
     let _ = holder.wait();
     drop(cg);
     w.stop();
+}
+
+/// A directory whose files are page cache, not shmem: the temp dir when it is on a disk
+/// (the host), else a ramfs mounted for the test (the VM guests run from tmpfs, whose pages are
+/// shmem; ramfs pages are plain, unevictable page cache).
+struct CacheDir(std::path::PathBuf, bool);
+
+impl CacheDir {
+    fn new() -> Self {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let dir = std::env::temp_dir().join(format!("memtrace-test-atkill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir cache dir");
+        let cpath = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: statfs into a zeroed struct we own.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let on_tmpfs =
+            unsafe { libc::statfs(cpath.as_ptr(), &mut st) } == 0 && st.f_type as i64 == TMPFS_MAGIC;
+        if on_tmpfs {
+            let fstype = c"ramfs";
+            // SAFETY: mounting a fresh ramfs on a directory this test made.
+            let rc = unsafe {
+                libc::mount(
+                    fstype.as_ptr(),
+                    cpath.as_ptr(),
+                    fstype.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "mount ramfs: {}", std::io::Error::last_os_error());
+        }
+        Self(dir, on_tmpfs)
+    }
+}
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0.join("cache"));
+        if self.1 {
+            let cpath = std::ffi::CString::new(self.0.to_string_lossy().as_bytes()).expect("path");
+            // SAFETY: unmounting the ramfs this test mounted.
+            unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 struct RemoveFile(String);
