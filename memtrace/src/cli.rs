@@ -97,6 +97,10 @@ pub struct WatchArgs {
     /// At most one pre-OOM warning per cgroup this often.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub warn_every: Option<std::time::Duration>,
+    /// Keep a flame graph (SVG) of each kill's charging stacks in DIR, its path in the event
+    /// (`memtrace.flamegraph`) [config: charges.kill_flamegraph_dir].
+    #[arg(long, value_name = "DIR")]
+    pub kill_flamegraphs: Option<std::path::PathBuf>,
     /// Exit after this many kills have been reported.
     #[arg(long, value_name = "N")]
     pub exit_after: Option<u64>,
@@ -143,6 +147,9 @@ pub struct HotspotsArgs {
     /// Folded stacks (`comm;frame;frame count`) for flamegraph.pl / inferno.
     #[arg(long)]
     pub folded: bool,
+    /// Also write a flame graph (SVG) of the stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }

@@ -1,5 +1,6 @@
 //! `memtrace hotspots`: which stacks charged memory to a cgroup (and its descendants) over a
-//! time window, as a table or in folded format for flame-graph tools.
+//! time window, as a table or in folded format for flame-graph tools, and as a flame graph
+//! (`--svg FILE`).
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use crate::{
     charges::symbolize::Symbols,
     cli::HotspotsArgs,
     kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
-    output::Format,
+    output::{Format, flamegraph},
 };
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
@@ -71,6 +72,19 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| HotStack::resolve(&mut syms, s))
         .collect();
+    if let Some(path) = &args.svg {
+        let folded: Vec<String> = top.iter().map(HotStack::folded).collect();
+        let title = match &args.cgroup {
+            Some(c) => format!("memory charges in /{}", c.trim_matches('/')),
+            None => "memory charges".to_owned(),
+        };
+        flamegraph::write(path, &folded, &title)?;
+        eprintln!(
+            "memtrace: flame graph of {} stacks in {}",
+            top.len(),
+            path.display()
+        );
+    }
     if args.folded {
         for h in &top {
             println!("{}", h.folded());

@@ -24,6 +24,7 @@ use crate::{
     kernel::clock,
     kernel::records::{CgroupCreated, OomRecord},
     kernel::tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
+    output::flamegraph,
     output::metrics::{self, Metrics},
     sinks::{Event, SinkReport, Sinks},
 };
@@ -148,6 +149,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
 
+    let flamegraph_dir = cfg.charges.kill_flamegraph_dir.as_deref();
     let emit = |r: OomRecord,
                 enricher: &mut Enricher,
                 charge_watch: &mut Option<ChargeWatch>,
@@ -167,7 +169,23 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         metrics.record_kill(&kill);
-        sinks.dispatch(Event::from_kill(kill, host.clone(), delay));
+        // The flame graph is drawn after the event is out: its path is known before.
+        let graph = flamegraph_dir.filter(|_| !kill.hotspots.is_empty()).map(|dir| {
+            let folded: Vec<String> = kill.hotspots.iter().map(|h| h.folded()).collect();
+            let path = flamegraph::kill_path(dir, kill.seq, kill.pid);
+            let title = format!("charges before the OOM kill of pid {}", kill.pid);
+            (path, folded, title)
+        });
+        let mut ev = Event::from_kill(kill, host.clone(), delay);
+        if let Some((path, ..)) = &graph {
+            ev.json["memtrace.flamegraph"] = path.to_string_lossy().into();
+        }
+        sinks.dispatch(ev);
+        if let Some((path, folded, title)) = graph
+            && let Err(e) = flamegraph::write(&path, &folded, &title)
+        {
+            log::warn!("kill flame graph: {e}");
+        }
         delivery.delivered += 1;
         Ok(())
     };

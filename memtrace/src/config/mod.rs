@@ -137,6 +137,9 @@ pub struct ChargesConfig {
     /// At most one pre-OOM warning per cgroup this often.
     #[serde(with = "duration")]
     pub warn_every: Duration,
+    /// Keep a flame graph of each kill's charging stacks here (`memtrace.flamegraph` in the
+    /// event); none when unset.
+    pub kill_flamegraph_dir: Option<PathBuf>,
 }
 
 impl Default for ChargesConfig {
@@ -147,6 +150,7 @@ impl Default for ChargesConfig {
             kill_context_window: Duration::from_secs(10),
             warn_ratio: 0.9,
             warn_every: Duration::from_secs(60),
+            kill_flamegraph_dir: None,
         }
     }
 }
@@ -460,6 +464,9 @@ impl Config {
         if let Some(d) = args.warn_every {
             c.warn_every = d;
         }
+        if let Some(d) = &args.kill_flamegraphs {
+            c.kill_flamegraph_dir = Some(d.clone());
+        }
         if !args.variants.is_empty() {
             self.watch.variants = args
                 .variants
@@ -576,6 +583,14 @@ impl Config {
         self.metrics_addr()?;
         if self.metrics.max_cgroups == 0 {
             return Err(invalid("metrics.max_cgroups", "must be at least 1"));
+        }
+        if let Some(d) = &self.charges.kill_flamegraph_dir
+            && !d.is_dir()
+        {
+            return Err(invalid(
+                "charges.kill_flamegraph_dir",
+                format!("{} is not a directory", d.display()),
+            ));
         }
         if self.metrics.forget_after < Duration::from_secs(1) {
             return Err(invalid("metrics.forget_after", "must be at least 1s"));

@@ -1,5 +1,6 @@
 //! How events are written: human text or JSON lines (flat OpenTelemetry-style keys).
 
+pub mod flamegraph;
 pub mod json;
 pub mod metrics;
 pub mod text;
