@@ -14,7 +14,7 @@ APT_PKGS=(
   bpftool bpftrace stress-ng util-linux procps tmux          # tests and benchmarks (tmux: the live `top` view)
   qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
   prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
-  containerd runc docker.io                                  # runtime tests and `cargo xtask image` (started by them, never at boot)
+  containerd runc docker.io python3-yaml                     # runtime tests, `cargo xtask image` (daemons started by them, never at boot)
   python3-venv                                               # rotel (OTLP collector) in .tools/venv
 )
 

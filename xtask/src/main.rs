@@ -2,6 +2,7 @@
 
 mod bench;
 mod fuzz;
+mod image;
 mod soak;
 mod test;
 mod vm;
@@ -25,6 +26,8 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Real OOM kills for N minutes with memtrace running: every kill reported, RSS/fds sampled.
     Soak(soak::SoakArgs),
+    /// Build the container image deploy/daemonset.yaml runs, offline (Containerfile on scratch).
+    Image(image::ImageArgs),
     /// Measure memtrace (charge-path overhead, kill latency, storms, footprint, ring buffer)
     /// into BENCHMARKS.md.
     Bench(bench::BenchArgs),
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Soak(args) => soak::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Image(args) => image::run_image(&args),
     }
 }
