@@ -18,8 +18,10 @@ pub(super) struct Built {
 /// only.
 /// `top_live` needs tmux. The reliability tests (lifecycle: 100 start/stop cycles; drops,
 /// bad_input, privileges: mount namespaces, setpriv as other uids) are host tests; they have not
-/// been run in the guest yet.
+/// been run in the guest yet. `runtimes` and `daemonset` need containerd, runc and dockerd.
 const HOST_ONLY_TESTS: &[&str] = &[
+    "runtimes",
+    "daemonset",
     "export",
     "top_live",
     "lifecycle",
