@@ -45,8 +45,21 @@ fn watch_with(extra: &[String]) -> Watcher {
     Watcher::start(&args)
 }
 
+/// The kill in `cgroup`; its container and Kubernetes keys are printed (README samples).
 fn kill_in(w: &mut Watcher, cgroup: &str) -> Value {
-    w.next_event(Duration::from_secs(30), |e| e["memtrace.cgroup.path"] == cgroup)
+    let ev = w.next_event(Duration::from_secs(30), |e| e["memtrace.cgroup.path"] == cgroup);
+    let names: serde_json::Map<String, Value> = ev
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("container.") || k.starts_with("k8s.") || k == &"memtrace.cgroup.path")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    eprintln!(
+        "kill: {}",
+        serde_json::to_string_pretty(&names).unwrap_or_default()
+    );
+    ev
 }
 
 /// Two Kubernetes-shaped containers made by `ctr -n k8s.io run` with the CRI annotations, one
