@@ -359,7 +359,10 @@ impl Containerd {
     /// Kills and deletes one container (task, then container).
     pub fn remove(&self, namespace: &str, id: &str) {
         // Fails when the task is already gone (the OOM killer's work): not worth a word.
-        let _ = self.ctr(namespace).args(["task", "kill", "-s", "SIGKILL", id]).output();
+        let _ = self
+            .ctr(namespace)
+            .args(["task", "kill", "-s", "SIGKILL", id])
+            .output();
         // A task killed a moment ago may still be stopping: `rm -f` waits for it.
         run_quiet(self.ctr(namespace).args(["task", "rm", "-f", id]));
         run_quiet(self.ctr(namespace).args(["container", "rm", id]));
