@@ -125,6 +125,9 @@ pub fn oom_memcg(memcg: *const u8) -> Option<(u64, u64, u64, u32)> {
 /// Did the OOM killer count a kill in `memcg` since its last victim was marked? The counter is
 /// raised before mark_oom_victim() in __oom_kill_process(); the task_will_free_mem() paths
 /// mark a victim without a kill and leave it alone. `None` when the kernel lacks the counter.
+/// Keyed by cgroup id, never by the `mem_cgroup *`: a freed memcg's memory is reused by the slab
+/// for a new cgroup (seen: one address for several incarnations of a re-created cgroup), whose
+/// counter starts again from zero and would compare against the dead one's.
 #[inline(always)]
 pub fn memcg_counted_a_kill(memcg: *const u8) -> Option<bool> {
     let off = off!(memcg_oom_kills);
@@ -133,12 +136,16 @@ pub fn memcg_counted_a_kill(memcg: *const u8) -> Option<bool> {
     }
     let now: i64 = read(memcg, off).ok()?;
     let now = now.max(0) as u64;
-    let key = memcg as u64;
+    let key = css_cgroup_id(memcg).ok()?;
     // SAFETY: a map value read once.
     let before = unsafe { crate::maps::OOM_KILLS_SEEN.get(&key) }.copied();
     let _ = crate::maps::OOM_KILLS_SEEN.insert(&key, &now, 0);
-    // First sight of this memcg: its count says nothing about this mark; take it as a kill.
-    Some(before.is_none_or(|b| now > b))
+    // First sight of this cgroup: a counter still at zero has counted no kill; any other value
+    // says nothing about this mark, so it is taken as a kill.
+    Some(match before {
+        Some(b) => now > b,
+        None => now > 0,
+    })
 }
 
 /// PF_EXITING (include/linux/sched.h): the task is already in do_exit(). SIGNAL_GROUP_EXIT is

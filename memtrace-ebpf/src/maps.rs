@@ -37,7 +37,8 @@ pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0)
 #[map]
 pub static SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// The victim memcg's OOM-kill counter at its last mark_victim (`mem_cgroup *` -> count).
+/// The victim memcg's OOM-kill counter at its last mark_victim (cgroup id -> count; never the
+/// `mem_cgroup *`, whose memory the slab reuses for new cgroups).
 #[map]
 pub static OOM_KILLS_SEEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 

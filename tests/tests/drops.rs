@@ -59,10 +59,12 @@ fn full_ring_buffer_drops_are_counted_and_logged() {
     );
     w.signal(libc::SIGCONT);
     let lost_line = w.wait_stderr("LOST ", Duration::from_secs(10));
-    // Let it drain and report whatever came after, then stop it.
-    std::thread::sleep(Duration::from_millis(1500));
-    drop(cgroups);
+    // Let it drain and report whatever came after (a mismatch is logged once it has persisted
+    // over two checks, a second apart), then stop it while our cgroups still exist.
+    w.wait_stderr("RECONCILE: cgroup", Duration::from_secs(10));
+    let rels: Vec<String> = cgroups.iter().map(|c| c.rel.clone()).collect();
     let exit = w.kill_with(libc::SIGTERM, Duration::from_secs(10));
+    drop(cgroups);
     assert!(exit.status.success(), "{exit:?}");
     let s = exit.summary.expect("exit summary");
     eprintln!("{killed} kills while stopped; {s:?}; {lost_line}");
@@ -74,8 +76,25 @@ fn full_ring_buffer_drops_are_counted_and_logged() {
         s.delivered + s.dropped_ringbuf_full + s.decode_errors,
         "produced == delivered + dropped: {s:?}"
     );
-    // memtrace reported fewer kills than the kernel counted, and says so.
+    // memtrace reported fewer kills than the kernel counted, and says so: in its exit summary,
+    // naming our own cgroups, and in a RECONCILE line while it ran.
     assert!(s.reconciled.starts_with("MISMATCH"), "{s:?}");
+    let ours: Vec<&str> = rels
+        .iter()
+        .filter(|r| s.reconciled.contains(&format!("{r}:")))
+        .map(String::as_str)
+        .collect();
+    assert!(!ours.is_empty(), "none of our cgroups in {s:?}");
+    let reconcile: Vec<&String> = exit
+        .stderr
+        .iter()
+        .filter(|l| l.contains("RECONCILE: cgroup"))
+        .collect();
+    assert!(
+        ours.iter()
+            .any(|r| reconcile.iter().any(|l| l.contains(&format!("cgroup {r}:")))),
+        "no RECONCILE line for {ours:?}: {reconcile:#?}"
+    );
     // The ring held what it could: every record that fitted was delivered.
     assert!(s.delivered >= 15, "{s:?}");
     // Rate-limited: one line per check (once a second); all the drops happened during the

@@ -101,6 +101,11 @@ impl CgroupPaths {
         self.by_id.values().map(String::as_str)
     }
 
+    /// (id, path) of every cgroup known.
+    pub fn iter_ids(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.by_id.iter().map(|(id, p)| (*id, p.as_str()))
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

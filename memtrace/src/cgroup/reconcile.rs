@@ -3,8 +3,10 @@
 //! (cgroup v1 `memory.oom_control`, v2 `memory.events.local`: both count the kills of tasks in
 //! that cgroup only); host-wide, `/proc/vmstat` `oom_kill`. Victims that were already exiting
 //! are marked without a kill and counted by neither, so they are left out of both sides.
+//! Counts are kept per cgroup *incarnation* (its id, the directory's inode): a cgroup removed
+//! and re-created under the same path is a new cgroup whose kernel counter starts at zero.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
 use crate::cgroup::{CgroupPaths, CgroupVersion, MemoryHierarchy, stats::parse_flat_keyed};
 
@@ -16,6 +18,42 @@ pub fn cgroup_oom_kills(h: &MemoryHierarchy, path: &str) -> Option<u64> {
     };
     let text = std::fs::read_to_string(h.dir(path).join(file)).ok()?;
     parse_flat_keyed(&text).ok()?.get("oom_kill").copied()
+}
+
+/// The counter of cgroup `id` at `path`; `None` if it is gone (or `path` now holds another
+/// incarnation). Without an id, whatever cgroup is at `path`.
+fn incarnation_oom_kills(h: &MemoryHierarchy, path: &str, id: Option<u64>) -> Option<u64> {
+    if let Some(id) = id
+        && std::fs::metadata(h.dir(path)).ok()?.ino() != id
+    {
+        return None;
+    }
+    cgroup_oom_kills(h, path)
+}
+
+/// One cgroup incarnation memtrace reported kills in: its path and, where the kernel gave
+/// it, its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    pub path: String,
+    pub id: Option<u64>,
+}
+
+/// Kills memtrace reported (victims marked without a kill left out).
+#[derive(Debug, Clone, Default)]
+pub struct KillCounts {
+    pub by_cgroup: HashMap<CgroupKey, u64>,
+    /// Every kill, also those whose cgroup could not be named: the host-wide side.
+    pub total: u64,
+}
+
+impl KillCounts {
+    pub fn add(&mut self, cgroup: Option<CgroupKey>) {
+        self.total += 1;
+        if let Some(k) = cgroup {
+            *self.by_cgroup.entry(k).or_default() += 1;
+        }
+    }
 }
 
 pub fn vmstat_oom_kills() -> Option<u64> {
@@ -88,8 +126,9 @@ impl Report {
 /// a mismatch only outside it (one read after attaching took such a kill as a false mismatch).
 pub struct Reconciler {
     hierarchy: MemoryHierarchy,
-    before: HashMap<String, u64>,
-    after: HashMap<String, u64>,
+    /// Counters by cgroup id (the incarnation that existed at start).
+    before: HashMap<u64, (String, u64)>,
+    after: HashMap<u64, u64>,
     vmstat_before: Option<u64>,
     vmstat_after: Option<u64>,
     /// Mismatches seen at the previous check: only one that persists is reported, since a
@@ -101,14 +140,16 @@ impl Reconciler {
     /// Reads the baselines; call it before attaching, and [`Self::attached`] right after.
     pub fn new(paths: &CgroupPaths) -> Self {
         let hierarchy = paths.hierarchy().clone();
-        let before: HashMap<String, u64> = paths
-            .iter()
-            .filter_map(|p| cgroup_oom_kills(&hierarchy, p).map(|n| (p.to_owned(), n)))
+        let before: HashMap<u64, (String, u64)> = paths
+            .iter_ids()
+            .filter_map(|(id, p)| {
+                incarnation_oom_kills(&hierarchy, p, Some(id)).map(|n| (id, (p.to_owned(), n)))
+            })
             .collect();
         let vmstat_before = vmstat_oom_kills();
         Self {
             hierarchy,
-            after: before.clone(),
+            after: before.iter().map(|(id, (_, n))| (*id, *n)).collect(),
             before,
             vmstat_before,
             vmstat_after: vmstat_before,
@@ -120,8 +161,8 @@ impl Reconciler {
     pub fn attached(&mut self) {
         self.after = self
             .before
-            .keys()
-            .filter_map(|p| cgroup_oom_kills(&self.hierarchy, p).map(|n| (p.clone(), n)))
+            .iter()
+            .filter_map(|(id, (p, _))| incarnation_oom_kills(&self.hierarchy, p, Some(*id)).map(|n| (*id, n)))
             .collect();
         self.vmstat_after = vmstat_oom_kills();
     }
@@ -134,19 +175,26 @@ impl Reconciler {
         )
     }
 
-    /// Compares `reported` (kills per cgroup path) with the kernel's counters now.
-    pub fn check(&self, reported: &HashMap<String, u64>) -> Report {
+    /// Compares `reported` (kills per cgroup incarnation) with the kernel's counters now.
+    pub fn check(&self, reported: &KillCounts) -> Report {
         let mut r = Report::default();
-        for (path, &n) in reported {
-            match cgroup_oom_kills(&self.hierarchy, path) {
+        for (key, &n) in &reported.by_cgroup {
+            match incarnation_oom_kills(&self.hierarchy, &key.path, key.id) {
                 Some(k) => {
                     r.checked += 1;
-                    // A cgroup created after start had a counter of zero.
-                    let range =
-                        Self::since_start(k, self.before.get(path).copied(), self.after.get(path).copied());
+                    // A cgroup created after start had a counter of zero. Without an id, the
+                    // baseline of whatever was at that path.
+                    let id = key.id.or_else(|| {
+                        self.before
+                            .iter()
+                            .find_map(|(id, (p, _))| (*p == key.path).then_some(*id))
+                    });
+                    let before = id.and_then(|id| self.before.get(&id)).map(|(_, n)| *n);
+                    let after = id.and_then(|id| self.after.get(&id)).copied();
+                    let range = Self::since_start(k, before, after);
                     if let Some(kernel) = outside(n, range) {
                         r.mismatches.push(Mismatch {
-                            cgroup: path.clone(),
+                            cgroup: key.path.clone(),
                             kernel,
                             reported: n,
                         });
@@ -156,7 +204,7 @@ impl Reconciler {
             }
         }
         r.mismatches.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
-        r.vmstat_reported = reported.values().sum();
+        r.vmstat_reported = reported.total;
         r.vmstat_kernel = vmstat_oom_kills()
             .filter(|_| self.vmstat_before.is_some())
             .map(|now| Self::since_start(now, self.vmstat_before, self.vmstat_after));
@@ -168,7 +216,7 @@ impl Reconciler {
     }
 
     /// A periodic check: returns the mismatches that persisted since the previous one.
-    pub fn check_persistent(&mut self, reported: &HashMap<String, u64>) -> Vec<Mismatch> {
+    pub fn check_persistent(&mut self, reported: &KillCounts) -> Vec<Mismatch> {
         let now = self.check(reported).mismatches;
         let persistent = now.iter().filter(|m| self.pending.contains(m)).cloned().collect();
         self.pending = now;
@@ -227,7 +275,17 @@ mod tests {
         let mut r = Reconciler::new(&paths);
         set(5); // killed while attaching
         r.attached();
-        let reported = |n: u64| HashMap::from([("/a".to_owned(), n)]);
+        let id = std::fs::metadata(dir.path().join("a")).expect("stat").ino();
+        let reported = |n: u64| KillCounts {
+            by_cgroup: HashMap::from([(
+                CgroupKey {
+                    path: "/a".to_owned(),
+                    id: Some(id),
+                },
+                n,
+            )]),
+            total: n,
+        };
         assert!(r.check(&reported(0)).mismatches.is_empty(), "not seen: fine");
         assert!(r.check(&reported(1)).mismatches.is_empty(), "seen: fine");
         set(6); // killed after attaching
@@ -245,6 +303,24 @@ mod tests {
             2,
             "more than the kernel"
         );
+
+        // Removed and re-created under the same path: a new incarnation, its counter from 0.
+        std::fs::remove_dir_all(dir.path().join("a")).expect("rm");
+        let old = std::fs::File::create(dir.path().join("keep-inode")).expect("hold");
+        std::fs::create_dir_all(dir.path().join("a")).expect("mkdir");
+        set(1);
+        let new_id = std::fs::metadata(dir.path().join("a")).expect("stat").ino();
+        assert_ne!(new_id, id, "a new inode for the new incarnation");
+        let mut counts = reported(2);
+        counts.add(Some(CgroupKey {
+            path: "/a".to_owned(),
+            id: Some(new_id),
+        }));
+        let report = r.check(&counts);
+        assert!(report.mismatches.is_empty(), "{report:?}");
+        assert_eq!((report.checked, report.gone), (1, 1));
+        assert_eq!(report.vmstat_reported, 3);
+        drop(old);
     }
 
     #[test]

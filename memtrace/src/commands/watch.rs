@@ -211,7 +211,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 // Compare with the kernel's counters while kills keep coming, and once more after.
                 if let Some(rec) = reconciler.as_mut() && (delivery.delivered != reconciled_at || rec.has_pending()) {
                     reconciled_at = delivery.delivered;
-                    let mismatches = rec.check_persistent(&enricher.kills_by_cgroup);
+                    let mismatches = rec.check_persistent(&enricher.kills);
                     metrics.reconciled(&mismatches);
                     for m in mismatches {
                         log::error!(
@@ -241,7 +241,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     report_losses(&tracer, reported_lost, &metrics);
     let reconciled = reconciler.as_ref().map_or_else(
         || "unavailable".to_owned(),
-        |r| r.check(&enricher.kills_by_cgroup).describe(),
+        |r| r.check(&enricher.kills).describe(),
     );
     drop(charge_watch);
     drop(tracer);

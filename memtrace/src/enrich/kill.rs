@@ -2,9 +2,10 @@
 //! once: wall time, sequence number, cgroup paths, a post-kill snapshot of the cgroup stats,
 //! container attribution, the badness score and a verdict.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::time::SystemTime;
 
 use crate::{
+    cgroup::reconcile::{CgroupKey, KillCounts},
     cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
     enrich::at_kill::Breakdown,
     enrich::attribution::Attribution,
@@ -136,8 +137,9 @@ pub struct Enricher {
     namer: Namer,
     /// Recent oom_kill_process records, waiting for their victim.
     contexts: Vec<OomContext>,
-    /// Kills reported per victim cgroup path (exiting victims excluded), for reconciliation.
-    pub kills_by_cgroup: HashMap<String, u64>,
+    /// Kills reported per victim cgroup incarnation, and in all (exiting victims excluded),
+    /// for reconciliation.
+    pub kills: KillCounts,
 }
 
 impl Enricher {
@@ -151,7 +153,7 @@ impl Enricher {
             namer: Namer::new(opts.names.clone()),
             opts,
             contexts: Vec::new(),
-            kills_by_cgroup: HashMap::new(),
+            kills: KillCounts::default(),
         }
     }
 
@@ -242,10 +244,11 @@ impl Enricher {
             .or_else(|| victim_path.clone());
         let snapshot = snap_path.as_deref().and_then(|p| self.snapshot(p));
         let attribution = victim_path.as_deref().and_then(|p| self.namer.attribute(p));
-        if let Some(p) = &victim_path
-            && !r.victim_exiting
-        {
-            *self.kills_by_cgroup.entry(p.clone()).or_default() += 1;
+        if !r.victim_exiting {
+            self.kills.add(victim_path.clone().map(|path| CgroupKey {
+                path,
+                id: cgroup.as_ref().and_then(|c| c.id),
+            }));
         }
 
         let context = self.take_context(tgid);
