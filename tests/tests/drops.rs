@@ -7,7 +7,7 @@ use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 use memtrace_tests::{TestCgroup, Watcher, ebpf_available, procs};
 
 const MIB: u64 = 1 << 20;
-/// A 4096-byte ring holds 21 victim records (184 bytes + an 8-byte header each).
+/// A 4096-byte ring holds 13 victim records (288 bytes + an 8-byte header each).
 const RING_BYTES: &str = "4096";
 const CGROUPS: usize = 4;
 const KILLS_PER_CGROUP: usize = 12;
@@ -96,7 +96,7 @@ fn full_ring_buffer_drops_are_counted_and_logged() {
         "no RECONCILE line for {ours:?}: {reconcile:#?}"
     );
     // The ring held what it could: every record that fitted was delivered.
-    assert!(s.delivered >= 15, "{s:?}");
+    assert!(s.delivered >= 13, "{s:?}");
     // Rate-limited: one line per check (once a second); all the drops happened during the
     // stop, so one line reports them all, and the lines add up to the summary's count.
     let lost_lines: Vec<&String> = exit.stderr.iter().filter(|l| l.contains("LOST ")).collect();
