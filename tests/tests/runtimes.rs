@@ -66,7 +66,7 @@ fn kill_in(w: &mut Watcher, cgroup: &str) -> Value {
 /// per kubelet cgroup driver shape: systemd (`kubepods-burstable-pod<uid_>.slice/
 /// cri-containerd-<id>.scope`) and cgroupfs (`kubepods/besteffort/pod<uid>/<id>`). Each kill
 /// carries namespace, pod, container, pod uid, QoS, container id and runtime, from the real
-/// bundle containerd wrote.
+/// bundle containerd wrote (for the bare-id leaf, the runtime from where that bundle is).
 #[test]
 fn kubernetes_shaped_containerd_kills_carry_pod_names() {
     if !ready(
@@ -123,9 +123,10 @@ fn kubernetes_shaped_containerd_kills_carry_pod_names() {
             .arg(id)
             .args(["/memtrace-alloc", "grow"]));
     }
+    // The cgroupfs driver's bare-id leaf does not say which runtime made it: the bundle does.
     let want = [
         ("burstable", "Burstable", "containerd"),
-        ("besteffort", "BestEffort", "unknown"),
+        ("besteffort", "BestEffort", "containerd"),
     ];
     for ((id, uid, cgroup, (ns, pod, ctr)), (_, qos, runtime)) in shapes.iter().zip(want) {
         let ev = kill_in(&mut w, cgroup);
@@ -136,7 +137,6 @@ fn kubernetes_shaped_containerd_kills_carry_pod_names() {
         assert_eq!(field(&ev, "k8s.pod.uid"), *uid);
         assert_eq!(field(&ev, "k8s.pod.qos_class"), qos);
         assert_eq!(field(&ev, "container.id"), id.as_str());
-        // The cgroupfs driver's bare-id leaf does not say which runtime made it.
         assert_eq!(field(&ev, "container.runtime.name"), runtime);
         assert_eq!(field(&ev, "memtrace.cgroup.path_source"), "kernel");
         assert_eq!(ev["memtrace.memcg.limit_bytes"], 64 << 20);

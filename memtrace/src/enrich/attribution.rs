@@ -293,6 +293,12 @@ impl BundleRoots {
 
     /// First bundle found wins. `Ok(None)` when no root has this container.
     pub fn lookup_names(&self, container_id: &str) -> Result<Option<K8sNames>, OciError> {
+        Ok(self.lookup_bundle(container_id)?.map(|(names, _)| names))
+    }
+
+    /// [`BundleRoots::lookup_names`], with the runtime whose bundle it was, when the bundle's
+    /// path says (the kubelet's cgroupfs driver leaves only a bare id in the cgroup path).
+    pub fn lookup_bundle(&self, container_id: &str) -> Result<Option<(K8sNames, Option<Runtime>)>, OciError> {
         // Validated before touching the filesystem: only hex can reach a path, so no traversal.
         if !is_lower_hex(container_id, 64) {
             return Err(OciError::InvalidContainerId(container_id.to_owned()));
@@ -301,8 +307,9 @@ impl BundleRoots {
             let Some(bytes) = read_config(&path)? else {
                 continue;
             };
+            let runtime = runtime_of_bundle(&path);
             return parse_names(&bytes)
-                .map(Some)
+                .map(|n| Some((n, runtime)))
                 .map_err(|source| OciError::JsonAt { path, source });
         }
         Ok(None)
@@ -344,6 +351,22 @@ impl BundleRoots {
             }));
         }
         Ok(None)
+    }
+}
+
+/// Which runtime keeps bundles there: Docker's containerd namespace is `moby`, CRI-O's
+/// store is `containers/storage`, anything else under a containerd task directory is
+/// containerd's own (the CRI plugin's `k8s.io`).
+fn runtime_of_bundle(path: &Path) -> Option<Runtime> {
+    let has = |c: &str| path.iter().any(|p| p == c);
+    if has("moby") {
+        Some(Runtime::Docker)
+    } else if has("overlay-containers") {
+        Some(Runtime::CriO)
+    } else if has("io.containerd.runtime.v2.task") {
+        Some(Runtime::Containerd)
+    } else {
+        None
     }
 }
 
@@ -709,6 +732,22 @@ mod tests {
         assert_eq!(roots.lookup_names(CID).unwrap(), None);
         let id_only = BundleRoots(vec![dir.path().join("default/{id}/config.json")]);
         assert_eq!(id_only.lookup_task("/t/default/web1").unwrap(), None);
+    }
+
+    #[test]
+    fn bundle_path_names_the_runtime() {
+        let d = BundleRoots::default();
+        let runtimes: Vec<_> =
+            d.0.iter()
+                .filter_map(|p| fill_slot(p, CID))
+                .map(|p| runtime_of_bundle(&p))
+                .collect();
+        use Runtime::*;
+        assert_eq!(
+            runtimes,
+            [Some(Containerd), Some(Docker), Some(CriO), Some(Docker)]
+        );
+        assert_eq!(runtime_of_bundle(Path::new("/srv/bundles/x/config.json")), None);
     }
 
     #[test]

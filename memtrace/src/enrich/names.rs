@@ -51,7 +51,14 @@ impl Namer {
         let mut a = attribution::parse_cgroup_path(path);
         match a.container_id.clone() {
             Some(id) => {
-                a.names = logged(&id, self.sources.bundles.lookup_names(&id)).flatten();
+                if let Some((names, runtime)) = logged(&id, self.sources.bundles.lookup_bundle(&id)).flatten()
+                {
+                    a.names = Some(names);
+                    // A bare id (cgroupfs driver): the bundle's place says whose it is.
+                    if a.runtime == Some(Runtime::Unknown) && runtime.is_some() {
+                        a.runtime = runtime;
+                    }
+                }
                 // A bare id (cgroupfs driver) may be Docker's too.
                 if matches!(a.runtime, Some(Runtime::Docker | Runtime::Unknown))
                     && let Some(d) = logged(&id, self.sources.docker.lookup(&id)).flatten()
