@@ -11,13 +11,14 @@ use std::{
 use anyhow::Context as _;
 
 use super::{
-    BOOTED, DONE, RESULT, VmArgs,
+    Accel, BOOTED, DONE, RESULT, VmArgs,
     kernels::Kernel,
     report::{Report, parse_report, printable},
 };
 
 pub(super) fn boot(
     qemu: &Path,
+    accel: Accel,
     k: &Kernel,
     initramfs: &Path,
     vm_dir: &Path,
@@ -27,7 +28,8 @@ pub(super) fn boot(
     let results_file = vm_dir.join(format!("results-{}.txt", k.series));
     let _ = std::fs::remove_file(&results_file);
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", &args.memory])
+    cmd.args(accel.qemu_args())
+        .args(["-smp", "1", "-m", &args.memory])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(["-serial", "mon:stdio"])
         .arg("-serial")
@@ -40,7 +42,11 @@ pub(super) fn boot(
         .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet memtrace.time_scale={}",
+            accel.time_scale()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -80,6 +86,7 @@ pub(super) fn boot(
     });
 
     let deadline = start + Duration::from_secs(args.timeout);
+    let boot_deadline = start + accel.boot_limit();
     let mut boot_time = None;
     let mut timed_out = false;
     loop {
@@ -89,6 +96,17 @@ pub(super) fn boot(
             }
         }
         if child.try_wait()?.is_some() {
+            break;
+        }
+        if boot_time.is_none() && Instant::now() > boot_deadline {
+            eprintln!(
+                "vm: {} under {accel:?} did not reach /init within {:?}: killing qemu (pid {pid})",
+                k.series,
+                accel.boot_limit()
+            );
+            let _ = child.kill(); // SIGKILL to this qemu's pid only
+            let _ = child.wait();
+            timed_out = true;
             break;
         }
         if Instant::now() > deadline {

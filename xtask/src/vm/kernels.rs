@@ -1,15 +1,15 @@
-//! Kernel images: which Debian packages, downloaded once, their /boot kept and checked.
+//! Kernel images: which Debian packages, downloaded once, their kernel and config kept and checked.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Instant,
 };
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{run_ok, shell_quote};
+use super::{apt::PrivateApt, run_ok, shell_quote};
 
 /// Kernel options the guest cannot do without (checked in the package's /boot/config-*).
 const REQUIRED_CONFIG: &[&str] = &[
@@ -29,7 +29,7 @@ const REQUIRED_CONFIG: &[&str] = &[
 const INFO_CONFIG: &[&str] = &["CONFIG_KPROBES", "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS"];
 
 /// The oldest series `--kernel all` boots.
-const OLDEST_SERIES: (u32, u32) = (6, 1);
+const OLDEST_SERIES: (u32, u32) = (5, 10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KernelPkg {
@@ -78,21 +78,11 @@ pub(super) struct Kernel {
     pub(super) vmlinuz: PathBuf,
 }
 
-/// Every generic amd64 kernel image the apt sources know, grouped by series, newest first.
-fn apt_kernels() -> BTreeMap<(u32, u32), Vec<KernelPkg>> {
+/// Every generic amd64 kernel image the private apt sources know, by series, newest first.
+fn apt_kernels(apt: &PrivateApt) -> BTreeMap<(u32, u32), Vec<KernelPkg>> {
     let mut by_series: BTreeMap<(u32, u32), Vec<KernelPkg>> = BTreeMap::new();
-    let out = Command::new("apt-cache")
-        .args([
-            "search",
-            "--names-only",
-            r"^linux-image-[0-9][0-9.]*[-+][0-9a-z+.-]*-amd64$",
-        ])
-        .stderr(Stdio::null())
-        .output();
-    let Ok(out) = out else { return by_series };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split(" - ").next().unwrap_or_default().trim();
-        if let Some(k) = parse_kernel_pkg(name)
+    for name in apt.search(r"^linux-image-[0-9][0-9.]*[-+][0-9a-z+.-]*-amd64$") {
+        if let Some(k) = parse_kernel_pkg(&name)
             && let Some(key) = series_key(&k.series)
         {
             by_series.entry(key).or_default().push(k);
@@ -102,21 +92,6 @@ fn apt_kernels() -> BTreeMap<(u32, u32), Vec<KernelPkg>> {
         list.sort_by(|a, b| b.order.cmp(&a.order));
     }
     by_series
-}
-
-/// `apt-cache policy` has a candidate version: the package can be downloaded.
-fn has_candidate(package: &str) -> bool {
-    Command::new("apt-cache")
-        .args(["policy", package])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Candidate:"))
-                .any(|c| c.trim() != "(none)")
-        })
-        .unwrap_or(false)
 }
 
 /// Kernels already extracted in the cache, by series, newest first (for offline runs).
@@ -137,25 +112,30 @@ fn cached_kernels(cache: &Path) -> BTreeMap<(u32, u32), Vec<KernelPkg>> {
     by_series
 }
 
-pub(super) fn resolve_kernels(wanted: &[String], cache: &Path) -> anyhow::Result<Vec<Kernel>> {
-    let apt = apt_kernels();
+pub(super) fn resolve_kernels(
+    wanted: &[String],
+    apt: &PrivateApt,
+    cache: &Path,
+) -> anyhow::Result<Vec<Kernel>> {
+    let listed = apt_kernels(apt);
     let cached = cached_kernels(cache);
     let mut series: Vec<(u32, u32)> = Vec::new();
     for w in wanted {
         if w == "all" {
-            let mut all: Vec<_> = apt.keys().chain(cached.keys()).copied().collect();
+            let mut all: Vec<_> = listed.keys().chain(cached.keys()).copied().collect();
             all.retain(|k| *k >= OLDEST_SERIES);
             all.sort();
             all.dedup();
             ensure!(
                 !all.is_empty(),
-                "no Debian kernel image >= 6.1 in the apt sources (apt-get update?) nor in {}",
+                "no Debian kernel image >= 5.10 in the apt sources (network?) nor in {}",
                 cache.display()
             );
             series.extend(all);
         } else {
             series.push(
-                series_key(w).with_context(|| format!("--kernel {w}: expected 6.1, 6.12, ... or all"))?,
+                series_key(w)
+                    .with_context(|| format!("--kernel {w}: expected 5.10, 6.1, 6.12, 7.2, ... or all"))?,
             );
         }
     }
@@ -164,17 +144,17 @@ pub(super) fn resolve_kernels(wanted: &[String], cache: &Path) -> anyhow::Result
     for key in series {
         let label = format!("{}.{}", key.0, key.1);
         // The newest downloadable package of the series; a cached one when apt has none.
-        let from_apt = apt
+        let from_apt = listed
             .get(&key)
             .into_iter()
             .flatten()
-            .find(|k| cache.join(&k.package).join("vmlinuz").is_file() || has_candidate(&k.package));
+            .find(|k| cache.join(&k.package).join("vmlinuz").is_file() || apt.has_candidate(&k.package));
         let pkg = match from_apt.or_else(|| cached.get(&key).and_then(|l| l.first())) {
             Some(p) => p.clone(),
             None => {
-                let known: Vec<String> = apt.keys().map(|(a, b)| format!("{a}.{b}")).collect();
+                let known: Vec<String> = listed.keys().map(|(a, b)| format!("{a}.{b}")).collect();
                 bail!(
-                    "kernel {label}: no linux-image-{label}*-amd64 package in the configured apt sources \
+                    "kernel {label}: no linux-image-{label}*-amd64 package in the apt sources \
                      (they have: {}) and none cached in {}",
                     if known.is_empty() {
                         "none".into()
@@ -185,7 +165,7 @@ pub(super) fn resolve_kernels(wanted: &[String], cache: &Path) -> anyhow::Result
                 );
             }
         };
-        let vmlinuz = fetch_kernel(&pkg.package, cache)?;
+        let vmlinuz = fetch_kernel(apt, &pkg.package, cache)?;
         // Older builds of the series are not booted again.
         for old in cached.get(&key).into_iter().flatten() {
             if old.package != pkg.package {
@@ -201,9 +181,12 @@ pub(super) fn resolve_kernels(wanted: &[String], cache: &Path) -> anyhow::Result
     Ok(out)
 }
 
-/// Downloads the package (once) and keeps its /boot: vmlinuz and config. The modules (most of
+/// Downloads the package (once) and keeps only the kernel and its config. The modules (most of
 /// the package) are not needed: everything the tests use is built in (checked here).
-fn fetch_kernel(package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+/// Up to Debian 13 the image package holds `/boot/vmlinuz-*` and `/boot/config-*`; since the
+/// 7.x packages (sid) it is empty and depends on `linux-binary-*`
+/// (`/usr/lib/modules/<release>/vmlinuz`) and `linux-base-*` (`.../config`).
+fn fetch_kernel(apt: &PrivateApt, package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
     let dir = cache.join(package);
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
@@ -212,45 +195,88 @@ fn fetch_kernel(package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&tmp)?;
         eprintln!("vm: apt-get download {package}");
         let t = Instant::now();
-        let mut dl = Command::new("apt-get");
-        dl.args(["download", "-q", package]).current_dir(&tmp);
-        run_ok(dl).context("apt-get download (network and apt sources needed once per kernel)")?;
-        let deb = std::fs::read_dir(&tmp)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("apt-get download left no .deb")?;
-        // dpkg-deb -x would unpack ~400 MB of modules; only /boot is kept.
-        let sh = format!(
-            "dpkg-deb --fsys-tarfile {} | tar -x -C {} --wildcards './boot/*'",
-            shell_quote(&deb.to_string_lossy()),
-            shell_quote(&tmp.to_string_lossy())
-        );
-        run_ok({
-            let mut c = Command::new("sh");
-            c.args(["-c", &sh]);
-            c
-        })?;
-        let boot = tmp.join("boot");
-        let mut found = false;
-        for e in std::fs::read_dir(&boot)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("vmlinuz-") {
-                std::fs::rename(e.path(), tmp.join("vmlinuz"))?;
-                found = true;
-            } else if name.starts_with("config-") {
-                std::fs::rename(e.path(), tmp.join("config"))?;
-            }
+        apt.download(&[package.to_owned()], &tmp)?;
+        extract_kernel(&tmp)?;
+        if !tmp.join("vmlinuz").is_file() {
+            let split: Vec<String> = apt
+                .depends(package)?
+                .into_iter()
+                .filter(|d| d.starts_with("linux-binary-") || d.starts_with("linux-base-"))
+                .collect();
+            ensure!(
+                !split.is_empty(),
+                "{package} has no /boot/vmlinuz-* and depends on no linux-binary-* package"
+            );
+            eprintln!("vm: apt-get download {} (the kernel is split)", split.join(" "));
+            apt.download(&split, &tmp)?;
+            extract_kernel(&tmp)?;
         }
-        ensure!(found, "{package} has no /boot/vmlinuz-*");
-        std::fs::remove_dir_all(&boot)?;
-        std::fs::remove_file(&deb)?;
+        ensure!(
+            tmp.join("vmlinuz").is_file(),
+            "{package}: no vmlinuz in its packages"
+        );
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir)?;
         eprintln!("vm: {package} cached in {} ({:.1?})", dir.display(), t.elapsed());
     }
     check_config(package, &dir.join("config"))?;
     Ok(vmlinuz)
+}
+
+/// Takes vmlinuz and config out of every .deb in `dir` (then deletes the .deb).
+fn extract_kernel(dir: &Path) -> anyhow::Result<()> {
+    let debs: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    ensure!(!debs.is_empty(), "apt-get download left no .deb");
+    for deb in debs {
+        let x = dir.join("x");
+        let _ = std::fs::remove_dir_all(&x);
+        std::fs::create_dir_all(&x)?;
+        // dpkg-deb -x would unpack ~400 MB of modules; tar takes just the two files.
+        let sh = format!(
+            "dpkg-deb --fsys-tarfile {} | tar -x -C {} --wildcards --no-wildcards-match-slash \
+             './boot/vmlinuz-*' './boot/config-*' './usr/lib/modules/*/vmlinuz' './usr/lib/modules/*/config' \
+             2>/dev/null; true",
+            shell_quote(&deb.to_string_lossy()),
+            shell_quote(&x.to_string_lossy())
+        );
+        run_ok({
+            let mut c = Command::new("sh");
+            c.args(["-c", &sh]);
+            c
+        })?;
+        let mut found = Vec::new();
+        collect_files(&x, &mut found)?;
+        for f in found {
+            let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let to = if name.starts_with("vmlinuz") {
+                "vmlinuz"
+            } else if name.starts_with("config") {
+                "config"
+            } else {
+                continue;
+            };
+            std::fs::rename(&f, dir.join(to))?;
+        }
+        std::fs::remove_dir_all(&x)?;
+        std::fs::remove_file(&deb)?;
+    }
+    Ok(())
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            collect_files(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
 }
 
 fn check_config(package: &str, config: &Path) -> anyhow::Result<()> {
@@ -295,7 +321,17 @@ mod tests {
             (k.series.as_str(), k.order.as_slice()),
             ("6.12", &[6, 12, 117, 12][..])
         );
+        let k = parse_kernel_pkg("linux-image-5.10.0-32-amd64").expect("5.10 (bullseye)");
+        assert_eq!(k.series, "5.10");
+        let k = parse_kernel_pkg("linux-image-7.2.13+deb14-amd64").expect("7.2 (sid)");
+        assert_eq!(
+            (k.series.as_str(), k.order.as_slice()),
+            ("7.2", &[7, 2, 13, 14][..])
+        );
         for bad in [
+            // bullseye's backport of 6.1: bookworm's own 6.1 is the one booted.
+            "linux-image-6.1.0-0.deb11.52-amd64",
+            "linux-image-7.2.13+deb14-amd64-dbg",
             "linux-image-6.12-amd64",
             "linux-image-6.1.0-56-cloud-amd64",
             "linux-image-6.1.0-56-rt-amd64",

@@ -13,11 +13,12 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 
+mod apt;
 mod boot;
 mod build;
 mod initramfs;
@@ -34,6 +35,10 @@ pub struct VmArgs {
     /// A run takes ~80 s per kernel on a 2-core host.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// CPU emulation: kvm (hardware virtualization, needs a usable /dev/kvm), tcg (qemu's
+    /// emulator, anywhere, several times slower) or auto (kvm when /dev/kvm opens).
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    accel: Accel,
     /// Guest memory (qemu -m).
     #[arg(long, default_value = "1G")]
     memory: String,
@@ -44,6 +49,66 @@ pub struct VmArgs {
     /// Arguments for every test binary, e.g. a test name filter or --nocapture.
     #[arg(last = true)]
     test_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    /// `auto` resolved: KVM when /dev/kvm opens read-write (what qemu needs).
+    fn resolve(self) -> Self {
+        match self {
+            Self::Auto => {
+                let kvm = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm");
+                match kvm {
+                    Ok(_) => Self::Kvm,
+                    Err(e) => {
+                        eprintln!("vm: /dev/kvm: {e}: emulating the CPU (TCG), several times slower");
+                        Self::Tcg
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// qemu's -accel and -cpu.
+    fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Self::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Self::Auto | Self::Tcg => ["-accel", "tcg", "-cpu", "max"],
+        }
+    }
+
+    /// Latency budgets in the tests are multiplied by this in the guest: TCG emulates the
+    /// CPU, several times slower than the host (memtrace's emit delay reaches ~0.2 s there);
+    /// under KVM the guest's one vCPU still competes with the host's load.
+    fn time_scale(self) -> u32 {
+        match self {
+            Self::Kvm => 3,
+            Self::Auto | Self::Tcg => 10,
+        }
+    }
+}
+
+impl Accel {
+    /// A guest that has not reached /init by then never will: under TCG a Debian kernel
+    /// reaches it in ~6 s (~30 s on a loaded host). Some hosts' /dev/kvm opens but cannot
+    /// run a guest (this one's: the 5.10 kernel hangs in its decompressor, 7.2 stops with
+    /// "KVM internal error ... emulation failure"), so KVM gets a short limit and TCG takes over.
+    fn boot_limit(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Kvm => 30,
+            Self::Auto | Self::Tcg => 180,
+        })
+    }
 }
 
 /// Marker lines the guest's /init prints (on the console and on the results port).
@@ -59,16 +124,21 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         .join("vm");
     std::fs::create_dir_all(&vm_dir).with_context(|| format!("mkdir {}", vm_dir.display()))?;
     let qemu = find_tool("qemu-system-x86_64")?;
+    let mut accel = args.accel.resolve();
 
-    let kernels = kernels::resolve_kernels(&args.kernel, &vm_dir.join("kernels"))?;
+    let apt = apt::PrivateApt::open(&vm_dir.join("apt"))?;
+    let kernels = kernels::resolve_kernels(&args.kernel, &apt, &vm_dir.join("kernels"))?;
     let built = build::build(&root)?;
     let tests: Vec<String> = match &args.exec {
         Some(_) => vec!["exec".into()],
         None => built.tests.iter().map(|(name, _)| name.clone()).collect(),
     };
-    let initramfs = vm_dir.join("initramfs.cpio");
+    // This run's own image and result files: two runs (another kernel, --exec) can overlap.
+    let run_dir = vm_dir.join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let initramfs = run_dir.join("initramfs.cpio");
     let t = Instant::now();
-    initramfs::build_initramfs(&vm_dir.join("initramfs.d"), &initramfs, &built, args)?;
+    initramfs::build_initramfs(&run_dir.join("initramfs.d"), &initramfs, &built, args)?;
     eprintln!(
         "vm: initramfs {} ({} MiB) in {:.1?}",
         initramfs.display(),
@@ -78,11 +148,17 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 
     let mut reports = Vec::new();
     for k in &kernels {
-        eprintln!("vm: === booting {} ({})", k.series, k.package);
-        let report = boot::boot(&qemu, k, &initramfs, &vm_dir, &tests, args)?;
+        eprintln!("vm: === booting {} ({}, {accel:?})", k.series, k.package);
+        let mut report = boot::boot(&qemu, accel, k, &initramfs, &run_dir, &tests, args)?;
+        if report.boot.is_none() && accel == Accel::Kvm && args.accel == Accel::Auto {
+            eprintln!("vm: KVM cannot boot guests on this host: TCG from now on");
+            accel = Accel::Tcg;
+            report = boot::boot(&qemu, accel, k, &initramfs, &run_dir, &tests, args)?;
+        }
         eprintln!("vm: {}", report.line());
         reports.push(report);
     }
+    let _ = std::fs::remove_dir_all(&run_dir);
     eprintln!("\nvm: summary");
     for r in &reports {
         eprintln!("vm:   {}", r.line());

@@ -15,7 +15,7 @@ struct TestResult {
 pub(super) struct Report {
     pub(super) series: String,
     uname: Option<String>,
-    boot: Option<Duration>,
+    pub(super) boot: Option<Duration>,
     wall: Duration,
     results: Vec<TestResult>,
     done: bool,
