@@ -20,6 +20,10 @@ struct Report {
     kernel: String,
     btf: Option<String>,
     btf_missing_fields: Vec<&'static str>,
+    /// Fields the `oom:mark_victim` record lacks on this kernel (pid only before 6.8 unless
+    /// backported): with the tracepoint variant they are left out of events for a victim that
+    /// is not the triggering task.
+    mark_victim_record_missing: Vec<&'static str>,
     cgroup: Option<String>,
     privileges: Privileges,
     hooks: Vec<HookStatus>,
@@ -44,6 +48,26 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
             (None, vec![])
         }
     };
+    let mark_victim_record_missing = crate::kernel::tracefs::Tracefs::locate()
+        .and_then(|t| t.mark_victim_layout())
+        .map(|l| {
+            [
+                ("pid", l.pid),
+                ("comm", l.comm),
+                ("total_vm", l.total_vm),
+                ("anon_rss", l.anon_rss),
+                ("file_rss", l.file_rss),
+                ("shmem_rss", l.shmem_rss),
+                ("uid", l.uid),
+                ("pgtables", l.pgtables),
+                ("oom_score_adj", l.oom_score_adj),
+            ]
+            .into_iter()
+            .filter(|(_, off)| *off == memtrace_common::layout::ABSENT)
+            .map(|(name, _)| name)
+            .collect()
+        })
+        .unwrap_or_default();
     let cgroup = MemoryHierarchy::detect()
         .map(|h| format!("{:?} at {}", h.version, h.root.display()).to_lowercase())
         .ok();
@@ -59,6 +83,7 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         kernel,
         btf,
         btf_missing_fields: missing,
+        mark_victim_record_missing,
         cgroup,
         privileges: Privileges::current(),
         hooks,
@@ -84,6 +109,12 @@ fn print_text(r: &Report) {
         println!(
             "            fields not in BTF: {}",
             r.btf_missing_fields.join(", ")
+        );
+    }
+    if !r.mark_victim_record_missing.is_empty() {
+        println!(
+            "tracepoint  oom:mark_victim record lacks {}: with the tracepoint variant only the pid is known for a victim other than the triggering task",
+            r.mark_victim_record_missing.join(", ")
         );
     }
     println!(

@@ -144,7 +144,7 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         name: "charge",
         group: Group::Charge,
-        what: "memcg charges per cgroup, with sampled stacks (try_charge_memcg, or memcg events)",
+        what: "memcg charges per cgroup, with sampled stacks (try_charge_memcg / try_charge, or memcg events)",
         required: false,
         variants: &[
             Variant {
@@ -153,10 +153,24 @@ pub const HOOKS: &[Hook] = &[
                     function: "try_charge_memcg",
                 },
             },
+            // Before 5.15 the same function, with the same arguments, was try_charge()
+            // (mm/memcontrol.c; BTF of Debian's 5.10.0-32: (struct mem_cgroup *, gfp_t, unsigned int)).
+            Variant {
+                program: "charge_fentry",
+                attach: Attach::Fentry {
+                    function: "try_charge",
+                },
+            },
             Variant {
                 program: "charge_kprobe",
                 attach: Attach::Kprobe {
                     function: "try_charge_memcg",
+                },
+            },
+            Variant {
+                program: "charge_kprobe",
+                attach: Attach::Kprobe {
+                    function: "try_charge",
                 },
             },
             Variant {

@@ -328,6 +328,13 @@ struct AttachEnv<'a> {
     tracefs: &'a Tracefs,
 }
 
+/// tp_btf programs that read their first argument as a `struct <name> *`: older kernels pass
+/// something else there (mark_victim: `int pid` before 6.8), which the verifier would reject.
+const TYPED_FIRST_ARG: &[(&str, &str)] = &[
+    ("mark_victim", "task_struct"),
+    ("count_memcg_events", "mem_cgroup"),
+];
+
 /// Loads and attaches one variant; the error is a one-line reason for `memtrace probes`.
 fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(), String> {
     let program = ebpf
@@ -336,6 +343,14 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
     match variant.attach {
         Attach::TpBtf { event } => {
             let btf = env.btf.ok_or("no kernel BTF")?;
+            if let (Some(kbtf), Some((_, strukt))) =
+                (env.kbtf, TYPED_FIRST_ARG.iter().find(|(e, _)| *e == event))
+                && !kbtf.tracepoint_first_arg_is(event, strukt)
+            {
+                return Err(format!(
+                    "{event}'s first argument is not a struct {strukt} * on this kernel (older tracepoint prototype)"
+                ));
+            }
             let p: &mut BtfTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
             p.load(event, btf).map_err(|e| explain(&e))?;
             p.attach().map_err(|e| explain(&e))?;
@@ -356,8 +371,16 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             if !env.tracefs.has_file("kprobe_events") {
                 return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());
             }
+            if env.kbtf.is_some_and(|k| !k.has_function(function)) {
+                return Err(format!(
+                    "{function} is not in the kernel's BTF (renamed or inlined?)"
+                ));
+            }
             let p: &mut KProbe = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            p.load().map_err(|e| explain(&e))?;
+            // One kprobe program serves several function names (renamed across kernels).
+            if p.fd().is_err() {
+                p.load().map_err(|e| explain(&e))?;
+            }
             p.attach(function, 0).map_err(|e| explain(&e))?;
         }
         Attach::RawTp { event, first_arg } => {
