@@ -14,9 +14,8 @@ pub(super) struct Built {
 }
 
 /// Integration tests that cannot run in the guest, and why: each needs programs or state the
-/// initramfs (busybox, memtrace, bpftool, setpriv, unshare) does not carry. Everything else,
-/// the reliability tests (lifecycle, drops, bad_input, privileges) included, runs on every
-/// VM kernel.
+/// initramfs (busybox, memtrace, bpftool, setpriv, unshare) does not carry. Everything else
+/// runs on every VM kernel.
 const HOST_ONLY_TESTS: &[&str] = &[
     // containerd, runc and dockerd with their state directories.
     "runtimes",
@@ -31,6 +30,11 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "rules",
     // runs scripts/setup.sh (apt, rustup, cargo install): about the build host, not the kernel.
     "setup_quiet",
+    // The reliability tests: not yet run in a guest (being moved in).
+    "lifecycle",
+    "drops",
+    "bad_input",
+    "privileges",
 ];
 
 /// Executables cargo reports building: (target name, target kinds, built as a test, path).
