@@ -2,12 +2,12 @@
 //! Variants, best first (the userspace hook table picks): fentry/kprobe on
 //! `try_charge_memcg(memcg, gfp, nr_pages)` (mm/memcontrol.c, 5.15+), else the memcg event
 //! tracepoint `count_memcg_events(memcg, item, val)` (6.16+) as tp_btf, raw_tp or plain
-//! tracepoint. Reclaim stalls come from vmscan:mm_vmscan_memcg_reclaim_begin/end.
+//! tracepoint. Reclaim stalls (vmscan) are in `reclaim.rs` and count into the same counters.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
     programs::{
         BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
@@ -18,7 +18,7 @@ use memtrace_common::charge::{ChargeConfig, ChargeCounters, StackKey};
 
 use crate::{
     kernel::{self, read},
-    maps::{CHARGES, RECLAIM_START, SAMPLE_TICK, STACK_COUNTS, STACKS},
+    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACKS},
 };
 
 #[unsafe(no_mangle)]
@@ -42,7 +42,7 @@ enum Count {
 /// The counters of a memcg, created on first sight. `key` is the `mem_cgroup *` (or, for the
 /// plain tracepoint, the cgroup id itself): no kernel read on the hot path once it exists.
 #[inline(always)]
-fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
+pub(super) fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
     let id = || match known_id {
         Some(id) => Some(id),
         None => kernel::css_cgroup_id(memcg).ok(),
@@ -222,59 +222,5 @@ pub fn memcg_ev_tp(ctx: TracePointContext) -> u32 {
     if let Some(what) = event_count(item, val) {
         account(&ctx, id, core::ptr::null(), Some(id), what);
     }
-    0
-}
-
-#[inline(always)]
-fn reclaim_begin() {
-    let pid = bpf_get_current_pid_tgid() as u32;
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let _ = RECLAIM_START.insert(&pid, &now, 0);
-}
-
-#[inline(always)]
-fn reclaim_end<C: StackIdContext>(ctx: &C) {
-    let pid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: a map value read once, then removed.
-    let Some(start) = (unsafe { RECLAIM_START.get(&pid) }).copied() else {
-        return;
-    };
-    let _ = RECLAIM_START.remove(&pid);
-    let took = unsafe { bpf_ktime_get_boot_ns() }.saturating_sub(start);
-    // The stall is charged to the stalled task's memcg (the limit may be an ancestor's).
-    let current = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(memcg) = kernel::task_memcg(current) else {
-        return;
-    };
-    let _ = ctx;
-    if let Some(c) = counters(memcg as u64, memcg, None) {
-        // SAFETY: this CPU's copy.
-        let c = unsafe { &mut *c };
-        c.reclaim_stalls += 1;
-        c.reclaim_ns += took;
-    }
-}
-
-#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
-pub fn reclaim_beg_btf(_ctx: BtfTracePointContext) -> u32 {
-    reclaim_begin();
-    0
-}
-
-#[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_end")]
-pub fn reclaim_end_btf(ctx: BtfTracePointContext) -> u32 {
-    reclaim_end(&ctx);
-    0
-}
-
-#[tracepoint(category = "vmscan", name = "mm_vmscan_memcg_reclaim_begin")]
-pub fn reclaim_beg_tp(_ctx: TracePointContext) -> u32 {
-    reclaim_begin();
-    0
-}
-
-#[tracepoint(category = "vmscan", name = "mm_vmscan_memcg_reclaim_end")]
-pub fn reclaim_end_tp(ctx: TracePointContext) -> u32 {
-    reclaim_end(&ctx);
     0
 }

@@ -1,6 +1,15 @@
 //! One file per hook. Each program fills the same record types from `memtrace_common`.
+//!
+//! | file                  | kernel hook                                                        |
+//! |-----------------------|--------------------------------------------------------------------|
+//! | `mark_victim.rs`      | `mark_oom_victim` / `oom:mark_victim`: the kill record            |
+//! | `oom_kill_process.rs` | `oom_kill_process`: the OOM context (constraint, memcg, order)    |
+//! | `charge.rs`           | `try_charge_memcg` and `memcg:count_memcg_events`: charge counters |
+//! | `reclaim.rs`          | `vmscan:mm_vmscan_memcg_reclaim_begin/end`: reclaim stalls        |
+//! | `cgroup_mkdir.rs`     | `cgroup:cgroup_mkdir`: cgroup id → path for new cgroups           |
 
 mod cgroup_mkdir;
 mod charge;
 mod mark_victim;
 mod oom_kill_process;
+mod reclaim;

@@ -1,0 +1,98 @@
+//! The `[watch]`, `[charges]` and `[metrics]` sections.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{DEFAULT_METRICS_ADDR, duration};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// `HOOK=KIND` strings, as `--variant`.
+    pub variants: Vec<String>,
+    pub oom_ring_bytes: Option<u32>,
+    pub ws_alert_ratio: f64,
+    pub oci_bundles: Vec<PathBuf>,
+    /// dockerd data roots, for plain Docker containers' names and images.
+    pub docker_roots: Vec<PathBuf>,
+    /// How long sinks get at exit to deliver what they hold.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// The node's name in events (`host.name`) and alerts (`node`); default: the hostname.
+    pub host_name: Option<String>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            variants: vec![],
+            oom_ring_bytes: None,
+            ws_alert_ratio: 0.9,
+            oci_bundles: vec![],
+            docker_roots: vec![],
+            shutdown_timeout: Duration::from_secs(5),
+            host_name: None,
+        }
+    }
+}
+
+/// Charge accounting: per-cgroup charge counters, sampled stacks, pre-OOM warnings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChargesConfig {
+    pub enabled: bool,
+    /// One stack sample every this many charge events per CPU; 0: no stacks.
+    pub stack_sample_every: u32,
+    /// How far back a kill's top charging stacks look.
+    #[serde(with = "duration")]
+    pub kill_context_window: Duration,
+    /// Warn when a cgroup's working set reaches this fraction of its limit.
+    pub warn_ratio: f64,
+    /// At most one pre-OOM warning per cgroup this often.
+    #[serde(with = "duration")]
+    pub warn_every: Duration,
+    /// Keep a flame graph of each kill's charging stacks here (`memtrace.flamegraph` in the
+    /// event); none when unset.
+    pub kill_flamegraph_dir: Option<PathBuf>,
+}
+
+impl Default for ChargesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stack_sample_every: 64,
+            kill_context_window: Duration::from_secs(10),
+            warn_ratio: 0.9,
+            warn_every: Duration::from_secs(60),
+            kill_flamegraph_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// `IP:PORT` to serve `/metrics` on.
+    pub listen: String,
+    /// Cgroups with per-cgroup gauges and charge counters at most (the least recently
+    /// updated is forgotten first).
+    pub max_cgroups: usize,
+    /// How long the series of a removed cgroup stay (kill counters included), so that scrapes
+    /// and alerts see their last values; then they go (a crash-looping pod would otherwise
+    /// add series forever).
+    #[serde(with = "duration")]
+    pub forget_after: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: DEFAULT_METRICS_ADDR.into(),
+            max_cgroups: 1000,
+            forget_after: Duration::from_secs(3600),
+        }
+    }
+}
