@@ -11,6 +11,7 @@ use crate::{
     enrich::attribution::Attribution,
     enrich::diagnosis::{self, Badness, Facts, Verdict},
     enrich::names::{NameSources, Namer},
+    enrich::next_in_line::{self, NextInLine},
     kernel::clock,
     kernel::records::{HookSource, OomContext, VictimRecord},
 };
@@ -85,6 +86,10 @@ pub struct OomKill {
     /// at the kill (hierarchical, as fresh as the kernel's last stats flush).
     pub cgroup_at_kill: Option<Breakdown>,
     pub oom_cgroup_at_kill: Option<Breakdown>,
+    /// The least extra limit the OOM cgroup needed for the failed charge (a lower bound).
+    pub extra_limit_bytes: Option<u64>,
+    /// The OOM cgroup's surviving tasks, ranked as the OOM killer would rank them now.
+    pub next_in_line: Option<NextInLine>,
     /// Post-kill snapshot of the OOM cgroup (or, in a global OOM, the victim's cgroup).
     pub snapshot: Option<Snapshot>,
     pub attribution: Option<Attribution>,
@@ -214,6 +219,33 @@ impl Enricher {
         })
     }
 
+    /// What would have avoided the kill (memcg OOMs only): the extra limit the failed charge
+    /// needed, and the survivors next in line.
+    fn avoid(
+        &self,
+        oom: &Option<OomCgroup>,
+        at: Option<Breakdown>,
+        order: Option<i32>,
+        victim: u32,
+        totalpages: Option<u64>,
+    ) -> (Option<u64>, Option<NextInLine>) {
+        let Some(oom) = oom else { return (None, None) };
+        let page = self.page_size;
+        let charge = order
+            .and_then(|o| u32::try_from(o).ok())
+            .filter(|&o| o < 20)
+            .map_or(page, |o| page << o);
+        let extra =
+            at.and_then(|a| next_in_line::extra_limit_bytes(oom.usage_bytes, oom.limit_bytes, &a, charge));
+        let next = match (self.paths.as_ref(), oom.cgroup.path.as_deref(), totalpages) {
+            (Some(p), Some(path), Some(total)) => {
+                Some(next_in_line::rank(&p.hierarchy().dir(path), victim, total, page))
+            }
+            _ => None,
+        };
+        (extra, next)
+    }
+
     pub fn enrich(&mut self, r: VictimRecord) -> OomKill {
         self.seq += 1;
         let tgid = r
@@ -272,6 +304,13 @@ impl Enricher {
                 totalpages,
             )
         });
+        let (extra_limit_bytes, next_in_line) = self.avoid(
+            &oom_cgroup,
+            r.stats.oom.map(|p| Breakdown::from_pages(&p, page)),
+            context.as_ref().map(|c| c.order),
+            tgid,
+            badness.map(|b| b.totalpages),
+        );
         let oom_path = oom_cgroup
             .as_ref()
             .map(|o| o.cgroup.path.as_deref().unwrap_or("?"));
@@ -300,6 +339,13 @@ impl Enricher {
                 && context.is_none(),
         });
 
+        let mut verdict = verdict;
+        if let Some(top) = next_in_line.as_ref().and_then(|n| n.candidates.first()) {
+            verdict.summary.push_str(&format!(
+                "; next in line: pid {} ({}, badness {})",
+                top.pid, top.comm, top.badness.points
+            ));
+        }
         OomKill {
             seq: self.seq,
             time: clock::wall_time(r.ktime_boot_ns),
@@ -322,6 +368,8 @@ impl Enricher {
             oom_cgroup,
             cgroup_at_kill,
             oom_cgroup_at_kill,
+            extra_limit_bytes,
+            next_in_line,
             snapshot,
             attribution,
             context,

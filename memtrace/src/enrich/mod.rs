@@ -7,3 +7,4 @@ pub mod diagnosis;
 pub mod docker;
 pub mod kill;
 pub mod names;
+pub mod next_in_line;

@@ -88,6 +88,25 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             o.opt(&format!("{prefix}{key}"), value);
         }
     }
+    o.opt("memtrace.avoid.extra_limit_bytes", k.extra_limit_bytes);
+    if let Some(n) = &k.next_in_line {
+        let next: Vec<Value> = n
+            .candidates
+            .iter()
+            .map(|c| {
+                json!({
+                    "pid": c.pid,
+                    "comm": c.comm,
+                    "oom_score_adj": c.oom_score_adj,
+                    "badness": c.badness.points,
+                    "rss_pages": c.badness.rss_pages,
+                })
+            })
+            .collect();
+        o.put("memtrace.next_in_line", next)
+            .put("memtrace.next_in_line.tasks", n.tasks)
+            .put("memtrace.next_in_line.exempt", n.exempt);
+    }
     match &k.snapshot {
         Some(Snapshot::Read(s)) => {
             o.put("memtrace.snapshot.when", "post_kill")

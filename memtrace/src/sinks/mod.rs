@@ -400,6 +400,8 @@ pub(crate) mod tests {
             oom_cgroup: None,
             cgroup_at_kill: None,
             oom_cgroup_at_kill: None,
+            extra_limit_bytes: None,
+            next_in_line: None,
             snapshot: None,
             attribution: None,
             badness: None,
