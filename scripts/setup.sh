@@ -16,6 +16,7 @@ APT_PKGS=(
   prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
   containerd runc docker.io python3-yaml                     # runtime tests, `cargo xtask image` (daemons started by them, never at boot)
   python3-venv                                               # rotel (OTLP collector) in .tools/venv
+  binutils                                                   # cargo xtask deb (strip, objdump)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -38,6 +38,12 @@ pub enum Command {
     Top(TopArgs),
     /// Top charging stacks of a cgroup over a time window (table, JSON or folded).
     Hotspots(HotspotsArgs),
+    /// Write the man pages (memtrace.1, memtrace-COMMAND.1) into DIR, for packagers.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write into (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ async fn main() -> std::process::ExitCode {
         Command::Probes(args) => commands::probes::run(args).await,
         Command::Hotspots(args) => commands::hotspots::run(args).await,
         Command::Top(args) => commands::top::run(args).await,
+        Command::Manpages { dir } => commands::manpages::run(&dir),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 
 mod bench;
+mod deb;
 mod fuzz;
 mod image;
 mod soak;
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
+    /// Build the Debian package (target/debian); `--check` installs, runs and purges it.
+    Deb(deb::DebArgs),
     /// Build memtrace and run every test, the real-OOM eBPF tests included.
     Test(test::TestArgs),
     /// Run the integration tests in Debian kernels (6.1, 6.12, ...) under qemu.
@@ -36,6 +39,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(&args),
+        Task::Deb(args) => deb::run(&args),
         Task::Vm(args) => vm::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Soak(args) => soak::run(&args),
