@@ -24,6 +24,11 @@ pub struct ChargeCounters {
     pub reclaim_ns: u64,
     /// Stacks sampled for this cgroup.
     pub stack_samples: u64,
+    /// `memcg->memory` usage and max in pages at this CPU's last sample of the cgroup (sampled
+    /// mode and reclaim ends), and when (CLOCK_BOOTTIME ns; 0: never).
+    pub usage_pages: u64,
+    pub limit_pages: u64,
+    pub seen_ns: u64,
 }
 
 /// Which memcg event items to count and when to sample a stack, patched by userspace.
@@ -37,8 +42,12 @@ pub struct ChargeConfig {
     pub ev_pgmajfault: u32,
     /// The item whose events are sampled for stacks (PGPGIN on cgroup v1, PGFAULT on v2).
     pub sample_item: u32,
-    /// Sample one stack every this many charge events per CPU; 0: no stacks.
+    /// Sample one stack every this many charge events per CPU; 0: no stacks. In sampled mode
+    /// (the page-fault perf event), non-zero means "take a stack with each sample".
     pub sample_every: u32,
+    /// Sampled mode: page faults per perf-event sample, added to `faults` per sample.
+    pub fault_period: u32,
+    pub _pad: u32,
 }
 
 impl ChargeConfig {
@@ -50,6 +59,8 @@ impl ChargeConfig {
             ev_pgmajfault: 24,
             sample_item: 0,
             sample_every: 0,
+            fault_period: 0,
+            _pad: 0,
         }
     }
 }
@@ -76,4 +87,4 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<StackKey>() == 8 + 4 * 4 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ChargeCounters>() == 9 * 8);
+const _: () = assert!(core::mem::size_of::<ChargeCounters>() == 12 * 8);

@@ -91,9 +91,18 @@ pub struct WatchArgs {
     /// No charge accounting: OOM hooks only (no pre-OOM warnings, no stacks with kills).
     #[arg(long)]
     pub no_charges: bool,
-    /// Sample one charging stack every N charge events per CPU (0: no stacks).
+    /// Sample one charging stack every N charge events per CPU (0: no stacks); in the default
+    /// sampled mode, 0 turns stacks off and any other value keeps one per sample.
     #[arg(long, value_name = "N")]
     pub stack_sample_every: Option<u32>,
+    /// Count every memcg charge with a program on the charge hook (exact rates, kernel stacks
+    /// of the charge path) instead of sampling page faults; costs about 15 % per page fault
+    /// here (BENCHMARKS.md §1).
+    #[arg(long)]
+    pub exact_charges: bool,
+    /// Sampled mode: one sample (counts, usage, a stack) every N page faults per CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub fault_sample_period: Option<u32>,
     /// How far back a kill's top charging stacks look, e.g. 10s.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub kill_context_window: Option<std::time::Duration>,

@@ -30,6 +30,12 @@ macro_rules! cfg {
     };
 }
 
+/// Sampled mode: faults per sample, and whether each sample takes a stack.
+#[inline(always)]
+pub(crate) fn sampled_config() -> (u32, bool) {
+    (cfg!(fault_period), cfg!(sample_every) != 0)
+}
+
 /// What one hit counts.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Count {
@@ -42,7 +48,7 @@ enum Count {
 /// The counters of a memcg, created on first sight. `key` is the `mem_cgroup *` (or, for the
 /// plain tracepoint, the cgroup id itself): no kernel read on the hot path once it exists.
 #[inline(always)]
-pub(super) fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
+pub(crate) fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
     let id = || match known_id {
         Some(id) => Some(id),
         None => kernel::css_cgroup_id(memcg).ok(),
@@ -116,7 +122,7 @@ fn tick() -> bool {
 }
 
 #[inline(always)]
-fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
+pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
     let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
     let user_stack = ctx
         .get_stackid(&STACKS, u64::from(BPF_F_USER_STACK))

@@ -10,6 +10,7 @@
 
 mod cgroup_mkdir;
 mod charge;
+mod charge_sample;
 mod mark_victim;
 mod oom_kill_process;
 mod reclaim;

@@ -32,11 +32,22 @@ fn reclaim_end<C: StackIdContext>(ctx: &C) {
         return;
     };
     let _ = ctx;
-    if let Some(c) = counters(memcg as u64, memcg, None) {
+    // Keyed by cgroup id (a freed memcg's memory is reused); reclaim is rare, the read is cheap.
+    let Ok(id) = kernel::css_cgroup_id(memcg) else {
+        return;
+    };
+    if let Some(c) = counters(id, memcg, Some(id)) {
         // SAFETY: this CPU's copy.
         let c = unsafe { &mut *c };
         c.reclaim_stalls += 1;
         c.reclaim_ns += took;
+        // A stall means the cgroup is at a limit: note where it stands, for the pre-OOM check
+        // (charges made by syscalls, such as page cache writes, are seen here, not by faults).
+        if let Ok((usage, max)) = kernel::memcg_usage_limit(memcg) {
+            c.usage_pages = usage;
+            c.limit_pages = max;
+            c.seen_ns = unsafe { bpf_ktime_get_boot_ns() };
+        }
     }
 }
 

@@ -55,6 +55,23 @@ impl ChargeTotals {
     }
 }
 
+/// A cgroup's `memory` page counter as the kernel program last saw it (sampled mode, and
+/// at each reclaim stall), in pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub usage_pages: u64,
+    pub limit_pages: u64,
+    /// CLOCK_BOOTTIME ns of the reading.
+    pub seen_ns: u64,
+}
+
+impl Snapshot {
+    /// The limit in bytes; `None` when unlimited (PAGE_COUNTER_MAX: LONG_MAX / PAGE_SIZE).
+    pub fn limit_bytes(&self, page_size: u64) -> Option<u64> {
+        (self.limit_pages < (1 << 50)).then_some(self.limit_pages * page_size)
+    }
+}
+
 /// Who was sampled charging: cgroup, process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SampleKey {
@@ -105,16 +122,28 @@ impl ChargeMaps {
         })
     }
 
-    /// Counters per cgroup id, summed over CPUs (and over memcg keys with the same id).
-    pub fn read_totals(&self) -> HashMap<u64, ChargeTotals> {
+    /// Counters per cgroup id, summed over CPUs (and over map keys with the same id), and the
+    /// newest usage snapshot of each cgroup: one pass over the map, no file read.
+    pub fn read_totals(&self) -> (HashMap<u64, ChargeTotals>, HashMap<u64, Snapshot>) {
         let mut out: HashMap<u64, ChargeTotals> = HashMap::new();
+        let mut snaps: HashMap<u64, Snapshot> = HashMap::new();
         // An entry evicted (LRU) between listing and reading is skipped, not an error.
-        for (_memcg, per_cpu) in self.charges.iter().filter_map(Result::ok) {
+        for (_key, per_cpu) in self.charges.iter().filter_map(Result::ok) {
             for c in per_cpu.iter().filter(|c| c.cgroup_id != 0) {
                 out.entry(c.cgroup_id).or_default().add(c);
+                if c.seen_ns != 0 {
+                    let s = snaps.entry(c.cgroup_id).or_default();
+                    if c.seen_ns > s.seen_ns {
+                        *s = Snapshot {
+                            usage_pages: c.usage_pages,
+                            limit_pages: c.limit_pages,
+                            seen_ns: c.seen_ns,
+                        };
+                    }
+                }
             }
         }
-        out
+        (out, snaps)
     }
 
     /// Takes every sample out of the kernel maps: the counts are read then deleted, and so
@@ -190,6 +219,11 @@ pub struct ChargeMonitor {
     /// When each cgroup last charged, so a cgroup that filled up and went quiet is still
     /// looked at (by `rows`) for a while.
     last_active: HashMap<u64, Instant>,
+    /// The kernel's latest usage reading per cgroup (sampled mode; reclaim stalls).
+    pub snapshots: HashMap<u64, Snapshot>,
+    /// Cgroups whose files `rows` read last time because they were near their limit: read
+    /// again while they stay there, even without new samples.
+    near: std::collections::HashSet<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -212,13 +246,16 @@ impl ChargeMonitor {
             keep,
             rates: HashMap::new(),
             last_active: HashMap::new(),
+            snapshots: HashMap::new(),
+            near: std::collections::HashSet::new(),
         }
     }
 
     /// Reads the counters (rates) and drains the samples into the window.
     pub fn poll(&mut self, maps: &mut ChargeMaps, page_size: u64) {
         let now = Instant::now();
-        let totals = maps.read_totals();
+        let (totals, snapshots) = maps.read_totals();
+        self.snapshots = snapshots;
         if let Some(at) = self.last_at {
             let secs = now.duration_since(at).as_secs_f64().max(1e-3);
             self.rates = totals
@@ -315,18 +352,53 @@ pub struct Row {
     pub rate: Rate,
 }
 
+/// Which cgroups `rows` reads the memory files of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reads {
+    /// Every active cgroup (exact mode, and `top`, which shows the working set of all).
+    All,
+    /// Only cgroups whose kernel usage reading is at least this fraction of their limit, that
+    /// stalled in reclaim, or that have no kernel reading: the rest show the kernel's usage
+    /// and limit and no working set. The cost then follows the cgroups near a limit, not the
+    /// number of busy cgroups.
+    NearLimit(f64),
+}
+
 /// One sample: rows for every cgroup that charged in the interval, busiest first.
-pub fn rows(monitor: &ChargeMonitor, paths: &mut CgroupPaths) -> Vec<Row> {
+pub fn rows(monitor: &mut ChargeMonitor, paths: &mut CgroupPaths, reads: Reads, page_size: u64) -> Vec<Row> {
     let h = paths.hierarchy().clone();
+    let mut near_now = std::collections::HashSet::new();
     let mut rows: Vec<Row> = monitor
         .rates
         .iter()
-        .filter(|(id, _)| monitor.last_active.contains_key(id))
+        .filter(|(id, _)| monitor.last_active.contains_key(id) || monitor.near.contains(id))
         .map(|(id, rate)| {
             let cgroup = paths.resolve(*id).unwrap_or_else(|| format!("<id {id}>"));
-            let stats = read_memory_stats(&h.dir(&cgroup), h.version).ok();
-            let limit = stats.as_ref().and_then(|s| s.limit);
-            let usage = stats.as_ref().map(|s| s.usage);
+            let snap = monitor.snapshots.get(id);
+            let read_files = match (reads, snap) {
+                (Reads::All, _) | (_, None) => true,
+                (Reads::NearLimit(ratio), Some(s)) => {
+                    monitor.near.contains(id)
+                        || rate.reclaim_stalls_per_s > 0.0
+                        || s.limit_bytes(page_size)
+                            .is_some_and(|l| (s.usage_pages * page_size) as f64 >= ratio * l as f64)
+                }
+            };
+            let stats = if read_files {
+                read_memory_stats(&h.dir(&cgroup), h.version).ok()
+            } else {
+                None
+            };
+            let (usage, limit) = match (&stats, snap) {
+                (Some(s), _) => (Some(s.usage), s.limit),
+                (None, Some(s)) => (Some(s.usage_pages * page_size), s.limit_bytes(page_size)),
+                (None, None) => (None, None),
+            };
+            if let (Reads::NearLimit(ratio), Some(s)) = (reads, &stats)
+                && s.limit.is_some_and(|l| s.usage as f64 >= ratio * l as f64)
+            {
+                near_now.insert(*id);
+            }
             Row {
                 cgroup_id: *id,
                 usage_bytes: usage,
@@ -341,6 +413,7 @@ pub fn rows(monitor: &ChargeMonitor, paths: &mut CgroupPaths) -> Vec<Row> {
             }
         })
         .collect();
+    monitor.near = near_now;
     rows.sort_by(|a, b| {
         let key = |r: &Row| r.rate.charge_events_per_s + r.rate.faults_per_s;
         key(b).total_cmp(&key(a)).then_with(|| a.cgroup.cmp(&b.cgroup))

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
-    charges::accounting::{ChargeMaps, ChargeMonitor, rows},
+    charges::accounting::{ChargeMaps, ChargeMonitor, Reads, rows},
     charges::stacks::HotStack,
     charges::symbolize::Symbols,
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
@@ -58,6 +58,8 @@ struct Worker {
     headroom: HashMap<u64, f64>,
     /// Where the charge counters and warnings are counted for /metrics.
     metrics: Option<Arc<Metrics>>,
+    /// The warning threshold (working set / limit).
+    near_ratio: f64,
 }
 
 impl Worker {
@@ -90,7 +92,11 @@ impl Worker {
                 w.pop_front();
             }
         }
-        let rows = rows(&self.monitor, &mut self.paths);
+        // Memory files only of cgroups near a warning (their kernel usage reading within 10 % of
+        // the limit below the threshold, or stalling in reclaim): cost follows them, not the
+        // number of busy cgroups.
+        let near = Reads::NearLimit((self.near_ratio - 0.1).max(0.0));
+        let rows = rows(&mut self.monitor, &mut self.paths, near, self.page_size);
         self.headroom = rows
             .iter()
             .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
@@ -155,6 +161,7 @@ impl ChargeWatch {
             page_size,
             headroom: HashMap::new(),
             metrics,
+            near_ratio: warn.ratio,
         };
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()

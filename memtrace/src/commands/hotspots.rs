@@ -16,8 +16,11 @@ use crate::{
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
     let opts = TracerOptions {
+        // Exact mode for a bounded session: stacks of every kind of charge, kernel path included.
         charges: Some(ChargeOptions {
             sample_every: args.sample_every,
+            exact: true,
+            ..ChargeOptions::default()
         }),
         ..TracerOptions::default()
     };

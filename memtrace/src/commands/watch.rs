@@ -63,6 +63,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         try_all: false,
         charges: cfg.charges.enabled.then_some(ChargeOptions {
             sample_every: cfg.charges.stack_sample_every,
+            exact: cfg.charges.exact,
+            fault_period: cfg.charges.fault_sample_period,
         }),
     };
     let paths = match MemoryHierarchy::detect() {

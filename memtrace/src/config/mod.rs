@@ -134,6 +134,12 @@ impl Config {
         if let Some(n) = args.stack_sample_every {
             c.stack_sample_every = n;
         }
+        if args.exact_charges {
+            c.exact = true;
+        }
+        if let Some(n) = args.fault_sample_period {
+            c.fault_sample_period = n;
+        }
         if let Some(d) = args.kill_context_window {
             c.kill_context_window = d;
         }

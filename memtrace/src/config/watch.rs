@@ -44,6 +44,10 @@ pub struct ChargesConfig {
     pub enabled: bool,
     /// One stack sample every this many charge events per CPU; 0: no stacks.
     pub stack_sample_every: u32,
+    /// Count every charge (a program on the memcg charge hook) instead of sampling faults.
+    pub exact: bool,
+    /// Sampled mode: page faults per sample, per CPU.
+    pub fault_sample_period: u32,
     /// How far back a kill's top charging stacks look.
     #[serde(with = "duration")]
     pub kill_context_window: Duration,
@@ -62,6 +66,8 @@ impl Default for ChargesConfig {
         Self {
             enabled: true,
             stack_sample_every: 64,
+            exact: false,
+            fault_sample_period: crate::kernel::tracer::DEFAULT_FAULT_PERIOD,
             kill_context_window: Duration::from_secs(10),
             warn_ratio: 0.9,
             warn_every: Duration::from_secs(60),

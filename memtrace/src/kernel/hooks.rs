@@ -23,6 +23,9 @@ pub enum Attach {
     Fentry { function: &'static str },
     /// kprobe on a kernel function: needs CONFIG_KPROBES.
     Kprobe { function: &'static str },
+    /// A software perf event on every CPU, sampled: the program runs once every N events
+    /// (N from the charge options).
+    PerfEvent { event: &'static str },
     /// Classic tracepoint: the record the kernel formats, layout from tracefs.
     Tracepoint {
         category: &'static str,
@@ -41,6 +44,7 @@ impl Attach {
             Self::Fentry { .. } => "fentry",
             Self::Kprobe { .. } => "kprobe",
             Self::Tracepoint { .. } => "tracepoint",
+            Self::PerfEvent { .. } => "perf_event",
         }
     }
 
@@ -49,6 +53,7 @@ impl Attach {
             Self::TpBtf { event } | Self::RawTp { event, .. } => (*event).to_owned(),
             Self::Fentry { function } | Self::Kprobe { function } => (*function).to_owned(),
             Self::Tracepoint { category, name, .. } => format!("{category}:{name}"),
+            Self::PerfEvent { event } => format!("software:{event}"),
         }
     }
 }
@@ -60,12 +65,18 @@ pub struct Variant {
     pub attach: Attach,
 }
 
-/// Hooks are loaded by group: the charge path only when charge accounting is on.
+/// Hooks are loaded by group: the charge path only when charge accounting is on, and then
+/// either the sampled hook (default) or the exact one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Group {
     Oom,
+    /// Every charge (opt-in exact mode).
     Charge,
+    /// One page fault in N (the default).
+    ChargeSampled,
+    /// memcg reclaim: both charge modes.
+    Reclaim,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +153,16 @@ pub const HOOKS: &[Hook] = &[
         }],
     },
     Hook {
+        name: "charge_sample",
+        group: Group::ChargeSampled,
+        what: "page faults sampled one in N per CPU: per-cgroup rates, usage and stacks (the default)",
+        required: false,
+        variants: &[Variant {
+            program: "charge_sample",
+            attach: Attach::PerfEvent { event: "page-faults" },
+        }],
+    },
+    Hook {
         name: "charge",
         group: Group::Charge,
         what: "memcg charges per cgroup, with sampled stacks (try_charge_memcg / try_charge, or memcg events)",
@@ -198,7 +219,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "reclaim_begin",
-        group: Group::Charge,
+        group: Group::Reclaim,
         what: "memcg direct reclaim start: a charge hit the limit",
         required: false,
         variants: &[
@@ -220,7 +241,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "reclaim_end",
-        group: Group::Charge,
+        group: Group::Reclaim,
         what: "memcg direct reclaim end: the stall's duration",
         required: false,
         variants: &[

@@ -8,7 +8,11 @@ use std::io;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, FEntry, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
 };
 use memtrace_common::{
     charge::ChargeConfig,
@@ -65,13 +69,26 @@ pub struct TracerOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChargeOptions {
-    /// One stack sample every this many charge events per CPU; 0: no stacks.
+    /// Exact mode: one stack sample every this many charge events per CPU; 0: no stacks.
+    /// Sampled mode: 0 means no stacks, anything else a stack with each sample.
     pub sample_every: u32,
+    /// Count every charge (a program on the memcg event hook, about 2 runs per page fault)
+    /// instead of sampling one page fault in `fault_period`.
+    pub exact: bool,
+    /// Sampled mode: page faults per sample, per CPU.
+    pub fault_period: u32,
 }
+
+/// Sampled mode's default period: cheap enough to leave on (BENCHMARKS.md §1).
+pub const DEFAULT_FAULT_PERIOD: u32 = 256;
 
 impl Default for ChargeOptions {
     fn default() -> Self {
-        Self { sample_every: 64 }
+        Self {
+            sample_every: 64,
+            exact: false,
+            fault_period: DEFAULT_FAULT_PERIOD,
+        }
     }
 }
 
@@ -174,10 +191,10 @@ impl Tracer {
             .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true)
             .override_global("MEMCG_STAT_LAYOUT", &stat_layout, true);
-        let sample_every = opts.charges.unwrap_or_default().sample_every;
+        let charge_opts = opts.charges.unwrap_or_default();
         let charge_config = kbtf
             .as_ref()
-            .map_or(ChargeConfig::default_config(), |k| charge_config(k, sample_every));
+            .map_or(ChargeConfig::default_config(), |k| charge_config(k, &charge_opts));
         loader.override_global("CHARGE_CONFIG", &charge_config, true);
         if let Some(bytes) = opts.oom_ring_bytes {
             loader.map_max_entries("OOM_EVENTS", bytes);
@@ -196,10 +213,20 @@ impl Tracer {
             btf: btf.as_ref(),
             kbtf: kbtf.as_ref(),
             tracefs: &tracefs,
+            fault_period: charge_opts.fault_period.max(1),
         };
         let mut hooks = Vec::new();
         for hook in HOOKS {
-            if hook.group == Group::Charge && opts.charges.is_none() {
+            // `memtrace probes` (try_all) tries both charge modes.
+            let wanted = match (hook.group, opts.charges) {
+                (Group::Oom, _) => true,
+                (_, None) => false,
+                (_, Some(_)) if opts.try_all => true,
+                (Group::Charge, Some(c)) => c.exact,
+                (Group::ChargeSampled, Some(c)) => !c.exact,
+                (Group::Reclaim, Some(_)) => true,
+            };
+            if !wanted {
                 continue;
             }
             let forced = opts.forced.iter().find(|f| f.hook == hook.name);
@@ -276,7 +303,8 @@ impl Tracer {
 
     /// The charge maps, for whoever polls them; `None` without charge accounting.
     pub fn take_charge_maps(&mut self) -> Option<crate::charges::accounting::ChargeMaps> {
-        self.selected("charge")?;
+        self.selected("charge")
+            .or_else(|| self.selected("charge_sample"))?;
         match crate::charges::accounting::ChargeMaps::take(&mut self.ebpf) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -326,6 +354,7 @@ struct AttachEnv<'a> {
     btf: Option<&'a Btf>,
     kbtf: Option<&'a KernelBtf>,
     tracefs: &'a Tracefs,
+    fault_period: u32,
 }
 
 /// tp_btf programs that read their first argument as a `struct <name> *`: older kernels pass
@@ -422,6 +451,24 @@ fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(),
             p.load().map_err(|e| explain(&e))?;
             p.attach(category, name).map_err(|e| explain(&e))?;
         }
+        Attach::PerfEvent { event } => {
+            let config = match event {
+                "page-faults" => PerfEventConfig::Software(SoftwareEvent::PageFaults),
+                other => return Err(format!("unknown software event {other}")),
+            };
+            let p: &mut PerfEvent = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load().map_err(|e| explain(&e))?;
+            let cpus = online_cpus().map_err(|(_, e)| format!("online CPUs: {e}"))?;
+            for cpu in cpus {
+                p.attach(
+                    config,
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(u64::from(env.fault_period)),
+                    false,
+                )
+                .map_err(|e| format!("perf_event_open on CPU {cpu}: {}", explain(&e)))?;
+            }
+        }
     }
     Ok(())
 }
@@ -450,7 +497,7 @@ fn explain(e: &ProgramError) -> String {
 
 /// The memcg event items to count, from BTF (`enum vm_event_item` moves with the kernel's
 /// config), and which one stands for a charge when sampling stacks.
-fn charge_config(kbtf: &KernelBtf, sample_every: u32) -> ChargeConfig {
+fn charge_config(kbtf: &KernelBtf, opts: &ChargeOptions) -> ChargeConfig {
     let d = ChargeConfig::default_config();
     let item = |name: &str, default: u32| kbtf.enum_value("vm_event_item", name).unwrap_or(default);
     let (pgpgin, pgfault) = (item("PGPGIN", d.ev_pgpgin), item("PGFAULT", d.ev_pgfault));
@@ -462,7 +509,9 @@ fn charge_config(kbtf: &KernelBtf, sample_every: u32) -> ChargeConfig {
         ev_pgfault: pgfault,
         ev_pgmajfault: item("PGMAJFAULT", d.ev_pgmajfault),
         sample_item: if v1 { pgpgin } else { pgfault },
-        sample_every,
+        sample_every: opts.sample_every,
+        fault_period: opts.fault_period,
+        _pad: 0,
     }
 }
 

@@ -217,6 +217,18 @@ impl Bpftrace {
         Ok(Self { child })
     }
 
+    /// Starts bpftrace on any probe; the caller checks that it attached.
+    pub fn start_any(program: &str) -> anyhow::Result<Self> {
+        let mut c = Command::new("bpftrace");
+        c.args(["-e", program])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Ok(Self {
+            child: Reaped(c.spawn().context("starting bpftrace")?),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.pid()
     }

@@ -166,6 +166,19 @@ pub fn hook_holders(name: &str) -> Vec<u32> {
     pids
 }
 
+/// How many perf event fds `pid` holds (`anon_inode:[perf_event]`): memtrace's sampled charge
+/// hook is one per CPU.
+pub fn perf_event_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]")
+        })
+        .count()
+}
+
 /// Waits until `pid` holds a program on `tracepoint`; false after `timeout`.
 pub fn wait_hook(pid: u32, tracepoint: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::view::{Action, App, Header};
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
-    charges::accounting::{ChargeMaps, ChargeMonitor, Sample, rows},
+    charges::accounting::{ChargeMaps, ChargeMonitor, Reads, Sample, rows},
     charges::stacks::HotStack,
     charges::symbolize::Symbols,
     cli::TopArgs,
@@ -140,7 +140,7 @@ impl Source {
     /// A new sample: rates, rows, and names for the fresh stacks.
     fn poll(&mut self, app: &mut App) {
         self.monitor.poll(&mut self.maps, self.page);
-        app.set_rows(rows(&self.monitor, &mut self.paths));
+        app.set_rows(rows(&mut self.monitor, &mut self.paths, Reads::All, self.page));
         let first = match app.drilled() {
             Some((id, cgroup)) => stack_ids(id, cgroup, self.paths.ids_with_paths()),
             None => app
@@ -165,8 +165,11 @@ impl Source {
 
 pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
     let opts = TracerOptions {
+        // Exact mode: the drill-down shows the kernel's charge path too.
         charges: Some(ChargeOptions {
             sample_every: args.sample_every,
+            exact: true,
+            ..ChargeOptions::default()
         }),
         ..TracerOptions::default()
     };

@@ -11,7 +11,7 @@ use std::{io::IsTerminal as _, time::Duration};
 
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
-    charges::accounting::{ChargeMonitor, Row, rows},
+    charges::accounting::{ChargeMonitor, Reads, Row, rows},
     cli::TopArgs,
     kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
     output::Format,
@@ -68,7 +68,11 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
 /// Text or JSON every interval, or once; no stack sampling.
 async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
     let opts = TracerOptions {
-        charges: Some(ChargeOptions { sample_every: 0 }),
+        // Sampled page faults, no stacks: a one-off look costs the host next to nothing.
+        charges: Some(ChargeOptions {
+            sample_every: 0,
+            ..ChargeOptions::default()
+        }),
         ..TracerOptions::default()
     };
     let (mut tracer, _rings) = Tracer::start(&opts)?;
@@ -88,7 +92,9 @@ async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
             _ = sigterm.recv() => return Ok(()),
         }
         monitor.poll(&mut maps, page);
-        let rows = rows(&monitor, &mut paths);
+        // The working set (memory.stat) only of cgroups at 80 % of their limit or more: the
+        // others show the kernel's usage and limit, read in the same pass as the rates.
+        let rows = rows(&mut monitor, &mut paths, Reads::NearLimit(0.8), page);
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&rows)?),
             Format::Text => {
