@@ -1,8 +1,10 @@
 /*
  * Page-fault microbenchmark for `cargo xtask bench faults`.
  *
- *   faults MIB REPS     (REPS 0: until killed)
+ *   faults MIB REPS [PAUSE_MS]     (REPS 0: until killed; MIB may be NNNk for KiB)
  *
+ * With PAUSE_MS, it sleeps that long after each repetition and prints nothing: a cgroup that
+ * charges a little, steadily (the scale benchmark runs thousands of them).
  * Each repetition maps MIB MiB of anonymous memory (no huge pages), writes one byte per page
  * (one minor fault, one memcg charge each), and unmaps it (uncharge). It prints one line per
  * repetition: when it started (CLOCK_MONOTONIC ns), the pages touched, the minor faults
@@ -37,12 +39,14 @@ static long minflt(void)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: faults MIB REPS\n");
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: faults MIB REPS [PAUSE_MS]\n");
 		return 2;
 	}
-	size_t len = (size_t)atol(argv[1]) << 20;
+	char *unit;
+	size_t len = (size_t)strtol(argv[1], &unit, 10) << (*unit == 'k' ? 10 : 20);
 	int reps = atoi(argv[2]);
+	long pause_ms = argc == 4 ? atol(argv[3]) : -1;
 	long page = sysconf(_SC_PAGESIZE);
 	for (int r = 0; reps == 0 || r < reps; r++) {
 		long f0 = minflt();
@@ -58,6 +62,11 @@ int main(int argc, char **argv)
 		munmap((void *)p, len);
 		long long c1 = now_ns(CLOCK_THREAD_CPUTIME_ID), w1 = now_ns(CLOCK_MONOTONIC);
 		long f1 = minflt();
+		if (pause_ms >= 0) {
+			struct timespec ts = {pause_ms / 1000, (pause_ms % 1000) * 1000000L};
+			nanosleep(&ts, NULL);
+			continue;
+		}
 		printf("rep %d start_ns %lld pages %zu minflt %ld cpu_ns %lld wall_ns %lld\n", r, w0, len / (size_t)page,
 		       f1 - f0, c1 - c0, w1 - w0);
 		fflush(stdout);

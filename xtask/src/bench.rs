@@ -15,6 +15,7 @@ mod kmsg;
 mod latency;
 mod probes;
 mod ring;
+mod scale;
 mod stats;
 mod storm;
 mod sys;
@@ -36,12 +37,14 @@ pub enum What {
     Storm,
     Footprint,
     Ring,
+    Scale,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark: faults (charge-path overhead), latency (kill to event), storm (missed
-    /// kills), footprint (daemon RSS and CPU), ring (OOM ring buffer capacity), or all.
+    /// kills), footprint (daemon RSS and CPU), ring (OOM ring buffer capacity), scale (cost per
+    /// busy cgroup), or all.
     #[arg(value_enum)]
     what: What,
     /// A short run of each benchmark (CI): results to target/bench/smoke.md, targets not judged.
@@ -92,7 +95,7 @@ pub struct Section {
 }
 
 /// The benchmarks in the order of the results file.
-const KEYS: [&str; 5] = ["faults", "latency", "storm", "footprint", "ring"];
+const KEYS: [&str; 6] = ["faults", "latency", "storm", "footprint", "ring", "scale"];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ensure!(
@@ -148,6 +151,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     run_one(What::Storm, storm::run)?;
     run_one(What::Footprint, footprint::run)?;
     run_one(What::Ring, ring::run)?;
+    run_one(What::Scale, scale::run)?;
     eprintln!("bench: results in {}", out.display());
     if !errors.is_empty() {
         bail!("benchmark errors:\n{}", errors.join("\n"));

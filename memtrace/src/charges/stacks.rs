@@ -15,6 +15,38 @@ pub struct HotStack {
     pub user: Vec<String>,
     /// Innermost first.
     pub kernel: Vec<String>,
+    /// Processes whose samples this row sums ([`merge_pids`]); `pid` is one of them.
+    pub pids: u32,
+}
+
+/// Rows that differ only by pid (the same comm and frames in one cgroup: twenty short-lived
+/// workers of one binary) become one row with their samples summed and their processes
+/// counted. Its `pid` is `prefer` if that is one of them (a kill's victim), else the one with
+/// the most samples. Most samples first.
+pub fn merge_pids(stacks: Vec<HotStack>, prefer: Option<u32>) -> Vec<HotStack> {
+    let mut out: Vec<HotStack> = Vec::with_capacity(stacks.len());
+    let mut index: std::collections::HashMap<(u64, String, Vec<String>, Vec<String>), usize> =
+        std::collections::HashMap::new();
+    for h in stacks {
+        let key = (h.cgroup_id, h.comm.clone(), h.user.clone(), h.kernel.clone());
+        match index.get(&key) {
+            Some(&i) => {
+                let row = &mut out[i];
+                let keep_row_pid = prefer == Some(row.pid) || (prefer != Some(h.pid) && row.count >= h.count);
+                if !keep_row_pid {
+                    row.pid = h.pid;
+                }
+                row.count += h.count;
+                row.pids += h.pids;
+            }
+            None => {
+                index.insert(key, out.len());
+                out.push(h);
+            }
+        }
+    }
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
+    out
 }
 
 impl HotStack {
@@ -45,6 +77,7 @@ impl HotStack {
             comm: s.key.comm.clone(),
             user,
             kernel,
+            pids: 1,
         }
     }
 
@@ -90,8 +123,34 @@ mod tests {
             comm: "a;b".into(),
             user: vec!["inner".into(), "main".into()],
             kernel: vec!["try_charge".into(), "handle_mm_fault".into()],
+            pids: 1,
         };
         assert_eq!(h.folded(), "a_b;main;inner;handle_mm_fault_[k];try_charge_[k] 7");
         assert_eq!(h.top_user_frame(), "inner");
+    }
+
+    #[test]
+    fn rows_that_differ_only_by_pid_are_one() {
+        let h = |pid, count, user: &str| HotStack {
+            count,
+            cgroup_id: 1,
+            pid,
+            comm: "faults".into(),
+            user: vec![user.into()],
+            kernel: vec![],
+            pids: 1,
+        };
+        let rows = vec![
+            h(10, 5, "touch"),
+            h(11, 7, "touch"),
+            h(12, 1, "other"),
+            h(13, 2, "touch"),
+        ];
+        let merged = merge_pids(rows.clone(), None);
+        assert_eq!(merged.len(), 2);
+        assert_eq!((merged[0].count, merged[0].pids, merged[0].pid), (14, 3, 11));
+        assert_eq!((merged[1].count, merged[1].pids, merged[1].pid), (1, 1, 12));
+        // A kill's victim keeps its own pid on the merged row.
+        assert_eq!(merge_pids(rows, Some(13))[0].pid, 13);
     }
 }

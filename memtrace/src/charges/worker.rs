@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::accounting::{ChargeMaps, ChargeMonitor, Reads, rows},
-    charges::stacks::HotStack,
+    charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
     enrich::kill::OomKill,
@@ -222,7 +222,7 @@ impl ChargeWatch {
                     .or_default() += h.count;
             }
         }
-        let mut top: Vec<HotStack> = sum
+        let top: Vec<HotStack> = sum
             .into_iter()
             .map(|((cgroup_id, pid, comm, user, kernel), count)| HotStack {
                 count,
@@ -231,9 +231,10 @@ impl ChargeWatch {
                 comm: comm.to_owned(),
                 user: user.to_vec(),
                 kernel: kernel.to_vec(),
+                pids: 1,
             })
             .collect();
-        top.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
+        let mut top = merge_pids(top, Some(kill.pid));
         top.truncate(KILL_STACKS);
         log::debug!("kill context: cgroups {ids:?}, {} stacks", top.len());
         top

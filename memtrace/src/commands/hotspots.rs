@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
     charges::accounting::ChargeMonitor,
-    charges::stacks::HotStack,
+    charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     cli::HotspotsArgs,
     kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
@@ -70,11 +70,15 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         None => monitor.rates.keys().copied().collect(),
     };
     drop(tracer);
-    let top: Vec<HotStack> = monitor
-        .top_samples(&ids, args.duration + Duration::from_secs(2), args.top)
+    // Every sample of the window, symbolized, then rows that differ only by pid merged: the
+    // top N is taken from the merged rows.
+    let all: Vec<HotStack> = monitor
+        .top_samples(&ids, args.duration + Duration::from_secs(2), usize::MAX)
         .iter()
         .map(|s| HotStack::resolve(&mut syms, s))
         .collect();
+    let mut top = merge_pids(all, None);
+    top.truncate(args.top);
     if let Some(path) = &args.svg {
         let folded: Vec<String> = top.iter().map(HotStack::folded).collect();
         let title = match &args.cgroup {
@@ -103,6 +107,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
                         "count": h.count,
                         "cgroup": paths.resolve(h.cgroup_id),
                         "pid": h.pid,
+                        "pids": h.pids,
                         "comm": h.comm,
                         "user_stack": h.user,
                         "kernel_stack": h.kernel,
@@ -123,7 +128,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
                     h.count,
                     h.count as f64 * 100.0 / total as f64,
                     h.comm,
-                    h.pid,
+                    pid_cell(h),
                     h.top_user_frame(),
                     h.kernel.first().map_or("?", String::as_str)
                 );
@@ -134,4 +139,13 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The PID column: the pid, or how many processes a merged row sums.
+fn pid_cell(h: &HotStack) -> String {
+    if h.pids > 1 {
+        format!("{}+{}", h.pid, h.pids - 1)
+    } else {
+        h.pid.to_string()
+    }
 }

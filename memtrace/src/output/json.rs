@@ -172,6 +172,7 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
                 json!({
                     "samples": h.count,
                     "pid": h.pid,
+                    "pids": h.pids,
                     "comm": h.comm,
                     "user_top": h.top_user_frame(),
                     "folded": h.folded(),

@@ -1,6 +1,6 @@
 //! Benchmark 4, footprint: the daemon's RSS (VmRSS) and CPU (utime + stime) idle, without charge
-//! accounting, with counters only and with the default stack sampling (three daemons side by
-//! side, over the same minute), then during a storm.
+//! accounting, with the default (sampled page faults) and with exact charge accounting (three
+//! daemons side by side, over the same minute), then during a storm.
 
 use std::{fmt::Write as _, time::Duration, time::Instant};
 
@@ -16,11 +16,11 @@ use super::{
 /// The daemons, side by side.
 const DAEMONS: [(&str, &[&str]); 3] = [
     ("`memtrace watch --no-charges`", &["--no-charges"]),
+    ("`memtrace watch` (default: sampled page faults, stacks)", &[]),
     (
-        "`memtrace watch --stack-sample-every 0`",
-        &["--stack-sample-every", "0"],
+        "`memtrace watch --exact-charges` (every charge, stacks)",
+        &["--exact-charges"],
     ),
-    ("`memtrace watch` (default: charge accounting, stacks)", &[]),
 ];
 const N: usize = DAEMONS.len();
 
@@ -156,12 +156,13 @@ fn report(
     let _ = writeln!(
         s,
         "Per round, three daemons side by side (`--output json`, stdout read by the benchmark): `--no-charges`, \
-         `--stack-sample-every 0` (charge counters, no stacks) and the default (counters and one stack per 64 \
-         charges, symbolized each second). After 5 s of start-up, an idle window of {} s, then a storm window: {}. \
+         the default (one page fault in 256 per CPU sampled: counts, usage, a stack; symbolized each second) and \
+         `--exact-charges` (every charge counted, one stack per 64 charges). After 5 s of start-up, an idle window of {} s, then a storm window: {}. \
          CPU = Δ(utime + stime) from /proc/<pid>/stat over the window's wall time (one CPU = 100 %); RSS = VmRSS \
          from /proc/<pid>/status (end of window, and the maximum of samples every 1 s idle / 100 ms in the storm); \
          VmHWM after the storm. \"Idle\" means no OOM kills: the machine itself is busy (load below), and the \
-         charge-accounting daemon reads the per-cgroup counters of every busy cgroup each second. {} rounds; load \
+         charge-accounting daemons read the kernel's per-cgroup counters each second (and the memory files of \
+         cgroups near their limit). {} rounds; load \
          before {load_before}, after {load_after}.\n",
         idle.as_secs(),
         spec.describe(),

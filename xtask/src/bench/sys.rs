@@ -173,9 +173,7 @@ pub fn perf_event_fds(pid: u32) -> usize {
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]")
-        })
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]"))
         .count()
 }
 

@@ -20,7 +20,7 @@ use super::view::{Action, App, Header};
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
     charges::accounting::{ChargeMaps, ChargeMonitor, Reads, Sample, rows},
-    charges::stacks::HotStack,
+    charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     cli::TopArgs,
     kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
@@ -72,11 +72,15 @@ pub fn drill_down(
     window: Duration,
     n: usize,
 ) -> Vec<HotStack> {
-    monitor
-        .top_samples(ids, window, n)
+    // More than n before merging the rows that differ only by pid.
+    let all: Vec<HotStack> = monitor
+        .top_samples(ids, window, n.saturating_mul(8))
         .iter()
         .map(|s| HotStack::resolve(syms, s))
-        .collect()
+        .collect();
+    let mut top = merge_pids(all, None);
+    top.truncate(n);
+    top
 }
 
 /// The terminal in raw mode on the alternate screen; dropping it restores the terminal.

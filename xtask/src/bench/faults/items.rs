@@ -87,4 +87,3 @@ fn vm_event_names() -> BTreeMap<u64, String> {
     }
     names
 }
-

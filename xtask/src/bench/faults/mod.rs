@@ -87,7 +87,10 @@ const EXACT: Config = Config {
 const EXACT_NO_STACKS: Config = Config {
     key: "exact-no-stacks",
     label: "`memtrace watch --exact-charges --stack-sample-every 0` (exact counters only)",
-    tracer: Tracer::Memtrace(&["--exact-charges", "--stack-sample-every", "0"], Hook::Tracepoint),
+    tracer: Tracer::Memtrace(
+        &["--exact-charges", "--stack-sample-every", "0"],
+        Hook::Tracepoint,
+    ),
 };
 const BPFTRACE: Config = Config {
     key: "bpftrace",
@@ -386,4 +389,3 @@ impl Rep {
         Ok(rep)
     }
 }
-

@@ -65,7 +65,11 @@ pub fn stack_cells(h: &HotStack, total: u64) -> [String; 6] {
         h.count.to_string(),
         format!("{:.1}%", h.count as f64 * 100.0 / total.max(1) as f64),
         h.comm.clone(),
-        h.pid.to_string(),
+        if h.pids > 1 {
+            format!("{}+{}", h.pid, h.pids - 1)
+        } else {
+            h.pid.to_string()
+        },
         h.top_user_frame().to_owned(),
         h.kernel.first().map_or("?", String::as_str).to_owned(),
     ]

@@ -35,6 +35,7 @@ fn stack(pid: u32, count: u64) -> HotStack {
             "memtrace_alloc::main".into(),
         ],
         kernel: (0..12).map(|i| format!("kframe{i}")).collect(),
+        pids: 1,
     }
 }
 
