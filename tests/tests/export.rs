@@ -588,11 +588,12 @@ fn metrics_pass_promtool() {
         "the kill is in the metrics: {text}"
     );
     // The charge side: the cgroup that charged up to its limit has its counters (it was busy
-    // and nearly full), and the reconciliation state is there.
-    let charges = format!("memtrace_cgroup_charges_total{{cgroup=\"{}\"}}", cg.rel);
+    // and nearly full), and the reconciliation state is there. The default samples page faults
+    // (charges are counted only with --exact-charges).
+    let faults = format!("memtrace_cgroup_page_faults_total{{cgroup=\"{}\"}}", cg.rel);
     let text = wait_for("the killed cgroup's charge counters", WAIT, || {
         let t = scrape(addr);
-        (sample(&t, &charges)? > 0.0).then_some(t)
+        (sample(&t, &faults)? > 0.0).then_some(t)
     });
     let of = |family: &str| sample(&text, &format!("{family}{{cgroup=\"{}\"}}", cg.rel));
     assert!(

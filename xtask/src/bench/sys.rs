@@ -166,15 +166,46 @@ pub fn hook_holders(name: &str) -> Vec<u32> {
     pids
 }
 
-/// How many perf event fds `pid` holds (`anon_inode:[perf_event]`): memtrace's sampled charge
-/// hook is one per CPU.
+/// How many perf-event programs `pid` has attached (bpf links of type perf whose program is a
+/// BPF_PROG_TYPE_PERF_EVENT program it holds, or perf event fds beside such a program): memtrace's
+/// sampled charge hook is one per CPU.
 pub fn perf_event_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    const PROG_TYPE_PERF_EVENT: &str = "7";
+    let fdinfo = |kind: &str| -> Vec<std::collections::HashMap<String, String>> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == kind))
+            .filter_map(|e| {
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                    .ok()
+            })
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .collect()
+            })
+            .collect()
+    };
+    let perf_progs: Vec<String> = fdinfo("anon_inode:bpf-prog")
         .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]"))
-        .count()
+        .filter(|m| m.get("prog_type").is_some_and(|t| t == PROG_TYPE_PERF_EVENT))
+        .filter_map(|m| m.get("prog_id").cloned())
+        .collect();
+    let links = fdinfo("anon_inode:bpf_link")
+        .into_iter()
+        .filter(|m| m.get("link_type").is_some_and(|t| t == "perf"))
+        .filter(|m| m.get("prog_id").is_some_and(|id| perf_progs.contains(id)))
+        .count();
+    // bpftrace attaches with an ioctl on the perf event fd, without a link.
+    let events = if perf_progs.is_empty() {
+        0
+    } else {
+        fdinfo("anon_inode:[perf_event]").len()
+    };
+    links + events
 }
 
 /// Waits until `pid` holds a program on `tracepoint`; false after `timeout`.

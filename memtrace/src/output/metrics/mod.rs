@@ -382,7 +382,9 @@ impl Metrics {
             if r.cgroup.starts_with('<') || r.usage_bytes.is_none() {
                 continue;
             }
-            let busy = i < BUSY && r.rate.charge_events_per_s > 0.0;
+            // Busy: charging (exact mode) or faulting (the sampled default, which has no charge
+            // count).
+            let busy = i < BUSY && (r.rate.charge_events_per_s > 0.0 || r.rate.faults_per_s > 0.0);
             let near = r
                 .working_set_bytes
                 .zip(r.limit_bytes)
@@ -395,7 +397,10 @@ impl Metrics {
             };
             let t = &r.rate.totals;
             let c = &self.charge;
-            advance(&c.charges.get_or_create(&l), t.charge_events);
+            // Only where charges are counted (exact mode): the sampled default counts faults.
+            if t.charge_events > 0 {
+                advance(&c.charges.get_or_create(&l), t.charge_events);
+            }
             // Only where the charge hook knows the pages (not every variant does): a counter
             // stuck at 0 beside thousands of charges would mislead.
             if t.charged_pages > 0 {
