@@ -30,6 +30,10 @@ use crate::{
 const KILL_STACKS: usize = 5;
 /// Time per poll spent symbolizing user stacks; past it, frames stay addresses.
 const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(200);
+/// User stacks are named only in cgroups with at most this much headroom (% of the limit
+/// left): the ones a kill may soon ask about. Elsewhere they stay addresses, and the daemon
+/// maps no ELF file of the host's busy processes.
+const SYMBOLIZE_HEADROOM_PCT: f64 = 50.0;
 /// Warnings waiting for the event loop; past this they are dropped (and logged).
 const WARNING_QUEUE: usize = 256;
 
@@ -78,7 +82,8 @@ impl Worker {
         let resolved: Vec<HotStack> = latest
             .into_iter()
             .map(|s| {
-                if started.elapsed() < SYMBOLIZE_BUDGET {
+                let room = self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
+                if room <= SYMBOLIZE_HEADROOM_PCT && started.elapsed() < SYMBOLIZE_BUDGET {
                     HotStack::resolve(symbols, s)
                 } else {
                     HotStack::resolve_kernel_only(symbols, s)
