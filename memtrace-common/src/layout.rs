@@ -66,6 +66,9 @@ pub struct KernelLayout {
     pub oc_chosen: u32,
     pub oc_chosen_points: u32,
     pub oc_constraint: u32,
+    /// `task_struct.group_leader`: the plain tracepoint names its victim by pid only; a victim
+    /// that is the current thread group's leader is read from here.
+    pub task_group_leader: u32,
 }
 
 impl KernelLayout {
@@ -105,6 +108,7 @@ impl KernelLayout {
             oc_chosen: ABSENT,
             oc_chosen_points: ABSENT,
             oc_constraint: ABSENT,
+            task_group_leader: ABSENT,
         }
     }
 }

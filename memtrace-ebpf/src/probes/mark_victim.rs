@@ -134,6 +134,18 @@ fn fill_stats(rec: &mut OomVictimRecord, memcg: *const u8) {
     }
 }
 
+/// Sets VICTIM_EXITING when the victim was marked without a kill: its memcg's kill counter did
+/// not move (or, without the counter, it was already exiting).
+#[inline(always)]
+fn mark_if_exiting(rec: &mut OomVictimRecord, task: *const u8) {
+    let counted = kernel::task_memcg(task)
+        .ok()
+        .and_then(kernel::memcg_counted_a_kill);
+    if counted == Some(false) || (counted.is_none() && kernel::task_exiting(task)) {
+        rec.flags |= flags::VICTIM_EXITING;
+    }
+}
+
 /// Fills a record from the victim's `task_struct` (tp_btf and raw_tp variants).
 #[inline(always)]
 fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: u32) -> Result<u32, u32> {
@@ -161,12 +173,7 @@ fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: 
         ok = false;
     }
     ok &= fill_memcg(rec, task);
-    let counted = kernel::task_memcg(task)
-        .ok()
-        .and_then(kernel::memcg_counted_a_kill);
-    if counted == Some(false) || (counted.is_none() && kernel::task_exiting(task)) {
-        rec.flags |= flags::VICTIM_EXITING;
-    }
+    mark_if_exiting(rec, task);
     if let Ok(signal) = read::<*const u8>(task, off!(task_signal))
         && let Ok(adj) = read::<i16>(signal, off!(signal_oom_score_adj))
     {
@@ -267,13 +274,25 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         rec.oom_score_adj = i32::from(adj);
         rec.flags |= flags::HAS_OOM_SCORE_ADJ;
     }
-    // The record names the victim by pid only; when the victim is the current task (the common
-    // case: an allocator killed by its own charge) its task_struct is at hand.
-    if rec.victim_pid == rec.trigger_pid {
+    // The record names the victim by pid (a thread id) only. When the victim is in the current
+    // thread group (an allocator killed by its own charge, whichever of its threads charged),
+    // its task_struct is at hand: the current task, or the group leader, which is what the OOM
+    // killer picks in a process whose allocating thread is another one (a JVM, a Go runtime).
+    let current = unsafe { bpf_get_current_task() } as *const u8;
+    let task = if rec.victim_pid == rec.trigger_pid {
+        Some(current)
+    } else if rec.victim_pid == rec.trigger_tgid {
+        read::<*const u8>(current, off!(task_group_leader))
+            .ok()
+            .filter(|t| !t.is_null())
+    } else {
+        None
+    };
+    if let Some(task) = task {
         rec.victim_tgid = rec.trigger_tgid;
         rec.flags |= flags::HAS_VICTIM_TGID;
-        let current = unsafe { bpf_get_current_task() } as *const u8;
-        ok &= fill_memcg(rec, current);
+        ok &= fill_memcg(rec, task);
+        mark_if_exiting(rec, task);
     }
     if !ok {
         rec.flags |= flags::READ_ERROR;

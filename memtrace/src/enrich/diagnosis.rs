@@ -64,6 +64,22 @@ pub enum Constraint {
     Unknown,
 }
 
+/// How the constraint was told, i.e. how sure it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintSource {
+    /// The OOM killer's own `oom_control` (oom_kill_process hooked by kprobe or fentry):
+    /// `oc->memcg` set or not. Certain.
+    Kernel,
+    /// The page counters read at the kill: a memcg OOM when an ancestor-or-self of the
+    /// victim's cgroup was within a charge of its limit, else global. A heuristic: a global OOM
+    /// that strikes while the victim's cgroup happens to be that close to its limit is
+    /// reported as memcg.
+    Limits,
+    /// Nothing to tell it from: the constraint is `unknown`.
+    None,
+}
+
 /// What filled the memory that ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +119,8 @@ pub struct Facts<'a> {
     pub ws_alert_ratio: f64,
     /// No memcg data came from the kernel, so no OOM cgroup does not mean a global OOM.
     pub memcg_unknown: bool,
+    /// The OOM killer's own decision, where oom_kill_process is hooked: memcg OOM or not.
+    pub kernel_decision: Option<bool>,
 }
 
 /// Which numbers the verdict rests on.
@@ -120,6 +138,7 @@ pub enum Basis {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub constraint: Constraint,
+    pub constraint_source: ConstraintSource,
     pub filled_by: FilledBy,
     pub basis: Basis,
     pub victim_is_trigger: bool,
@@ -175,10 +194,12 @@ fn filled_by(f: &Facts<'_>) -> (FilledBy, Basis) {
 }
 
 pub fn verdict(f: &Facts<'_>) -> Verdict {
-    let constraint = match (f.oom_cgroup, f.memcg_unknown) {
-        (Some(_), _) => Constraint::Memcg,
-        (None, false) => Constraint::Global,
-        (None, true) => Constraint::Unknown,
+    let (constraint, constraint_source) = match (f.kernel_decision, f.oom_cgroup, f.memcg_unknown) {
+        (Some(true), ..) => (Constraint::Memcg, ConstraintSource::Kernel),
+        (Some(false), ..) => (Constraint::Global, ConstraintSource::Kernel),
+        (None, Some(_), _) => (Constraint::Memcg, ConstraintSource::Limits),
+        (None, None, false) => (Constraint::Global, ConstraintSource::Limits),
+        (None, None, true) => (Constraint::Unknown, ConstraintSource::None),
     };
     let (filled, basis) = filled_by(f);
     let inactive_file = match (basis, f.at_kill, f.post_kill) {
@@ -193,8 +214,13 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
         }
         _ => (None, None),
     };
-    let mut summary = match f.oom_cgroup {
+    let mut summary = match f.oom_cgroup.filter(|_| constraint == Constraint::Memcg) {
+        Some((path, _, 0)) => format!("memcg OOM: {path} hit its limit"),
         Some((path, _, limit)) => format!("memcg OOM: {path} hit its {} limit", human_bytes(limit)),
+        None if constraint == Constraint::Memcg => "memcg OOM (the kernel's decision)".to_owned(),
+        None if constraint_source == ConstraintSource::Kernel => {
+            "global OOM: the machine ran out of memory (the kernel's decision)".to_owned()
+        }
         None if f.memcg_unknown => {
             "memcg or global OOM: not known (the kernel gave no memory cgroup data for this kill)".to_owned()
         }
@@ -220,6 +246,7 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
     }
     Verdict {
         constraint,
+        constraint_source,
         filled_by: filled,
         basis,
         victim_is_trigger: f.victim_is_trigger,
@@ -326,6 +353,41 @@ mod tests {
         assert_eq!((v.filled_by, v.basis), (FilledBy::PageCache, Basis::PostKill));
     }
 
+    /// oom_kill_process's decision wins over the page counters both ways, and says so.
+    #[test]
+    fn the_kernels_decision_wins() {
+        let near = Facts {
+            victim_anon: 1,
+            oom_cgroup: Some(("/a", 64 << 20, 64 << 20)),
+            kernel_decision: Some(false),
+            ..Facts::default()
+        };
+        let v = verdict(&near);
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Global, ConstraintSource::Kernel)
+        );
+        assert!(v.summary.starts_with("global OOM"), "{}", v.summary);
+        let v = verdict(&Facts {
+            kernel_decision: None,
+            ..near.clone()
+        });
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Memcg, ConstraintSource::Limits)
+        );
+        let v = verdict(&Facts {
+            oom_cgroup: None,
+            kernel_decision: Some(true),
+            memcg_unknown: true,
+            ..near
+        });
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Memcg, ConstraintSource::Kernel)
+        );
+    }
+
     #[test]
     fn global_and_bystander() {
         let v = verdict(&Facts {
@@ -349,6 +411,7 @@ mod tests {
             ..Facts::default()
         });
         assert_eq!(v.constraint, Constraint::Unknown);
+        assert_eq!(v.constraint_source, ConstraintSource::None);
         assert!(
             v.summary.starts_with("memcg or global OOM: not known"),
             "{}",

@@ -260,7 +260,16 @@ impl Enricher {
         };
         let cgroup = self.cgroup(r.victim_memcg_id, r.victim_pid);
         let trigger_cgroup = self.cgroup(r.trigger_memcg_id, r.trigger_pid);
-        let oom_cgroup = r.oom_memcg.and_then(|m| {
+        let context = self.take_context(tgid);
+        // The OOM killer's own decision, where oom_kill_process is hooked, wins over the
+        // at-limit walk: in a global OOM a cgroup near its limit is a coincidence.
+        let kernel_memcg = context.as_ref().map(|c| c.memcg_id);
+        let walk = r.oom_memcg.filter(|m| match kernel_memcg {
+            Some(Some(id)) => m.id == id,
+            Some(None) => false,
+            None => true,
+        });
+        let mut oom_cgroup = walk.and_then(|m| {
             let cgroup = self.cgroup(Some(m.id), 0)?;
             Some(OomCgroup {
                 cgroup,
@@ -269,6 +278,20 @@ impl Enricher {
                 depth: m.depth,
             })
         });
+        if let (None, Some(Some(id))) = (&oom_cgroup, kernel_memcg)
+            && let Some(cgroup) = self.cgroup(Some(id), 0)
+        {
+            // The kernel named a memcg the walk did not find at its limit (its usage fell
+            // before the hook read it, or a memory+swap limit): usage and limit from its files.
+            let stats = cgroup.path.as_deref().and_then(|p| self.snapshot(p));
+            let stats = stats.as_ref().and_then(Snapshot::stats);
+            oom_cgroup = Some(OomCgroup {
+                cgroup,
+                usage_bytes: stats.map_or(0, |s| s.usage),
+                limit_bytes: stats.and_then(|s| s.memsw_limit.or(s.limit)).unwrap_or(0),
+                depth: 0,
+            });
+        }
         let victim_path = cgroup.as_ref().and_then(|c| c.path.clone());
         let snap_path = oom_cgroup
             .as_ref()
@@ -283,7 +306,6 @@ impl Enricher {
             }));
         }
 
-        let context = self.take_context(tgid);
         let badness = r.rss_kb.map(|rss| {
             // Saturating: the record's counters are not trusted to be sane (fuzz/oom_record).
             let rss_pages = kb(rss.anon.saturating_add(rss.file).saturating_add(rss.shmem)) / page;
@@ -332,11 +354,14 @@ impl Enricher {
             post_kill: snapshot.as_ref().and_then(Snapshot::stats),
             at_kill: verdict_at_kill,
             ws_alert_ratio: self.opts.ws_alert_ratio,
+            // The trigger's cgroup alone says nothing about the victim's: without the victim's
+            // memcg data (a bystander seen by the plain tracepoint) nor the kernel's decision,
+            // no OOM cgroup does not mean a global OOM.
             memcg_unknown: r.oom_memcg.is_none()
                 && r.memcg_pages.is_none()
                 && r.victim_memcg_id.is_none()
-                && r.trigger_memcg_id.is_none()
                 && context.is_none(),
+            kernel_decision: kernel_memcg.map(|m| m.is_some()),
         });
 
         let mut verdict = verdict;

@@ -322,6 +322,10 @@ impl KernelBtf {
                 self.offset("oom_control", "chosen_points"),
             ),
             oc_constraint: get("oom_control.constraint", self.offset("oom_control", "constraint")),
+            task_group_leader: get(
+                "task_struct.group_leader",
+                self.offset("task_struct", "group_leader"),
+            ),
         };
         Resolved { layout, missing }
     }

@@ -145,6 +145,7 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     let v = &k.verdict;
     o.put("memtrace.verdict", v.summary.clone())
         .put("memtrace.constraint", json!(v.constraint))
+        .put("memtrace.constraint_source", json!(v.constraint_source))
         .put("memtrace.filled_by", json!(v.filled_by))
         .put("memtrace.verdict.basis", json!(v.basis))
         .opt("memtrace.working_set_ratio", v.working_set_ratio)

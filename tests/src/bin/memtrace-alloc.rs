@@ -2,6 +2,8 @@
 //! need no interpreter (the VM images have none) and stack tests can look for its name.
 //!
 //! memtrace-alloc grow [CHUNK_MIB]      allocate and touch CHUNK_MIB (default 1) forever
+//! memtrace-alloc threads N [CHUNK_MIB]  N threads besides the leader; only the last one
+//!                                      allocates (as `grow`), the leader and the rest sleep
 //! memtrace-alloc hold MIB              allocate and touch MIB, print "ready", sleep
 //! memtrace-alloc shm PATH MIB          write MIB to a tmpfs file, print "ready", sleep
 //! memtrace-alloc cache PATH MIB        write MIB to a disk file, map and mlock it (page cache
@@ -87,6 +89,29 @@ fn main() {
             let chunk = mib(args.next(), 1);
             loop {
                 memtrace_test_allocate_chunk(chunk);
+            }
+        }
+        Some("threads") => {
+            let n = args
+                .next()
+                .and_then(|a| a.parse::<usize>().ok())
+                .unwrap_or(4)
+                .max(1);
+            let chunk = mib(args.next(), 1);
+            for i in 0..n {
+                std::thread::spawn(move || {
+                    if i + 1 == n {
+                        loop {
+                            memtrace_test_allocate_chunk(chunk);
+                        }
+                    }
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                });
+            }
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
             }
         }
         Some("hold") => {
