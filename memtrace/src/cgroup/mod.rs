@@ -2,6 +2,7 @@
 //! readers of the memory files (v1 and v2).
 
 pub mod hierarchy;
+pub mod oom_stall;
 pub mod paths;
 pub mod reconcile;
 pub mod stats;

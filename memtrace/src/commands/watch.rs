@@ -12,6 +12,7 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::oom_stall::StallWatch,
     cgroup::reconcile::Reconciler,
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::warnings::{PreOomWarning, WarnOptions},
@@ -147,6 +148,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut tick = interval(COUNTER_CHECK);
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
+    let mut stalls = StallWatch::default();
 
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
@@ -206,6 +208,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost, &metrics);
+                if let Some(p) = enricher.paths() {
+                    for s in stalls.poll(p.hierarchy()) {
+                        sinks.dispatch(Event::from_stall(s, host.clone()));
+                    }
+                }
                 if let Some(p) = enricher.paths() {
                     let h = p.hierarchy();
                     metrics.sweep(|cgroup| h.dir(cgroup).is_dir());

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
+    cgroup::oom_stall::OomStall,
     charges::warnings::PreOomWarning,
     enrich::kill::{OomKill, Snapshot},
     kernel::clock,
@@ -188,6 +189,42 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     if k.read_error {
         o.put("memtrace.read_error", true);
     }
+    Value::Object(o.0)
+}
+
+/// An OOM without a victim, begun or ended, as a JSON line.
+pub fn stall(s: &OomStall, host: &str) -> Value {
+    let ended = s.duration.is_some();
+    let body = match s.duration {
+        None => format!(
+            "OOM without a victim: cgroup {} is at its limit and nothing is killed: {}",
+            s.cgroup,
+            s.reason.describe()
+        ),
+        Some(d) => format!(
+            "OOM without a victim ended: cgroup {} after {:.1}s",
+            s.cgroup,
+            d.as_secs_f64()
+        ),
+    };
+    let mut o = Obj(Map::new());
+    o.put("timestamp", clock::rfc3339(s.time))
+        .put("severity_text", if ended { "INFO" } else { "ERROR" })
+        .put(
+            "event.name",
+            if ended {
+                "memtrace.oom_no_victim_end"
+            } else {
+                "memtrace.oom_no_victim"
+            },
+        )
+        .put("body", body)
+        .put("host.name", host)
+        .put("memtrace.cgroup.path", s.cgroup.clone())
+        .put("memtrace.stall.since", clock::rfc3339(s.since))
+        .put("memtrace.stall.reason", json!(s.reason))
+        .put("memtrace.stall.tasks", s.tasks)
+        .opt("memtrace.stall.duration_s", s.duration.map(|d| d.as_secs_f64()));
     Value::Object(o.0)
 }
 

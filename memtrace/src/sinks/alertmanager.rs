@@ -20,6 +20,8 @@ use crate::{config::AlertmanagerConfig, kernel::clock};
 pub const ALERTNAME: &str = "MemtraceOOMKill";
 /// Pre-OOM warnings (severity `warning`, label `cgroup`, summary = the warning).
 pub const WARNING_ALERTNAME: &str = "MemtracePreOOMWarning";
+/// An OOM without a victim; its end event resolves the alert (same labels, `endsAt` = the end).
+pub const STALL_ALERTNAME: &str = "MemtraceOOMNoVictim";
 
 #[derive(Debug)]
 pub struct AlertmanagerSink {
@@ -60,6 +62,12 @@ impl AlertmanagerSink {
                 put("container", names.and_then(|n| n.container.as_deref()));
                 (k.verdict.summary.clone(), k.time)
             }
+            Payload::Stall(s) => {
+                put("alertname", Some(STALL_ALERTNAME));
+                put("severity", Some(&self.severity));
+                put("cgroup", Some(&s.cgroup));
+                (ev.body().to_owned(), s.since)
+            }
             Payload::Warning(w) => {
                 put("alertname", Some(WARNING_ALERTNAME));
                 put("severity", Some("warning"));
@@ -74,7 +82,10 @@ impl AlertmanagerSink {
                 "description": ev.body(),
             },
             "startsAt": clock::rfc3339(time),
-            "endsAt": clock::rfc3339(time + self.resolve_after),
+            "endsAt": clock::rfc3339(match &ev.payload {
+                Payload::Stall(s) if s.duration.is_some() => s.time,
+                _ => time + self.resolve_after,
+            }),
         }])
     }
 }

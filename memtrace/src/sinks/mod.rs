@@ -25,6 +25,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
+    cgroup::oom_stall::OomStall,
     charges::warnings::PreOomWarning,
     config::SinksConfig,
     enrich::kill::OomKill,
@@ -42,6 +43,8 @@ pub enum Payload {
     Kill(Box<OomKill>),
     /// A cgroup close to its limit (charges/warnings.rs).
     Warning(Box<PreOomWarning>),
+    /// An OOM without a victim began or ended (cgroup/oom_stall.rs).
+    Stall(Box<OomStall>),
 }
 
 /// One event, as every sink receives it (shared, never copied).
@@ -76,10 +79,20 @@ impl Event {
         }
     }
 
+    pub fn from_stall(s: OomStall, host: String) -> Self {
+        let json = json::stall(&s, &host);
+        Self {
+            payload: Payload::Stall(Box::new(s)),
+            host,
+            emit_delay_ns: 0,
+            json,
+        }
+    }
+
     pub fn kill(&self) -> Option<&OomKill> {
         match &self.payload {
             Payload::Kill(k) => Some(k),
-            Payload::Warning(_) => None,
+            Payload::Warning(_) | Payload::Stall(_) => None,
         }
     }
 
@@ -88,6 +101,11 @@ impl Event {
         match (format, &self.payload) {
             (Format::Text, Payload::Kill(k)) => text::event(k, self.emit_delay_ns),
             (Format::Text, Payload::Warning(w)) => text::warning(w),
+            (Format::Text, Payload::Stall(_)) => format!(
+                "{} {}",
+                self.json["timestamp"].as_str().unwrap_or(""),
+                self.body()
+            ),
             (Format::Json, _) => self.json.to_string(),
         }
     }
@@ -101,7 +119,7 @@ impl Event {
     pub fn message(&self) -> String {
         match &self.payload {
             Payload::Kill(k) => format!("{}: {}", self.body(), k.verdict.summary),
-            Payload::Warning(_) => self.body().to_owned(),
+            Payload::Warning(_) | Payload::Stall(_) => self.body().to_owned(),
         }
     }
 
@@ -110,6 +128,8 @@ impl Event {
         match &self.payload {
             Payload::Kill(k) => k.victim_exiting,
             Payload::Warning(_) => true,
+            // A stall's start is an error; its end is news.
+            Payload::Stall(s) => s.duration.is_some(),
         }
     }
 

@@ -56,6 +56,7 @@ pub fn payload(ev: &Event, host: &str) -> Value {
     let time = match &ev.payload {
         super::Payload::Kill(k) => k.time,
         super::Payload::Warning(w) => w.time,
+        super::Payload::Stall(s) => s.time,
     };
     let nanos = time
         .duration_since(UNIX_EPOCH)
