@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     enrich::attribution::BundleRoots,
     enrich::docker::DockerRoots,
+    enrich::episodes::Episodes,
     enrich::kill::{EnrichOptions, Enricher},
     kernel::clock,
     kernel::records::{CgroupCreated, OomRecord},
@@ -149,6 +150,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut delivery = Delivery::default();
     let mut reported_lost = 0;
     let mut stalls = StallWatch::default();
+    let mut episodes = Episodes::default();
 
     let mem_root = enricher.paths().and_then(|p| p.hierarchy().hierarchy_id());
     let mut reconciled_at = 0;
@@ -158,7 +160,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 enricher: &mut Enricher,
                 charge_watch: &mut Option<ChargeWatch>,
                 sinks: &mut Sinks,
-                delivery: &mut Delivery|
+                delivery: &mut Delivery,
+                episodes: &mut Episodes|
      -> anyhow::Result<()> {
         let r = match r {
             OomRecord::Victim(r) => r,
@@ -170,6 +173,30 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         let mut kill = enricher.enrich(r);
         if let (Some(cw), Some(paths)) = (charge_watch.as_mut(), enricher.paths()) {
             kill.hotspots = cw.kill_context(paths, &kill);
+        }
+        if !kill.victim_exiting {
+            let oom = kill.oom_cgroup.as_ref();
+            let freed = [
+                kill.anon_rss_bytes,
+                kill.file_rss_bytes,
+                kill.shmem_rss_bytes,
+                kill.swap_bytes,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(0u64, u64::saturating_add);
+            let (ep, ended) = episodes.note(
+                oom.and_then(|o| o.cgroup.id).unwrap_or(0),
+                oom.and_then(|o| o.cgroup.path.as_deref()),
+                kill.cgroup.as_ref().and_then(|c| c.path.as_deref()),
+                kill.ktime_boot_ns,
+                kill.time,
+                freed,
+            );
+            if let Some(e) = ended {
+                sinks.dispatch(Event::from_episode(e, host.clone()));
+            }
+            kill.episode = Some(ep);
         }
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         metrics.record_kill(&kill);
@@ -201,13 +228,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 // Cgroups created just before the kill are learnt first.
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for r in drain(guard.get_inner_mut(), &mut delivery, &metrics) {
-                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
+                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery, &mut episodes)?;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 reported_lost = report_losses(&tracer, reported_lost, &metrics);
+                for e in episodes.ended(clock::boot_ns()) {
+                    sinks.dispatch(Event::from_episode(e, host.clone()));
+                }
                 if let Some(p) = enricher.paths() {
                     for s in stalls.poll(p.hierarchy()) {
                         sinks.dispatch(Event::from_stall(s, host.clone()));
@@ -244,7 +274,18 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Records that arrived with the signal are still reported.
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery, &metrics) {
-        emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
+        emit(
+            r,
+            &mut enricher,
+            &mut charge_watch,
+            &mut sinks,
+            &mut delivery,
+            &mut episodes,
+        )?;
+    }
+    // Episodes still open at exit are summarised with what was seen.
+    for e in episodes.ended(u64::MAX) {
+        sinks.dispatch(Event::from_episode(e, host.clone()));
     }
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost, &metrics);

@@ -90,6 +90,8 @@ pub struct OomKill {
     pub extra_limit_bytes: Option<u64>,
     /// The OOM cgroup's surviving tasks, ranked as the OOM killer would rank them now.
     pub next_in_line: Option<NextInLine>,
+    /// The OOM episode this kill belongs to (set by the daemon, which sees every kill).
+    pub episode: Option<crate::enrich::episodes::EpisodeRef>,
     /// Post-kill snapshot of the OOM cgroup (or, in a global OOM, the victim's cgroup).
     pub snapshot: Option<Snapshot>,
     pub attribution: Option<Attribution>,
@@ -395,6 +397,7 @@ impl Enricher {
             oom_cgroup_at_kill,
             extra_limit_bytes,
             next_in_line,
+            episode: None,
             snapshot,
             attribution,
             context,

@@ -5,6 +5,7 @@ pub mod at_kill;
 pub mod attribution;
 pub mod diagnosis;
 pub mod docker;
+pub mod episodes;
 pub mod kill;
 pub mod names;
 pub mod next_in_line;

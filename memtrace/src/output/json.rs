@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     cgroup::oom_stall::OomStall,
     charges::warnings::PreOomWarning,
+    enrich::episodes::EpisodeSummary,
     enrich::kill::{OomKill, Snapshot},
     kernel::clock,
 };
@@ -90,6 +91,10 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         }
     }
     o.opt("memtrace.avoid.extra_limit_bytes", k.extra_limit_bytes);
+    if let Some(e) = &k.episode {
+        o.put("memtrace.episode.id", e.id.clone())
+            .put("memtrace.episode.place", e.place);
+    }
     if let Some(n) = &k.next_in_line {
         let next: Vec<Value> = n
             .candidates
@@ -189,6 +194,32 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     if k.read_error {
         o.put("memtrace.read_error", true);
     }
+    Value::Object(o.0)
+}
+
+/// The summary of an ended OOM episode, as a JSON line.
+pub fn episode(e: &EpisodeSummary, host: &str) -> Value {
+    let mut o = Obj(Map::new());
+    o.put("timestamp", clock::rfc3339(e.time))
+        .put("severity_text", "INFO")
+        .put("event.name", "memtrace.oom_episode")
+        .put(
+            "body",
+            format!(
+                "OOM episode ended: {} victim(s) in {}, {} freed, {:.1}s from the first kill to the last",
+                e.victims,
+                e.cgroup.as_deref().unwrap_or("(global or unknown)"),
+                super::human_bytes(e.freed_bytes),
+                e.at_limit.as_secs_f64()
+            ),
+        )
+        .put("host.name", host)
+        .put("memtrace.episode.id", e.id.clone())
+        .opt("memtrace.oom_cgroup.path", e.cgroup.clone())
+        .put("memtrace.episode.victims", e.victims)
+        .put("memtrace.episode.freed_bytes", e.freed_bytes)
+        .put("memtrace.episode.at_limit_s", e.at_limit.as_secs_f64())
+        .put("memtrace.episode.first", clock::rfc3339(e.first));
     Value::Object(o.0)
 }
 

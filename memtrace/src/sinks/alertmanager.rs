@@ -60,7 +60,13 @@ impl AlertmanagerSink {
                 put("namespace", names.and_then(|n| n.namespace.as_deref()));
                 put("pod", names.and_then(|n| n.pod.as_deref()));
                 put("container", names.and_then(|n| n.container.as_deref()));
+                put("episode", k.episode.as_ref().map(|e| e.id.as_str()));
                 (k.verdict.summary.clone(), k.time)
+            }
+            Payload::Episode(e) => {
+                put("alertname", Some(ALERTNAME));
+                put("cgroup", e.cgroup.as_deref());
+                (ev.body().to_owned(), e.time)
             }
             Payload::Stall(s) => {
                 put("alertname", Some(STALL_ALERTNAME));
@@ -92,6 +98,15 @@ impl AlertmanagerSink {
 
 impl Sink for AlertmanagerSink {
     async fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
+        // One alert per OOM episode: its first kill (with the `episode` label); the further
+        // kills and the summary are in the other sinks.
+        let later_kill = ev
+            .kill()
+            .and_then(|k| k.episode.as_ref())
+            .is_some_and(|e| e.place > 1);
+        if later_kill || matches!(ev.payload, Payload::Episode(_)) {
+            return Ok(());
+        }
         let body = serde_json::to_vec(&self.alert(ev))
             .map_err(|e| SinkError::Http(format!("encoding the alert: {e}")))?;
         self.poster.post_json(Bytes::from(body)).await

@@ -28,6 +28,7 @@ use crate::{
     cgroup::oom_stall::OomStall,
     charges::warnings::PreOomWarning,
     config::SinksConfig,
+    enrich::episodes::EpisodeSummary,
     enrich::kill::OomKill,
     output::metrics::Metrics,
     output::{Format, json, text},
@@ -45,6 +46,8 @@ pub enum Payload {
     Warning(Box<PreOomWarning>),
     /// An OOM without a victim began or ended (cgroup/oom_stall.rs).
     Stall(Box<OomStall>),
+    /// An OOM episode ended (enrich/episodes.rs).
+    Episode(Box<EpisodeSummary>),
 }
 
 /// One event, as every sink receives it (shared, never copied).
@@ -89,10 +92,20 @@ impl Event {
         }
     }
 
+    pub fn from_episode(e: EpisodeSummary, host: String) -> Self {
+        let json = json::episode(&e, &host);
+        Self {
+            payload: Payload::Episode(Box::new(e)),
+            host,
+            emit_delay_ns: 0,
+            json,
+        }
+    }
+
     pub fn kill(&self) -> Option<&OomKill> {
         match &self.payload {
             Payload::Kill(k) => Some(k),
-            Payload::Warning(_) | Payload::Stall(_) => None,
+            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) => None,
         }
     }
 
@@ -101,7 +114,7 @@ impl Event {
         match (format, &self.payload) {
             (Format::Text, Payload::Kill(k)) => text::event(k, self.emit_delay_ns),
             (Format::Text, Payload::Warning(w)) => text::warning(w),
-            (Format::Text, Payload::Stall(_)) => format!(
+            (Format::Text, Payload::Stall(_) | Payload::Episode(_)) => format!(
                 "{} {}",
                 self.json["timestamp"].as_str().unwrap_or(""),
                 self.body()
@@ -119,7 +132,7 @@ impl Event {
     pub fn message(&self) -> String {
         match &self.payload {
             Payload::Kill(k) => format!("{}: {}", self.body(), k.verdict.summary),
-            Payload::Warning(_) | Payload::Stall(_) => self.body().to_owned(),
+            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) => self.body().to_owned(),
         }
     }
 
@@ -130,6 +143,7 @@ impl Event {
             Payload::Warning(_) => true,
             // A stall's start is an error; its end is news.
             Payload::Stall(s) => s.duration.is_some(),
+            Payload::Episode(_) => true,
         }
     }
 
@@ -422,6 +436,7 @@ pub(crate) mod tests {
             oom_cgroup_at_kill: None,
             extra_limit_bytes: None,
             next_in_line: None,
+            episode: None,
             snapshot: None,
             attribution: None,
             badness: None,

@@ -57,6 +57,7 @@ pub fn payload(ev: &Event, host: &str) -> Value {
         super::Payload::Kill(k) => k.time,
         super::Payload::Warning(w) => w.time,
         super::Payload::Stall(s) => s.time,
+        super::Payload::Episode(e) => e.time,
     };
     let nanos = time
         .duration_since(UNIX_EPOCH)
