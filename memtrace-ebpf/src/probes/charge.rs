@@ -45,8 +45,9 @@ enum Count {
     MajorFault,
 }
 
-/// The counters of a memcg, created on first sight. `key` is the `mem_cgroup *` (or, for the
-/// plain tracepoint, the cgroup id itself): no kernel read on the hot path once it exists.
+/// The counters of a memcg, created on first sight. `key` is the cgroup id, never the
+/// `mem_cgroup *`: a freed memcg's memory is reused by the slab for a new cgroup, whose
+/// charges would land in the dead one's entry.
 #[inline(always)]
 pub(crate) fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Option<*mut ChargeCounters> {
     let id = || match known_id {
@@ -73,8 +74,13 @@ pub(crate) fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Opt
 }
 
 #[inline(always)]
-fn account<C: StackIdContext>(ctx: &C, key: u64, memcg: *const u8, known_id: Option<u64>, what: Count) {
-    let Some(c) = counters(key, memcg, known_id) else {
+fn account<C: StackIdContext>(ctx: &C, memcg: *const u8, known_id: Option<u64>, what: Count) {
+    // Three kernel reads per charge in the exact mode (--exact-charges), for an id that a
+    // reused memcg cannot make stale.
+    let Some(id) = known_id.or_else(|| kernel::css_cgroup_id(memcg).ok()) else {
+        return;
+    };
+    let Some(c) = counters(id, memcg, Some(id)) else {
         return;
     };
     // SAFETY: a per-CPU map value: this CPU's copy, not shared.
@@ -168,7 +174,6 @@ pub fn charge_fentry(ctx: FEntryContext) -> u32 {
     let pages: u32 = ctx.arg(2);
     account(
         &ctx,
-        memcg as u64,
         memcg,
         None,
         Count::Charge {
@@ -185,7 +190,6 @@ pub fn charge_kprobe(ctx: ProbeContext) -> u32 {
     };
     account(
         &ctx,
-        memcg as u64,
         memcg,
         None,
         Count::Charge {
@@ -201,7 +205,7 @@ pub fn memcg_ev_btf(ctx: BtfTracePointContext) -> u32 {
     let item: u32 = ctx.arg(1);
     if let Some(what) = event_count(item, ctx.arg(2)) {
         let memcg: *const u8 = ctx.arg(0);
-        account(&ctx, memcg as u64, memcg, None, what);
+        account(&ctx, memcg, None, what);
     }
     0
 }
@@ -211,7 +215,7 @@ pub fn memcg_ev_raw(ctx: RawTracePointContext) -> u32 {
     let item: u32 = ctx.arg(1);
     if let Some(what) = event_count(item, ctx.arg(2)) {
         let memcg: *const u8 = ctx.arg(0);
-        account(&ctx, memcg as u64, memcg, None, what);
+        account(&ctx, memcg, None, what);
     }
     0
 }
@@ -226,7 +230,7 @@ pub fn memcg_ev_tp(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if let Some(what) = event_count(item, val) {
-        account(&ctx, id, core::ptr::null(), Some(id), what);
+        account(&ctx, core::ptr::null(), Some(id), what);
     }
     0
 }

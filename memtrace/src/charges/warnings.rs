@@ -10,7 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::charges::accounting::Row;
+use crate::{charges::accounting::Row, kernel::clock};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WarnOptions {
@@ -33,6 +33,10 @@ pub enum Reason {
 pub struct PreOomWarning {
     #[serde(skip)]
     pub time: SystemTime,
+    /// CLOCK_BOOTTIME of the oldest sample the warning rests on: a kill in its cgroup from then
+    /// on makes it late (see [`RecentKills`]).
+    #[serde(skip)]
+    pub evidence_since_boot_ns: u64,
     pub cgroup: String,
     pub reason: Reason,
     pub usage_bytes: u64,
@@ -44,6 +48,39 @@ pub struct PreOomWarning {
     /// (limit - usage) / growth, when usage grows.
     pub seconds_to_limit: Option<f64>,
     pub reclaim_stalls_per_s: f64,
+}
+
+/// How far back a warning's evidence is taken to go when there is no previous sample.
+const EVIDENCE_UNKNOWN: Duration = Duration::from_secs(10);
+/// Kills older than this are forgotten by [`RecentKills`].
+const KILL_MEMORY_NS: u64 = 60_000_000_000;
+
+/// The last kill in each cgroup, so that a pre-OOM warning comes before the kill it warns of or
+/// not at all: a warning computed from samples taken around or after a kill in its cgroup (the
+/// reclaim stalls that led to it, the emptied cgroup after it) describes that kill, too late.
+#[derive(Debug, Default)]
+pub struct RecentKills {
+    last: HashMap<String, u64>,
+}
+
+impl RecentKills {
+    /// A kill at `boot_ns` in these cgroups (the victim's and the one that hit its limit).
+    pub fn note<'a>(&mut self, cgroups: impl IntoIterator<Item = &'a str>, boot_ns: u64) {
+        self.last
+            .retain(|_, t| boot_ns.saturating_sub(*t) < KILL_MEMORY_NS);
+        for c in cgroups {
+            let t = self.last.entry(c.to_owned()).or_default();
+            *t = (*t).max(boot_ns);
+        }
+    }
+
+    /// Was there a kill in `w`'s cgroup, or below it, since its evidence began?
+    pub fn suppresses(&self, w: &PreOomWarning) -> bool {
+        let prefix = format!("{}/", w.cgroup.trim_end_matches('/'));
+        self.last.iter().any(|(c, &t)| {
+            t >= w.evidence_since_boot_ns && (*c == w.cgroup || w.cgroup == "/" || c.starts_with(&prefix))
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +116,12 @@ impl Warner {
                 armed: true,
                 ..State::default()
             });
+            // The rates compare this sample with the previous one: the evidence starts there.
+            let back = st
+                .last_usage
+                .map_or(EVIDENCE_UNKNOWN, |(t, _)| now.saturating_duration_since(t));
+            let evidence_since_boot_ns =
+                clock::boot_ns().saturating_sub(u64::try_from(back.as_nanos()).unwrap_or(u64::MAX));
             let growth = st.last_usage.and_then(|(t, u)| {
                 let secs = now.duration_since(t).as_secs_f64();
                 (secs > 0.0).then(|| (usage as f64 - u as f64) / secs)
@@ -105,6 +148,7 @@ impl Warner {
             st.warned_at = Some(now);
             out.push(PreOomWarning {
                 time: SystemTime::now(),
+                evidence_since_boot_ns,
                 cgroup: r.cgroup.clone(),
                 reason,
                 usage_bytes: usage,
@@ -163,6 +207,31 @@ mod tests {
         // Back under, then over again after the interval: warned again.
         assert!(w.check(&[row(40, 0.0)], t0 + Duration::from_secs(70)).is_empty());
         assert_eq!(w.check(&[row(93, 0.0)], t0 + Duration::from_secs(71)).len(), 1);
+    }
+
+    /// A warning whose evidence began before a kill in its cgroup (or below it) is late.
+    #[test]
+    fn a_kill_since_the_evidence_began_drops_the_warning() {
+        let mut w = Warner::new(WarnOptions {
+            ratio: 0.9,
+            every: Duration::from_secs(60),
+        });
+        let t0 = Instant::now();
+        assert!(w.check(&[row(50, 0.0)], t0).is_empty());
+        std::thread::sleep(Duration::from_millis(10));
+        let kill_at = clock::boot_ns();
+        std::thread::sleep(Duration::from_millis(20));
+        let warning = w.check(&[row(95, 0.0)], Instant::now()).pop().expect("a warning");
+        assert!(warning.evidence_since_boot_ns <= kill_at);
+        let mut kills = RecentKills::default();
+        assert!(!kills.suppresses(&warning));
+        kills.note(["/other"], kill_at);
+        assert!(!kills.suppresses(&warning), "another cgroup's kill");
+        kills.note(["/a/leaf"], kill_at);
+        assert!(kills.suppresses(&warning), "a kill below it");
+        let mut kills = RecentKills::default();
+        kills.note(["/a"], warning.evidence_since_boot_ns.saturating_sub(1));
+        assert!(!kills.suppresses(&warning), "a kill before the evidence began");
     }
 
     #[test]

@@ -38,6 +38,8 @@ const COUNTER_CHECK: Duration = Duration::from_secs(1);
 struct Delivery {
     delivered: u64,
     warnings: u64,
+    /// Warnings dropped because a kill in their cgroup came first.
+    late_warnings: u64,
     decode_errors: u64,
 }
 
@@ -261,8 +263,18 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Some(w) = next_warning(&mut charge_watch) => {
-                sinks.dispatch(Event::from_warning(w, host.clone()));
-                delivery.warnings += 1;
+                // Kills already in the ring go first: a warning whose cgroup was killed since
+                // its evidence began would come after its kill, and is dropped.
+                for r in drain(ring.get_mut(), &mut delivery, &metrics) {
+                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
+                }
+                if enricher.recent.suppresses(&w) {
+                    log::info!("pre-OOM warning for {} dropped: a kill there already", w.cgroup);
+                    delivery.late_warnings += 1;
+                } else {
+                    sinks.dispatch(Event::from_warning(w, host.clone()));
+                    delivery.warnings += 1;
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -287,12 +299,28 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     for e in episodes.ended(u64::MAX) {
         sinks.dispatch(Event::from_episode(e, host.clone()));
     }
+    // The kernel counts a kill a moment before its record is written: a count that is short
+    // at exit is read again after the ring, a few times, before it is called a mismatch.
+    let reconciled = match reconciler.as_ref() {
+        None => "unavailable".to_owned(),
+        Some(r) => {
+            let mut report = r.check(&enricher.kills);
+            for _ in 0..5 {
+                if report.ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
+                for rec in drain(ring.get_mut(), &mut delivery, &metrics) {
+                    emit(rec, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
+                }
+                report = r.check(&enricher.kills);
+            }
+            report.describe()
+        }
+    };
     let counters = tracer.counters().unwrap_or_default();
     report_losses(&tracer, reported_lost, &metrics);
-    let reconciled = reconciler.as_ref().map_or_else(
-        || "unavailable".to_owned(),
-        |r| r.check(&enricher.kills).describe(),
-    );
     drop(charge_watch);
     drop(tracer);
     let reports = sinks.shutdown(cfg.watch.shutdown_timeout).await;
@@ -388,7 +416,7 @@ fn sink_summary(reports: &[SinkReport]) {
 fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
-         context_seen={} context_dropped={} cgroup_records_dropped={} warnings={} reconciled={reconciled}",
+         context_seen={} context_dropped={} cgroup_records_dropped={} warnings={} warnings_late={} reconciled={reconciled}",
         c.oom_seen,
         d.delivered,
         c.oom_ringbuf_full,
@@ -398,6 +426,7 @@ fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         c.oom_ctx_ringbuf_full,
         c.cgroup_ringbuf_full,
         d.warnings,
+        d.late_warnings,
     );
 }
 

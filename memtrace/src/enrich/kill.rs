@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use crate::{
     cgroup::reconcile::{CgroupKey, KillCounts},
     cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
+    charges::warnings::RecentKills,
     enrich::at_kill::Breakdown,
     enrich::attribution::Attribution,
     enrich::diagnosis::{self, Badness, Facts, Verdict},
@@ -147,6 +148,8 @@ pub struct Enricher {
     /// Kills reported per victim cgroup incarnation, and in all (exiting victims excluded),
     /// for reconciliation.
     pub kills: KillCounts,
+    /// The last kill per cgroup, for pre-OOM warnings that would come too late.
+    pub recent: RecentKills,
 }
 
 impl Enricher {
@@ -161,6 +164,7 @@ impl Enricher {
             opts,
             contexts: Vec::new(),
             kills: KillCounts::default(),
+            recent: RecentKills::default(),
         }
     }
 
@@ -295,6 +299,11 @@ impl Enricher {
             });
         }
         let victim_path = cgroup.as_ref().and_then(|c| c.path.clone());
+        let oom_path = oom_cgroup.as_ref().and_then(|o| o.cgroup.path.as_deref());
+        self.recent.note(
+            victim_path.as_deref().into_iter().chain(oom_path),
+            r.ktime_boot_ns,
+        );
         let snap_path = oom_cgroup
             .as_ref()
             .and_then(|o| o.cgroup.path.clone())

@@ -172,6 +172,7 @@ fn series_of_removed_cgroups_go_after_forget_after() {
     m.record_charges(&[row("/kubepods.slice/x", 60, 64, 5.0, 9)], 4096);
     m.record_warning(&PreOomWarning {
         time: std::time::SystemTime::now(),
+        evidence_since_boot_ns: 0,
         cgroup: "/kubepods.slice/x".into(),
         reason: crate::charges::warnings::Reason::WorkingSet,
         usage_bytes: 0,
