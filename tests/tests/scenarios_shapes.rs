@@ -208,13 +208,19 @@ fn no_warning_after_the_kill() {
         cgs.push(cg);
     }
     let rels: HashSet<String> = cgs.iter().map(|c| c.rel.clone()).collect();
-    // Warnings are computed once a second: wait long enough for a late one to show.
-    let evs = w.events_for(Duration::from_secs(4), |v| {
+    let ours = |v: &Value| {
         v["memtrace.cgroup.path"]
             .as_str()
-            .or(v["memtrace.cgroup"].as_str())
             .is_some_and(|p| rels.contains(p))
-    });
+    };
+    // Every kill first (a loaded machine may be slow), then long enough for a late warning to
+    // show: warnings are computed once a second.
+    let mut evs = vec![];
+    let deadline = Instant::now() + WAIT;
+    while evs.iter().filter(|v| is_kill(v)).count() < rels.len() && Instant::now() < deadline {
+        evs.extend(w.events_for(Duration::from_millis(200), ours));
+    }
+    evs.extend(w.events_for(Duration::from_secs(3), ours));
     for ev in &evs {
         let cg = ev["memtrace.cgroup.path"]
             .as_str()
