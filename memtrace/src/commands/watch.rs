@@ -266,7 +266,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 // Kills already in the ring go first: a warning whose cgroup was killed since
                 // its evidence began would come after its kill, and is dropped.
                 for r in drain(ring.get_mut(), &mut delivery, &metrics) {
-                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
+                    emit(r, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery, &mut episodes)?;
                 }
                 if enricher.recent.suppresses(&w) {
                     log::info!("pre-OOM warning for {} dropped: a kill there already", w.cgroup);
@@ -312,7 +312,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(20));
                 learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
                 for rec in drain(ring.get_mut(), &mut delivery, &metrics) {
-                    emit(rec, &mut enricher, &mut charge_watch, &mut sinks, &mut delivery)?;
+                    emit(
+                        rec,
+                        &mut enricher,
+                        &mut charge_watch,
+                        &mut sinks,
+                        &mut delivery,
+                        &mut episodes,
+                    )?;
                 }
                 report = r.check(&enricher.kills);
             }
