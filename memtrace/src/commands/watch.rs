@@ -283,7 +283,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    // Records that arrived with the signal are still reported.
+    // Records that arrived with the signal are still reported; nothing new is produced from
+    // here on, so the counters read below count exactly what this drain can see.
+    tracer.stop_producing();
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery, &metrics) {
         emit(

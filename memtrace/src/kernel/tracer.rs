@@ -9,7 +9,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, FEntry, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
+        BtfTracePoint, FEntry, KProbe, PerfEvent, Program, ProgramError, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -338,6 +338,30 @@ impl Tracer {
             oom_ctx_ringbuf_full: sum(counters::OOM_CTX_RINGBUF_FULL)?,
             cgroup_ringbuf_full: sum(counters::CGROUP_RINGBUF_FULL)?,
         })
+    }
+
+    /// Detaches and unloads every program: nothing is produced after this, and what the
+    /// programs wrote stays in the rings (the maps live on), so a last drain sees every record
+    /// the counters count. Without it a kill between the last drain and the counter read was
+    /// counted as seen and never delivered.
+    pub fn stop_producing(&mut self) {
+        for (name, program) in self.ebpf.programs_mut() {
+            let r = match program {
+                Program::TracePoint(p) => p.unload(),
+                Program::BtfTracePoint(p) => p.unload(),
+                Program::FEntry(p) => p.unload(),
+                Program::KProbe(p) => p.unload(),
+                Program::RawTracePoint(p) => p.unload(),
+                Program::PerfEvent(p) => p.unload(),
+                _ => Ok(()),
+            };
+            // Not loaded (a variant that was never tried) is not an error here.
+            if let Err(e) = r
+                && !matches!(e, ProgramError::NotLoaded)
+            {
+                log::warn!("detaching {name}: {e}");
+            }
+        }
     }
 
     /// The selected variant of `hook`, if any.
