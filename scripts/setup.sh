@@ -56,9 +56,11 @@ if ! have_toolchain "$STABLE"; then
   log "rustup toolchain install $STABLE"
   rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt
 fi
-if ! have_toolchain "$NIGHTLY" || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "rustup toolchain install $NIGHTLY with rust-src"
-  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+# clippy too: `cargo xtask test --lint` lints the eBPF crate for its own target.
+if ! have_toolchain "$NIGHTLY" || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src' \
+  || ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^clippy'; then
+  log "rustup toolchain install $NIGHTLY with rust-src, clippy"
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src,clippy
 fi
 
 # bpf-linker must be linked against the same LLVM major as the nightly's rustc.

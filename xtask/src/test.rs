@@ -49,6 +49,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))?;
+        run_ok(ebpf_clippy())?;
     }
     run_ok(cargo(&["build", "--package", "memtrace", "--bin", "memtrace"]))?;
     let mut test = cargo(&["test"]);
@@ -58,3 +59,28 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     run_ok(test)
 }
+
+/// Clippy on the eBPF crate, for its own target with the pinned nightly (memtrace/build.rs
+/// builds it the same way); its own target dir, so the host build's cache is left alone.
+fn ebpf_clippy() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir("memtrace-ebpf").args([
+        &format!("+{EBPF_TOOLCHAIN}"),
+        "clippy",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "../target/ebpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    // rustup picks the toolchain from `+nightly`; the workspace's pin must not override it.
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+/// memtrace/build.rs's toolchain for the eBPF object.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-08-01";
