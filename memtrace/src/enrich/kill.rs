@@ -2,11 +2,11 @@
 //! once: wall time, sequence number, cgroup paths, a post-kill snapshot of the cgroup stats,
 //! container attribution, the badness score and a verdict.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use crate::{
     cgroup::reconcile::{CgroupKey, KillCounts},
-    cgroup::{CgroupPaths, MemoryStats, paths::proc_memory_cgroup, read_memory_stats},
+    cgroup::{CgroupPaths, MemoryStats, StatsError, paths::proc_memory_cgroup, read_memory_stats},
     charges::warnings::RecentKills,
     enrich::at_kill::Breakdown,
     enrich::attribution::Attribution,
@@ -45,10 +45,23 @@ pub struct OomCgroup {
 }
 
 /// Stats read just after the kill, or why they could not be.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Snapshot {
     Read(Box<MemoryStats>),
-    Failed(String),
+    /// Typed, so a caller can tell a cgroup removed with its victim (`StatsError::Vanished`)
+    /// from a read that failed; shared, as a kill is cloned for every sink.
+    Failed(Arc<StatsError>),
+}
+
+// By meaning: two failures are the same when they say the same (io::Error has no PartialEq).
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Read(a), Self::Read(b)) => a == b,
+            (Self::Failed(a), Self::Failed(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
 }
 
 impl Snapshot {
@@ -221,7 +234,7 @@ impl Enricher {
         let h = paths.hierarchy();
         Some(match read_memory_stats(&h.dir(path), h.version) {
             Ok(s) => Snapshot::Read(Box::new(s)),
-            Err(e) => Snapshot::Failed(e.to_string()),
+            Err(e) => Snapshot::Failed(Arc::new(e)),
         })
     }
 
@@ -533,7 +546,7 @@ mod tests {
         let k = e.enrich(r.clone());
         assert_eq!(k.cgroup.as_ref().and_then(|c| c.path.as_deref()), Some("/cg"));
         match &k.snapshot {
-            Some(Snapshot::Failed(err)) => assert!(err.contains("memory.stat"), "{err}"),
+            Some(Snapshot::Failed(err)) => assert!(err.to_string().contains("memory.stat"), "{err}"),
             other => panic!("{other:?}"),
         }
         assert_eq!(k.anon_rss_bytes, Some(64 * 1024));
@@ -544,7 +557,9 @@ mod tests {
         let k = e.enrich(r);
         assert_eq!(k.cgroup.and_then(|c| c.path).as_deref(), Some("/cg"), "path kept");
         match &k.snapshot {
-            Some(Snapshot::Failed(err)) => assert!(err.contains("vanished"), "{err}"),
+            Some(Snapshot::Failed(err)) => {
+                assert!(matches!(**err, StatsError::Vanished { .. }), "{err}")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -128,7 +128,7 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
                 .opt("memtrace.snapshot.oom_kills", s.oom_kills);
         }
         Some(Snapshot::Failed(e)) => {
-            o.put("memtrace.snapshot.error", e.clone());
+            o.put("memtrace.snapshot.error", e.to_string());
         }
         None => {}
     }

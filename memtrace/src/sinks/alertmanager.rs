@@ -107,8 +107,10 @@ impl Sink for AlertmanagerSink {
         if later_kill || matches!(ev.payload, Payload::Episode(_)) {
             return Ok(());
         }
-        let body = serde_json::to_vec(&self.alert(ev))
-            .map_err(|e| SinkError::Http(format!("encoding the alert: {e}")))?;
+        let body = serde_json::to_vec(&self.alert(ev)).map_err(|source| SinkError::Encode {
+            what: "the alert",
+            source,
+        })?;
         self.poster.post_json(Bytes::from(body)).await
     }
 }

@@ -28,9 +28,14 @@ impl FileSink {
             file: None,
             size: 0,
         };
-        s.reopen()
-            .await
-            .map_err(|e| SinkError::Setup(format!("sinks.file.path: {e}")))?;
+        // The error names the config key as well as the path.
+        s.reopen().await.map_err(|e| match e {
+            SinkError::Io { what, source } => SinkError::Io {
+                what: format!("sinks.file.path: {what}"),
+                source,
+            },
+            other => other,
+        })?;
         Ok(s)
     }
 
@@ -76,7 +81,9 @@ impl FileSink {
             self.rotate().await?;
         }
         let Some(f) = self.file.as_mut() else {
-            return Err(SinkError::Setup("file not open".into()));
+            return Err(SinkError::NotOpen {
+                path: self.path.clone(),
+            });
         };
         let what = || format!("writing {}", self.path.display());
         f.write_all(line).await.map_err(|e| SinkError::io(what(), e))?;

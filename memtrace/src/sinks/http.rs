@@ -53,18 +53,25 @@ impl Poster {
         let mut uri: Uri = c
             .url
             .parse()
-            .map_err(|e| SinkError::Setup(format!("bad URL: {e}")))?;
+            .map_err(|e: http::uri::InvalidUri| SinkError::BadUrl {
+                url: c.url.clone(),
+                detail: e.to_string(),
+            })?;
         if let Some(p) = path {
             let base = uri.path().trim_end_matches('/').to_owned();
             let mut parts = uri.into_parts();
-            parts.path_and_query = Some(
-                format!("{base}{p}")
-                    .parse()
-                    .map_err(|e| SinkError::Setup(format!("bad URL path: {e}")))?,
-            );
-            uri = Uri::from_parts(parts).map_err(|e| SinkError::Setup(format!("bad URL: {e}")))?;
+            parts.path_and_query = Some(format!("{base}{p}").parse().map_err(
+                |e: http::uri::InvalidUri| SinkError::BadUrl {
+                    url: format!("{}{p}", c.url),
+                    detail: e.to_string(),
+                },
+            )?);
+            uri = Uri::from_parts(parts).map_err(|e| SinkError::BadUrl {
+                url: c.url.clone(),
+                detail: e.to_string(),
+            })?;
         }
-        let auth = match c.token().map_err(SinkError::Setup)? {
+        let auth = match c.token().map_err(SinkError::Token)? {
             Some(t) => Some(bearer(&t)?),
             None => None,
         };
@@ -103,7 +110,7 @@ impl Poster {
                     after: self.timeout,
                 },
             };
-            if !retryable(&err) || attempt >= self.retry.max_attempts {
+            if !err.retryable() || attempt >= self.retry.max_attempts {
                 return Err(err);
             }
             log::debug!(
@@ -124,7 +131,10 @@ impl Poster {
                 concat!("memtrace/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(body))
-            .map_err(|e| SinkError::Http(format!("{}: building the request: {e}", self.endpoint)))?;
+            .map_err(|source| SinkError::Request {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         if let Some(a) = &self.auth {
             req.headers_mut().insert(header::AUTHORIZATION, a.clone());
         }
@@ -132,7 +142,10 @@ impl Poster {
             .client
             .request(req)
             .await
-            .map_err(|e| SinkError::Http(format!("{}: {}", self.endpoint, chain(&e))))?;
+            .map_err(|source| SinkError::Connect {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         let status = resp.status();
         // Read (a bounded part of) the answer so the connection can be reused.
         let _ = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
@@ -151,17 +164,9 @@ impl Poster {
 
 fn bearer(t: &Secret) -> Result<HeaderValue, SinkError> {
     let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-        .map_err(|_| SinkError::Setup("the bearer token holds characters a header cannot".into()))?;
+        .map_err(|_| SinkError::Token("it holds characters a header cannot".into()))?;
     v.set_sensitive(true);
     Ok(v)
-}
-
-fn retryable(e: &SinkError) -> bool {
-    match e {
-        SinkError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-        SinkError::Http(_) | SinkError::Timeout { .. } | SinkError::Io { .. } => true,
-        SinkError::Setup(_) => false,
-    }
 }
 
 /// `d` scaled by a factor in [0.75, 1.25): retries from several nodes do not line up.
@@ -175,17 +180,6 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// An error with its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{

@@ -214,8 +214,7 @@ impl Sink for JournaldSink {
         let j = self.journal.clone();
         let what = format!("sending to journald at {}", j.path.display());
         tokio::task::spawn_blocking(move || j.send(&fields))
-            .await
-            .map_err(|e| SinkError::Setup(format!("journald send task: {e}")))?
+            .await?
             .map_err(|e| SinkError::io(what, e))
     }
 }

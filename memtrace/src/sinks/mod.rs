@@ -153,6 +153,8 @@ impl Event {
     }
 }
 
+/// Why a delivery failed. The variant decides what happens next ([`SinkError::retryable`]):
+/// a broken connection or a 5xx is tried again, a bad URL or an unencodable event is not.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{what}: {source}")]
@@ -161,15 +163,71 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
-    /// Connection or protocol failure; the message never holds a secret.
-    #[error("{0}")]
-    Http(String),
+    /// No connection, or it broke; the message never holds a secret.
+    #[error("{endpoint}: {}", chain(source))]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
     #[error("{endpoint} answered HTTP {status}")]
     Status { endpoint: String, status: u16 },
     #[error("{endpoint}: no answer within {after:?}")]
     Timeout { endpoint: String, after: Duration },
-    #[error("{0}")]
-    Setup(String),
+    /// The event could not be encoded: the same event would fail again.
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{endpoint}: building the request: {source}")]
+    Request {
+        endpoint: String,
+        #[source]
+        source: ::http::Error,
+    },
+    /// `url` (or the path appended to it) is not a URI.
+    #[error("bad URL {url:?}: {detail}")]
+    BadUrl { url: String, detail: String },
+    /// The bearer token could not be read, or cannot go in a header.
+    #[error("bearer token: {0}")]
+    Token(String),
+    /// A sink used after a failed reopen (file sink): nothing to write to.
+    #[error("{}: not open", path.display())]
+    NotOpen { path: std::path::PathBuf },
+    /// The blocking task that delivers (journald) panicked or was cancelled.
+    #[error("delivery task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl SinkError {
+    /// Whether trying the same delivery again can succeed: connection failures, timeouts, I/O,
+    /// 408, 429 and 5xx. Everything else would fail the same way.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Io { .. } => true,
+            Self::Encode { .. }
+            | Self::Request { .. }
+            | Self::BadUrl { .. }
+            | Self::Token(_)
+            | Self::NotOpen { .. }
+            | Self::Task(_) => false,
+        }
+    }
+}
+
+/// An error and its sources on one line (hyper's own message is just "client error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 impl SinkError {
@@ -406,6 +464,28 @@ async fn run<S: Sink>(
 pub(crate) mod tests {
     use super::*;
     use crate::{enrich::diagnosis, enrich::kill::*, kernel::records::HookSource};
+
+    /// Regression: an Alertmanager encoding error was an `Http(String)` and so retried.
+    #[test]
+    fn only_what_can_succeed_later_is_retried() {
+        let encode = SinkError::Encode {
+            what: "the alert",
+            source: serde_json::from_str::<u8>("x").expect_err("not JSON"),
+        };
+        assert!(!encode.retryable());
+        assert!(!SinkError::Token("empty".into()).retryable());
+        let status = |status| SinkError::Status {
+            endpoint: "http://127.0.0.1:1".into(),
+            status,
+        };
+        assert!(status(503).retryable() && status(429).retryable());
+        assert!(!status(400).retryable() && !status(401).retryable());
+        let timeout = SinkError::Timeout {
+            endpoint: "http://127.0.0.1:1".into(),
+            after: Duration::from_secs(1),
+        };
+        assert!(timeout.retryable());
+    }
 
     pub fn kill() -> OomKill {
         OomKill {

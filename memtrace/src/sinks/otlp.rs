@@ -105,8 +105,10 @@ pub fn payload(ev: &Event, host: &str) -> Value {
 
 impl Sink for OtlpSink {
     async fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
-        let body = serde_json::to_vec(&payload(ev, &self.host))
-            .map_err(|e| SinkError::Http(format!("encoding the log record: {e}")))?;
+        let body = serde_json::to_vec(&payload(ev, &self.host)).map_err(|source| SinkError::Encode {
+            what: "the log record",
+            source,
+        })?;
         self.poster.post_json(Bytes::from(body)).await
     }
 }

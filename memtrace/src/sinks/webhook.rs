@@ -20,8 +20,10 @@ impl WebhookSink {
 
 impl Sink for WebhookSink {
     async fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
-        let body =
-            serde_json::to_vec(&ev.json).map_err(|e| SinkError::Http(format!("encoding the event: {e}")))?;
+        let body = serde_json::to_vec(&ev.json).map_err(|source| SinkError::Encode {
+            what: "the event",
+            source,
+        })?;
         self.poster.post_json(Bytes::from(body)).await
     }
 }
