@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything memtrace needs on a fresh Debian 12 (bookworm) x86_64 host, idempotently.
-# A second run only checks and returns in seconds. See ../shared/BRIEF.md §6 for why each piece.
+# A second run only checks and returns in seconds. README "Install" says what each piece is for.
 set -euo pipefail
 # Everything set-up prints goes to stderr: `scripts/run.sh --output json | jq` must see only
 # events on stdout, from the very first run (rustup and cargo install print progress on stdout).

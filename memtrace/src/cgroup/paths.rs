@@ -59,7 +59,7 @@ impl CgroupPaths {
         found
     }
 
-    /// Records a path learnt elsewhere (e.g. /proc/<pid>/cgroup).
+    /// Records a path learnt elsewhere: the cgroup_mkdir hook names each new cgroup with its id.
     pub fn remember(&mut self, id: u64, path: String) {
         self.by_id.insert(id, path);
     }

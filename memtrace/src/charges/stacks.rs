@@ -104,7 +104,8 @@ impl HotStack {
         format!("{} {}", parts.join(";"), self.count)
     }
 
-    /// The innermost user frame that is not in the C library's allocator, for tables.
+    /// The innermost user frame as sampled (allocator frames included: the allocation site
+    /// is often one frame out), for tables.
     pub fn top_user_frame(&self) -> &str {
         self.user.first().map_or("?", String::as_str)
     }

@@ -16,7 +16,8 @@ use blazesym::{
 /// /proc/kallsyms, sorted by address.
 #[derive(Debug, Default)]
 pub struct Kallsyms {
-    syms: Vec<(u64, String)>,
+    /// Data symbols are kept, unnamed, as boundaries: code is never named after them.
+    syms: Vec<(u64, Option<String>)>,
 }
 
 impl Kallsyms {
@@ -29,13 +30,18 @@ impl Kallsyms {
     /// Lines like `ffffffff81000000 T _stext [module]`; zero addresses (hidden by kptr_restrict)
     /// are useless and dropped.
     pub fn parse(text: &str) -> Self {
-        let mut syms: Vec<(u64, String)> = text
+        let mut syms: Vec<(u64, Option<String>)> = text
             .lines()
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 let addr = u64::from_str_radix(f.next()?, 16).ok().filter(|a| *a != 0)?;
-                let _kind = f.next()?;
-                Some((addr, f.next()?.to_owned()))
+                let kind = f.next()?;
+                let name = f.next()?;
+                // T/t text, W/w weak: code. A stack address falling after a data symbol (R, D,
+                // B...) is in no function kallsyms knows (a BPF program without
+                // bpf_jit_kallsyms): it once came out as `__stop_runtime_ptr_USER_PTR_MAX`.
+                let code = matches!(kind, "T" | "t" | "W" | "w");
+                Some((addr, code.then(|| name.to_owned())))
             })
             .collect();
         syms.sort_unstable_by_key(|(a, _)| *a);
@@ -49,7 +55,7 @@ impl Kallsyms {
         const MAX_FUNCTION: u64 = 128 * 1024;
         let i = self.syms.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
         let (start, name) = &self.syms[i];
-        (addr - start < MAX_FUNCTION).then_some(name.as_str())
+        (addr - start < MAX_FUNCTION).then_some(name.as_deref()?)
     }
 }
 
@@ -183,6 +189,9 @@ mod tests {
             None,
             "far past the last symbol"
         );
+        let k = Kallsyms::parse("ffffffff81000000 T a\nffffffff82000000 R __stop_runtime_ptr_X\n");
+        assert_eq!(k.find(0xffffffff81000010), Some("a"));
+        assert_eq!(k.find(0xffffffff82000010), None, "code is not named after data");
     }
 
     #[test]
