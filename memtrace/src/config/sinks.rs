@@ -136,25 +136,38 @@ impl Default for RetryConfig {
     }
 }
 
-/// An HTTP sink (webhook, OTLP): where to POST, how long to wait, how often to retry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    pub url: String,
-    /// Sent as `Authorization: Bearer ...`. Prefer `bearer_token_file`.
-    #[serde(default)]
-    pub bearer_token: Option<Secret>,
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-    /// Per attempt: connect, send and response.
-    #[serde(default = "default_timeout", with = "duration")]
-    pub timeout: Duration,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default = "default_http_queue")]
-    pub queue: usize,
+/// Declares an HTTP sink's config: the keys every HTTP sink takes, then its own. serde's
+/// `flatten` would lose `deny_unknown_fields` and the key paths in errors, so the shared keys
+/// are written once here instead of once per struct.
+macro_rules! http_sink_config {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[serde(default = "yes")]
+            pub enabled: bool,
+            pub url: String,
+            /// Sent as `Authorization: Bearer ...`. Prefer `bearer_token_file`.
+            #[serde(default)]
+            pub bearer_token: Option<Secret>,
+            #[serde(default)]
+            pub bearer_token_file: Option<PathBuf>,
+            /// Per attempt: connect, send and response.
+            #[serde(default = "default_timeout", with = "duration")]
+            pub timeout: Duration,
+            #[serde(default)]
+            pub retry: RetryConfig,
+            #[serde(default = "default_http_queue")]
+            pub queue: usize,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+    };
+}
+
+http_sink_config! {
+    /// An HTTP sink (webhook, OTLP): where to POST, how long to wait, how often to retry.
+    pub struct HttpConfig {}
 }
 
 fn default_timeout() -> Duration {
@@ -179,32 +192,18 @@ pub type WebhookConfig = HttpConfig;
 /// OTLP/HTTP logs endpoint, e.g. `http://127.0.0.1:4318/v1/logs` (JSON encoding).
 pub type OtlpConfig = HttpConfig;
 
-/// The HTTP keys again (serde's `flatten` would lose `deny_unknown_fields` and key paths).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertmanagerConfig {
-    #[serde(default = "yes")]
-    pub enabled: bool,
+http_sink_config! {
     /// Alertmanager's base URL; alerts go to `<url>/api/v2/alerts`.
-    pub url: String,
-    #[serde(default)]
-    pub bearer_token: Option<Secret>,
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-    #[serde(default = "default_timeout", with = "duration")]
-    pub timeout: Duration,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default = "default_http_queue")]
-    pub queue: usize,
-    #[serde(default = "AlertmanagerConfig::default_severity")]
-    pub severity: String,
-    /// `endsAt` = the kill's time + this: the alert resolves by itself.
-    #[serde(default = "AlertmanagerConfig::default_resolve_after", with = "duration")]
-    pub resolve_after: Duration,
-    /// Extra labels on every alert (e.g. `cluster = "prod-1"`).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub struct AlertmanagerConfig {
+        #[serde(default = "AlertmanagerConfig::default_severity")]
+        pub severity: String,
+        /// `endsAt` = the kill's time + this: the alert resolves by itself.
+        #[serde(default = "AlertmanagerConfig::default_resolve_after", with = "duration")]
+        pub resolve_after: Duration,
+        /// Extra labels on every alert (e.g. `cluster = "prod-1"`).
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+    }
 }
 
 impl AlertmanagerConfig {

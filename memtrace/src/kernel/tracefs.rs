@@ -98,13 +98,7 @@ impl Tracefs {
 
     /// The `oom:mark_victim` record layout; fields this kernel lacks are `ABSENT`.
     pub fn mark_victim_layout(&self) -> Result<MarkVictimTpLayout, TracefsError> {
-        let fields = self.fields("oom", "mark_victim")?;
-        let at = |name: &str, size: u32| {
-            fields
-                .get(name)
-                .filter(|f| f.size == size)
-                .map_or(ABSENT, |f| f.offset)
-        };
+        let at = offsets(self.fields("oom", "mark_victim")?);
         Ok(MarkVictimTpLayout {
             pid: at("pid", 4),
             comm: at("comm", 4),
@@ -122,13 +116,7 @@ impl Tracefs {
 impl Tracefs {
     /// The `cgroup:cgroup_mkdir` record layout (root, level, id, path since 5.7).
     pub fn cgroup_mkdir_layout(&self) -> Result<CgroupMkdirTpLayout, TracefsError> {
-        let fields = self.fields("cgroup", "cgroup_mkdir")?;
-        let at = |name: &str, size: u32| {
-            fields
-                .get(name)
-                .filter(|f| f.size == size)
-                .map_or(ABSENT, |f| f.offset)
-        };
+        let at = offsets(self.fields("cgroup", "cgroup_mkdir")?);
         Ok(CgroupMkdirTpLayout {
             root: at("root", 4),
             level: at("level", 4),
@@ -192,6 +180,17 @@ pub fn parse_format(text: &str) -> Result<HashMap<String, Field>, usize> {
         fields.insert(name.to_owned(), Field { offset, size });
     }
     Ok(fields)
+}
+
+/// A field's offset in an event's record if it has the size the eBPF side reads, else `ABSENT`
+/// (a field that changed size must not be read with the old one).
+fn offsets(fields: HashMap<String, Field>) -> impl Fn(&str, u32) -> u32 {
+    move |name, size| {
+        fields
+            .get(name)
+            .filter(|f| f.size == size)
+            .map_or(ABSENT, |f| f.offset)
+    }
 }
 
 #[cfg(test)]
