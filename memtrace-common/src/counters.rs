@@ -16,4 +16,8 @@ pub const CGROUP_RINGBUF_FULL: u32 = 3;
 pub const OOM_CTX_SEEN: u32 = 4;
 pub const OOM_CTX_RINGBUF_FULL: u32 = 5;
 
+/// New-stack-task records lost to a full `STACK_TASKS` buffer: that process's frames stay
+/// addresses if it exits before it is symbolized.
+pub const STACK_TASKS_RINGBUF_FULL: u32 = 6;
+
 pub const COUNTERS_LEN: u32 = 8;

@@ -1,6 +1,7 @@
 //! Flame graphs of real charging stacks: `memtrace hotspots --svg` and the one a kill keeps
 //! beside its event (`--kill-flamegraphs DIR`). Each test opens the SVG and finds the test
-//! allocator's allocating function in it (tests/src/bin/memtrace-alloc.rs).
+//! allocator's allocating function in it (tests/src/bin/memtrace-alloc.rs). And the stacks of
+//! processes that are gone before they are symbolized keep their names.
 
 use std::{process::Command, time::Duration};
 
@@ -101,4 +102,69 @@ fn a_kill_keeps_its_flame_graph() {
     );
     drop(cg);
     w.stop();
+}
+
+/// Processes killed within a second of starting (`grow` into 48 MiB), one after another while
+/// `hotspots` samples: each is gone before the once-a-second symbolization of live processes
+/// can see it (before the mappings recorder, most of their rows were raw addresses, one per
+/// pid: ASLR gives each run other addresses). Every one of them is named, and being the same
+/// stack they are one row.
+#[test]
+fn stacks_of_processes_already_gone_are_named() {
+    if !ebpf_available("stacks_of_processes_already_gone_are_named") {
+        return;
+    }
+    const RUNS: usize = 6;
+    let cg = TestCgroup::new("gone", 48 * MIB);
+    let hotspots = Command::new(memtrace_bin())
+        .args([
+            "hotspots",
+            "--cgroup",
+            &cg.rel,
+            "--duration",
+            "5s",
+            "--output",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run memtrace hotspots");
+    // Past its attach (it prints "sampling" once attached, but reading stderr would block).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut pids = Vec::new();
+    for _ in 0..RUNS {
+        let mut p = procs::alloc_in(&cg, &["grow"], None);
+        pids.push(p.id());
+        let status = p.wait().expect("wait");
+        assert!(!status.success(), "grow ends only by its OOM kill: {status:?}");
+    }
+    let out = hotspots.wait_with_output().expect("hotspots output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON rows");
+    let ours: Vec<&serde_json::Value> = rows.iter().filter(|r| r["comm"] == "memtrace-alloc").collect();
+    let total: u64 = ours.iter().filter_map(|r| r["count"].as_u64()).sum();
+    let named = ours
+        .iter()
+        .find(|r| {
+            r["user_stack"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|f| f.as_str() == Some("memtrace_test_allocate_chunk"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no row names memtrace_test_allocate_chunk: {rows:#?}"));
+    let named_count = named["count"].as_u64().unwrap_or(0);
+    // Nearly every sample: a sample taken during exec (before the new mappings) may stay an
+    // address.
+    assert!(
+        named_count * 10 >= total * 9,
+        "{named_count} of {total} samples named: {rows:#?}"
+    );
+    assert_eq!(
+        named["pids"].as_u64(),
+        Some(RUNS as u64),
+        "all {RUNS} runs ({pids:?}) in one row: {rows:#?}"
+    );
+    drop(cg);
 }

@@ -18,7 +18,7 @@ use memtrace_common::charge::{ChargeConfig, ChargeCounters, StackKey};
 
 use crate::{
     kernel::{self, read},
-    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACKS},
+    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACK_TASKS, STACKS, bump},
 };
 
 #[unsafe(no_mangle)]
@@ -133,9 +133,10 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
     let user_stack = ctx
         .get_stackid(&STACKS, u64::from(BPF_F_USER_STACK))
         .map_or(-1, |id| id as i32);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = StackKey {
         cgroup_id,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid,
         kernel_stack,
         user_stack,
         _pad: 0,
@@ -146,6 +147,9 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
         Some(n) => unsafe { *n += 1 },
         None => {
             let _ = STACK_COUNTS.insert(&key, &1, 0);
+            if STACK_TASKS.output(&tgid, 0).is_err() {
+                bump(memtrace_common::counters::STACK_TASKS_RINGBUF_FULL);
+            }
         }
     }
 }

@@ -9,12 +9,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuHashMap, StackTraceMap},
+    maps::{MapData, MapError, PerCpuHashMap, RingBuf, StackTraceMap},
 };
 use memtrace_common::charge::{ChargeCounters, StackKey};
 use serde::Serialize;
 
-use crate::cgroup::{CgroupPaths, read_memory_stats};
+use crate::{
+    cgroup::{CgroupPaths, read_memory_stats},
+    charges::task_maps,
+};
 
 /// One cgroup's counters, summed over CPUs (and over memcg keys with the same id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -107,6 +110,9 @@ pub struct ChargeMaps {
     charges: PerCpuHashMap<MapData, u64, ChargeCounters>,
     counts: PerCpuHashMap<MapData, StackKey, u64>,
     stacks: StackTraceMap<MapData>,
+    /// Records the mappings of sampled processes while they run (None: frames of processes
+    /// that are gone stay addresses).
+    _maps_recorder: Option<task_maps::Recorder>,
 }
 
 impl ChargeMaps {
@@ -115,10 +121,21 @@ impl ChargeMaps {
             ebpf.take_map(name)
                 .ok_or_else(|| MapError::InvalidName { name: name.into() })
         };
+        let lost = "stacks of processes that exit will keep raw addresses";
+        let _maps_recorder = match RingBuf::try_from(take("STACK_TASKS")?) {
+            Ok(ring) => task_maps::Recorder::spawn(ring)
+                .inspect_err(|e| log::warn!("{lost}: {e}"))
+                .ok(),
+            Err(e) => {
+                log::warn!("{lost}: {e}");
+                None
+            }
+        };
         Ok(Self {
             charges: PerCpuHashMap::try_from(take("CHARGES")?)?,
             counts: PerCpuHashMap::try_from(take("STACK_COUNTS")?)?,
             stacks: StackTraceMap::try_from(take("STACKS")?)?,
+            _maps_recorder,
         })
     }
 

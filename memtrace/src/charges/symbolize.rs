@@ -1,7 +1,8 @@
 //! Stack symbolization: kernel addresses from /proc/kallsyms (parsed once: blazesym's file
 //! cache re-reads procfs files, whose mtime always looks new), user addresses with blazesym from
-//! the process's ELF files (found through /proc/<pid>/maps). A process that is gone degrades to
-//! raw addresses, never an error.
+//! the process's ELF files (found through /proc/<pid>/maps). A process that is gone is named
+//! from the mappings recorded while it ran ([`task_maps`]), by file offset; without them it
+//! degrades to raw addresses, never an error.
 
 use std::collections::HashMap;
 
@@ -9,9 +10,11 @@ use blazesym::{
     Pid,
     symbolize::{
         Input, Symbolized, Symbolizer,
-        source::{Process, Source},
+        source::{Elf, Process, Source},
     },
 };
+
+use crate::charges::task_maps;
 
 /// /proc/kallsyms, sorted by address.
 #[derive(Debug, Default)]
@@ -131,10 +134,11 @@ impl Symbols {
                         Symbolized::Unknown(_) => hex(*a),
                     })
                     .collect(),
-                // The process is gone (or never readable): addresses, not an error.
+                // The process is gone (or never readable): from its recorded mappings, else
+                // addresses; not an error.
                 Err(e) => {
                     log::debug!("symbolizing pid {pid}: {e}");
-                    missing.iter().map(|a| hex(*a)).collect()
+                    self.gone(pid, &missing)
                 }
             };
             self.user
@@ -144,6 +148,39 @@ impl Symbols {
             .iter()
             .map(|a| self.user.get(&(pid, *a)).cloned().unwrap_or_else(|| hex(*a)))
             .collect()
+    }
+}
+
+impl Symbols {
+    /// Names for the frames of a process that has exited, from the executable mappings
+    /// recorded while it ran: each address becomes an offset in its file, looked up there.
+    fn gone(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+        let mut out: Vec<String> = addrs.iter().map(|a| hex(*a)).collect();
+        let Some(maps) = task_maps::lookup(pid) else {
+            return out;
+        };
+        // One lookup per file, in address order within it.
+        let mut by_file: HashMap<&std::path::Path, Vec<(usize, u64)>> = HashMap::new();
+        for (i, a) in addrs.iter().enumerate() {
+            if let Some((m, off)) = maps.iter().find_map(|m| Some((m, m.file_offset(*a)?))) {
+                by_file.entry(m.path.as_path()).or_default().push((i, off));
+            }
+        }
+        for (path, items) in by_file {
+            let offsets: Vec<u64> = items.iter().map(|(_, o)| *o).collect();
+            let src = Source::Elf(Elf::new(path));
+            match self.symbolizer.symbolize(&src, Input::FileOffset(&offsets)) {
+                Ok(syms) => {
+                    for ((i, _), s) in items.iter().zip(syms) {
+                        if let Symbolized::Sym(s) = s {
+                            out[*i] = s.name.to_string();
+                        }
+                    }
+                }
+                Err(e) => log::debug!("symbolizing {} by file offset: {e}", path.display()),
+            }
+        }
+        out
     }
 }
 

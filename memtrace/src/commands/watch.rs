@@ -425,7 +425,7 @@ fn sink_summary(reports: &[SinkReport]) {
 fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
-         context_seen={} context_dropped={} cgroup_records_dropped={} warnings={} warnings_late={} reconciled={reconciled}",
+         context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} warnings={} warnings_late={} reconciled={reconciled}",
         c.oom_seen,
         d.delivered,
         c.oom_ringbuf_full,
@@ -434,6 +434,7 @@ fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         c.oom_ctx_seen,
         c.oom_ctx_ringbuf_full,
         c.cgroup_ringbuf_full,
+        c.stack_tasks_ringbuf_full,
         d.warnings,
         d.late_warnings,
     );

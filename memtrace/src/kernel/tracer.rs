@@ -106,6 +106,8 @@ pub struct KernelCounters {
     pub oom_ctx_ringbuf_full: u64,
     /// cgroup_mkdir records lost to a full buffer (paths then come from rescans).
     pub cgroup_ringbuf_full: u64,
+    /// New-stack-task records lost (those processes' frames stay addresses once they exit).
+    pub stack_tasks_ringbuf_full: u64,
 }
 
 pub struct Tracer {
@@ -337,6 +339,7 @@ impl Tracer {
             oom_ctx_seen: sum(counters::OOM_CTX_SEEN)?,
             oom_ctx_ringbuf_full: sum(counters::OOM_CTX_RINGBUF_FULL)?,
             cgroup_ringbuf_full: sum(counters::CGROUP_RINGBUF_FULL)?,
+            stack_tasks_ringbuf_full: sum(counters::STACK_TASKS_RINGBUF_FULL)?,
         })
     }
 
