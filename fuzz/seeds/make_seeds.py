@@ -25,13 +25,22 @@ def copy(target, name, path):
         print(f"skipped {path}: {e}")
 
 
-# OomVictimRecord (memtrace-common/src/oom.rs), little-endian repr(C), 184 bytes.
+# OomVictimRecord (memtrace-common/src/oom.rs), little-endian repr(C), 280 bytes: the
+# fields, then the victim's and the OOM memcg's MEMCG_STAT_ITEMS (12) counters in pages
+# (u32::MAX: not counted by this kernel). A unit test in memtrace (fuzz_seeds_are_whole_records)
+# fails when the record changes size and these seeds were not rewritten.
 SRC_TP_BTF, SRC_TRACEPOINT, SRC_RAW_TP = 1 << 0, 1 << 1, 1 << 12
 HAS_ALL = sum(1 << b for b in (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13))
 VICTIM_EXITING, READ_ERROR = 1 << 14, 1 << 15
+HAS_STATS = (1 << 16) | (1 << 17)
+STAT_ABSENT = 0xFFFF_FFFF
+# anon, file, shmem, active_file, inactive_file, slab_r, slab_u, kernel_stack, pagetables,
+# swap, kmem, unevictable: an anon-filled cgroup at its limit.
+STATS = [16_100, 200, 0, 50, 150, 10, 20, 4, 44, 0, STAT_ABSENT, 0]
 
 
-def victim(flags, anon_kb=65_000, adj=0, pid=1001, tgid=1000, trigger=1000, limit=16384):
+def victim(flags, anon_kb=65_000, adj=0, pid=1001, tgid=1000, trigger=1000, limit=16384,
+           stats=STATS):
     r = struct.pack("<II", 1, flags)
     r += struct.pack(
         "<14Q", 123_456_789, 4242, 4242, 70_000, anon_kb, 1_600, 0, 0, 172,
@@ -39,7 +48,8 @@ def victim(flags, anon_kb=65_000, adj=0, pid=1001, tgid=1000, trigger=1000, limi
     r += struct.pack("<II", 0, 0)
     r += struct.pack("<IIIiII", pid, tgid, 0, adj, trigger, trigger)
     r += b"memtrace-alloc\0\0" + b"exactly16bytes!!"
-    assert len(r) == 184
+    r += struct.pack("<12I", *stats) + struct.pack("<12I", *stats)
+    assert len(r) == 280
     return r
 
 
@@ -50,7 +60,8 @@ def context(flags=2 | 4, memcg=4242, chosen=1000):
     return r
 
 
-put("oom_record", "tp_btf", victim(SRC_TP_BTF | HAS_ALL))
+put("oom_record", "tp_btf", victim(SRC_TP_BTF | HAS_ALL | HAS_STATS))
+put("oom_record", "stats_all_absent", victim(SRC_TP_BTF | HAS_ALL | HAS_STATS, stats=[STAT_ABSENT] * 12))
 put("oom_record", "raw_tp_bystander", victim(SRC_RAW_TP | HAS_ALL, adj=1000, trigger=7))
 put("oom_record", "tracepoint_pid_only", victim(SRC_TRACEPOINT))
 put("oom_record", "exiting_read_error", victim(SRC_TP_BTF | HAS_ALL | VICTIM_EXITING | READ_ERROR))
