@@ -17,7 +17,7 @@ use super::MemoryHierarchy;
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 const NEGATIVE_MAX: usize = 4096;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CgroupPaths {
     hierarchy: MemoryHierarchy,
     by_id: HashMap<u64, String>,

@@ -17,7 +17,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    cgroup::{CgroupPaths, MemoryHierarchy},
+    cgroup::CgroupPaths,
     charges::accounting::{ChargeMaps, ChargeMonitor, Reads, rows},
     charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
@@ -140,10 +140,11 @@ impl Worker {
 }
 
 impl ChargeWatch {
-    /// Starts the worker. `window` is how far back a kill's stacks look.
+    /// Starts the worker. `window` is how far back a kill's stacks look; `paths` is a copy of
+    /// the daemon's, so start-up walks the hierarchy once.
     pub fn spawn(
         maps: ChargeMaps,
-        hierarchy: MemoryHierarchy,
+        paths: CgroupPaths,
         window: Duration,
         warn: WarnOptions,
         interval: Duration,
@@ -159,7 +160,7 @@ impl ChargeWatch {
             maps,
             monitor: ChargeMonitor::new(keep),
             warner: Warner::new(warn),
-            paths: CgroupPaths::new(hierarchy),
+            paths,
             window: Arc::clone(&shared),
             keep,
             warnings: tx,

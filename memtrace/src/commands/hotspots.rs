@@ -15,7 +15,10 @@ use crate::{
 };
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
+    let hierarchy = MemoryHierarchy::detect()?;
     let opts = TracerOptions {
+        hierarchy: Some(hierarchy.clone()),
+        oom: false,
         // Exact mode for a bounded session: stacks of every kind of charge, kernel path included.
         charges: Some(ChargeOptions {
             sample_every: args.sample_every,
@@ -28,7 +31,6 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
     let Some(mut maps) = tracer.take_charge_maps() else {
         anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
     };
-    let hierarchy = MemoryHierarchy::detect()?;
     let mut monitor = ChargeMonitor::new(args.duration + Duration::from_secs(5));
     let mut syms = Symbols::new();
     monitor.poll(&mut maps, 4096);

@@ -35,13 +35,14 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         .unwrap_or_default()
         .trim()
         .to_owned();
+    let hierarchy = MemoryHierarchy::detect().ok();
+    let v1 = hierarchy
+        .as_ref()
+        .is_some_and(|h| h.version == crate::cgroup::CgroupVersion::V1);
     let (btf, missing) = match KernelBtf::from_sys() {
         Ok(b) => (
             Some(vmlinux_path().display().to_string()),
-            b.kernel_layout(
-                MemoryHierarchy::detect().is_ok_and(|h| h.version == crate::cgroup::CgroupVersion::V1),
-            )
-            .missing,
+            b.kernel_layout(v1).missing,
         ),
         Err(e) => {
             eprintln!("memtrace: {e}");
@@ -68,10 +69,11 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
             .collect()
         })
         .unwrap_or_default();
-    let cgroup = MemoryHierarchy::detect()
-        .map(|h| format!("{:?} at {}", h.version, h.root.display()).to_lowercase())
-        .ok();
+    let cgroup = hierarchy
+        .as_ref()
+        .map(|h| format!("{:?} at {}", h.version, h.root.display()).to_lowercase());
     let (hooks, error) = match Tracer::start(&TracerOptions {
+        hierarchy,
         try_all: true,
         charges: Some(Default::default()),
         ..TracerOptions::default()

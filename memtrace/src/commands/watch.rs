@@ -61,7 +61,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let cfg = config(&args)?;
+    let hierarchy = MemoryHierarchy::detect();
     let opts = TracerOptions {
+        hierarchy: hierarchy.as_ref().ok().cloned(),
+        oom: true,
         forced: cfg.variants()?,
         oom_ring_bytes: cfg.watch.oom_ring_bytes,
         try_all: false,
@@ -71,7 +74,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             fault_period: cfg.charges.fault_sample_period,
         }),
     };
-    let paths = match MemoryHierarchy::detect() {
+    let paths = match hierarchy {
         Ok(h) => Some(CgroupPaths::new(h)),
         Err(e) => {
             log::warn!("{e}: cgroup paths will be missing from events");
@@ -115,11 +118,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                 ratio: cfg.charges.warn_ratio,
                 every: cfg.charges.warn_every,
             };
-            let hierarchy = paths.hierarchy().clone();
             Some(
                 ChargeWatch::spawn(
                     maps,
-                    hierarchy,
+                    paths.clone(),
                     cfg.charges.kill_context_window,
                     warn,
                     COUNTER_CHECK,

@@ -24,13 +24,16 @@ pub fn vmlinux_path() -> PathBuf {
 pub enum BtfError {
     #[error("{path}: kernel BTF not found; memtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     Missing { path: PathBuf },
+    #[error("{path}: could not read kernel BTF: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: could not parse kernel BTF: {source}")]
     Parse { path: PathBuf, source: btf_rs::Error },
 }
 
-/// The kernel's BTF, parsed once.
+/// The kernel's BTF, read once: the bytes stay for aya's loader (tp_btf and fentry targets).
 pub struct KernelBtf {
     pub(super) btf: Btf,
+    bytes: Vec<u8>,
 }
 
 /// A resolved layout and the fields that could not be resolved.
@@ -47,11 +50,20 @@ impl KernelBtf {
                 path: path.to_owned(),
             });
         }
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Parse {
+        let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self { btf })
+        let btf = Btf::from_bytes(&bytes).map_err(|source| BtfError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self { btf, bytes })
+    }
+
+    /// The raw BTF as read, so aya parses the same bytes instead of reading the file again.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The running kernel's BTF: [`vmlinux_path`].

@@ -24,7 +24,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::{CgroupVersion, MemoryHierarchy},
-    kernel::btf::{BtfError, KernelBtf, vmlinux_path},
+    kernel::btf::{BtfError, KernelBtf},
     kernel::hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
     kernel::privileges::{MissingCapabilities, Privileges},
     kernel::tracefs::{Tracefs, TracefsError},
@@ -56,8 +56,12 @@ pub enum TracerError {
     Poll(#[source] io::Error),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TracerOptions {
+    /// The memory cgroup hierarchy, detected once by the command (`None`: not mounted).
+    pub hierarchy: Option<MemoryHierarchy>,
+    /// Load and attach the OOM hooks (`top` and `hotspots` read no OOM ring: they leave them out).
+    pub oom: bool,
     pub forced: Vec<ForcedVariant>,
     /// OOM ring buffer size in bytes (a power-of-two multiple of the page size).
     pub oom_ring_bytes: Option<u32>,
@@ -65,6 +69,27 @@ pub struct TracerOptions {
     pub try_all: bool,
     /// Charge accounting (the charge-path hooks); `None`: OOM hooks only.
     pub charges: Option<ChargeOptions>,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        Self {
+            hierarchy: None,
+            oom: true,
+            forced: vec![],
+            oom_ring_bytes: None,
+            try_all: false,
+            charges: None,
+        }
+    }
+}
+
+impl TracerOptions {
+    fn cgroup_v1(&self) -> bool {
+        self.hierarchy
+            .as_ref()
+            .is_some_and(|h| h.version == CgroupVersion::V1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +178,7 @@ impl Tracer {
         };
         let layout = match &kbtf {
             Some(kbtf) => {
-                let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
-                let resolved = kbtf.kernel_layout(v1);
+                let resolved = kbtf.kernel_layout(opts.cgroup_v1());
                 if !resolved.missing.is_empty() {
                     log::warn!(
                         "kernel BTF lacks {}: those event fields stay empty",
@@ -194,17 +218,24 @@ impl Tracer {
             .override_global("PAGE_SHIFT", &page_shift, true)
             .override_global("MEMCG_STAT_LAYOUT", &stat_layout, true);
         let charge_opts = opts.charges.unwrap_or_default();
-        let charge_config = kbtf
-            .as_ref()
-            .map_or(ChargeConfig::default_config(), |k| charge_config(k, &charge_opts));
+        let charge_config = kbtf.as_ref().map_or(ChargeConfig::default_config(), |k| {
+            charge_config(k, &charge_opts, opts.cgroup_v1())
+        });
         loader.override_global("CHARGE_CONFIG", &charge_config, true);
-        if let Some(bytes) = opts.oom_ring_bytes {
-            loader.map_max_entries("OOM_EVENTS", bytes);
+        match opts.oom_ring_bytes {
+            // Without the OOM hooks nothing writes the ring: one page instead of the default.
+            _ if !opts.oom => {
+                loader.map_max_entries("OOM_EVENTS", 1 << page_shift);
+            }
+            Some(bytes) => {
+                loader.map_max_entries("OOM_EVENTS", bytes);
+            }
+            None => {}
         }
-        // aya's own copy of the kernel BTF, for the typed attach points (tp_btf, fentry).
+        // aya's own parse of the same bytes, for the typed attach points (tp_btf, fentry).
         let btf = kbtf
             .as_ref()
-            .and_then(|_| Btf::parse_file(vmlinux_path(), Endianness::default()).ok());
+            .and_then(|k| Btf::parse(k.bytes(), Endianness::default()).ok());
         if let Some(btf) = &btf {
             loader.btf(btf);
         }
@@ -221,7 +252,7 @@ impl Tracer {
         for hook in HOOKS {
             // `memtrace probes` (try_all) tries both charge modes.
             let wanted = match (hook.group, opts.charges) {
-                (Group::Oom, _) => true,
+                (Group::Oom, _) => opts.oom,
                 (_, None) => false,
                 (_, Some(_)) if opts.try_all => true,
                 (Group::Charge, Some(c)) => c.exact,
@@ -524,12 +555,11 @@ fn explain(e: &ProgramError) -> String {
 
 /// The memcg event items to count, from BTF (`enum vm_event_item` moves with the kernel's
 /// config), and which one stands for a charge when sampling stacks.
-fn charge_config(kbtf: &KernelBtf, opts: &ChargeOptions) -> ChargeConfig {
+fn charge_config(kbtf: &KernelBtf, opts: &ChargeOptions, v1: bool) -> ChargeConfig {
     let d = ChargeConfig::default_config();
     let item = |name: &str, default: u32| kbtf.enum_value("vm_event_item", name).unwrap_or(default);
     let (pgpgin, pgfault) = (item("PGPGIN", d.ev_pgpgin), item("PGFAULT", d.ev_pgfault));
     // cgroup v1 counts PGPGIN per charge (memcg1_charge_statistics); v2 has no such event.
-    let v1 = MemoryHierarchy::detect().is_ok_and(|h| h.version == CgroupVersion::V1);
     ChargeConfig {
         ev_pgpgin: pgpgin,
         ev_pgpgout: item("PGPGOUT", d.ev_pgpgout),

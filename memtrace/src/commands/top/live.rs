@@ -168,7 +168,10 @@ impl Source {
 }
 
 pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
+    let hierarchy = MemoryHierarchy::detect()?;
     let opts = TracerOptions {
+        hierarchy: Some(hierarchy.clone()),
+        oom: false,
         // Exact mode: the drill-down shows the kernel's charge path too.
         charges: Some(ChargeOptions {
             sample_every: args.sample_every,
@@ -188,7 +191,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
     let mut src = Source {
         maps,
         monitor: ChargeMonitor::new(args.window.max(args.interval)),
-        paths: CgroupPaths::new(MemoryHierarchy::detect()?),
+        paths: CgroupPaths::new(hierarchy),
         syms: Symbols::new(),
         page: super::page_size(),
         window: args.window,

@@ -67,7 +67,10 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
 
 /// Text or JSON every interval, or once; no stack sampling.
 async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
+    let hierarchy = MemoryHierarchy::detect()?;
     let opts = TracerOptions {
+        hierarchy: Some(hierarchy.clone()),
+        oom: false,
         // Sampled page faults, no stacks: a one-off look costs the host next to nothing.
         charges: Some(ChargeOptions {
             sample_every: 0,
@@ -79,7 +82,7 @@ async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
     let Some(mut maps) = tracer.take_charge_maps() else {
         anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
     };
-    let mut paths = CgroupPaths::new(MemoryHierarchy::detect()?);
+    let mut paths = CgroupPaths::new(hierarchy);
     let mut monitor = ChargeMonitor::new(Duration::from_secs(10));
     let page = page_size();
     monitor.poll(&mut maps, page);
