@@ -65,7 +65,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let opts = TracerOptions {
         hierarchy: hierarchy.as_ref().ok().cloned(),
         oom: true,
-        forced: cfg.variants()?,
+        forced: cfg.watch.variants.clone(),
         oom_ring_bytes: cfg.watch.oom_ring_bytes,
         try_all: false,
         charges: cfg.charges.enabled.then_some(ChargeOptions {

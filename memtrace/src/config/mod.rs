@@ -12,7 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{cli::WatchArgs, kernel::hooks::ForcedVariant};
+use crate::cli::WatchArgs;
 
 mod sinks;
 #[cfg(test)]
@@ -153,11 +153,7 @@ impl Config {
             c.kill_flamegraph_dir = Some(d.clone());
         }
         if !args.variants.is_empty() {
-            self.watch.variants = args
-                .variants
-                .iter()
-                .map(|v| format!("{}={}", v.hook, v.kind))
-                .collect();
+            self.watch.variants = args.variants.clone();
         }
         if args.oom_ring_bytes.is_some() {
             self.watch.oom_ring_bytes = args.oom_ring_bytes;
@@ -207,15 +203,6 @@ impl Config {
                 .get_or_insert_with(JournaldConfig::default)
                 .enabled = true;
         }
-    }
-
-    /// The hook variants, parsed.
-    pub fn variants(&self) -> Result<Vec<ForcedVariant>, ConfigError> {
-        self.watch
-            .variants
-            .iter()
-            .map(|v| v.parse().map_err(|e| invalid("watch.variants", format!("{e}"))))
-            .collect()
     }
 
     /// The metrics address, when metrics are enabled.

@@ -35,6 +35,18 @@ fn unknown_keys_are_named() {
 }
 
 #[test]
+fn variants_are_parsed_with_the_file() {
+    let (k, m) = err("[watch]\nvariants = [\"oom_victim=kprobe\"]\n");
+    assert!(k.starts_with("watch.variants"), "{k}: {m}");
+    assert!(m.contains("no \"kprobe\" variant"), "{m}");
+    let c = Config::parse("[watch]\nvariants = [\"oom_victim=tracepoint\"]\n").expect("valid");
+    assert_eq!(
+        c.watch.variants,
+        vec!["oom_victim=tracepoint".parse().expect("valid")]
+    );
+}
+
+#[test]
 fn type_errors_name_the_key() {
     let (k, m) =
         err("[sinks.webhook]\nurl = \"http://x\"\n[sinks.webhook.retry]\nmax_attempts = \"three\"\n");
@@ -83,10 +95,6 @@ fn bad_values_name_the_key() {
     assert_eq!(
         invalid_key("[watch]\noom_ring_bytes = 1000\n"),
         "watch.oom_ring_bytes"
-    );
-    assert_eq!(
-        invalid_key("[watch]\nvariants = [\"oom_victim=kprobe\"]\n"),
-        "watch.variants"
     );
     assert_eq!(
         invalid_key("[sinks.file]\npath = \"/tmp/x\"\nmax_bytes = 10\n"),

@@ -18,7 +18,6 @@ impl Config {
             return Err(invalid("charges.kill_context_window", "must be longer than 0s"));
         }
         let w = &self.watch;
-        self.variants()?;
         if let Some(n) = w.oom_ring_bytes
             && (n < 4096 || !n.is_power_of_two())
         {

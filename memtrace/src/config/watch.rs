@@ -5,12 +5,13 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use super::{DEFAULT_METRICS_ADDR, duration};
+use crate::kernel::hooks::ForcedVariant;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
-    /// `HOOK=KIND` strings, as `--variant`.
-    pub variants: Vec<String>,
+    /// `HOOK=KIND`, as `--variant`; parsed when the file is read.
+    pub variants: Vec<ForcedVariant>,
     pub oom_ring_bytes: Option<u32>,
     pub ws_alert_ratio: f64,
     pub oci_bundles: Vec<PathBuf>,

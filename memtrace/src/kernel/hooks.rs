@@ -36,15 +36,46 @@ pub enum Attach {
     },
 }
 
-impl Attach {
-    pub fn kind(&self) -> &'static str {
+/// An attach kind, as `--variant HOOK=KIND` and `memtrace probes` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachKind {
+    TpBtf,
+    RawTp,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+    PerfEvent,
+}
+
+impl AttachKind {
+    pub const fn name(self) -> &'static str {
         match self {
-            Self::TpBtf { .. } => "tp_btf",
-            Self::RawTp { .. } => "raw_tp",
-            Self::Fentry { .. } => "fentry",
-            Self::Kprobe { .. } => "kprobe",
-            Self::Tracepoint { .. } => "tracepoint",
-            Self::PerfEvent { .. } => "perf_event",
+            Self::TpBtf => "tp_btf",
+            Self::RawTp => "raw_tp",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+            Self::PerfEvent => "perf_event",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl Attach {
+    pub fn kind(&self) -> AttachKind {
+        match self {
+            Self::TpBtf { .. } => AttachKind::TpBtf,
+            Self::RawTp { .. } => AttachKind::RawTp,
+            Self::Fentry { .. } => AttachKind::Fentry,
+            Self::Kprobe { .. } => AttachKind::Kprobe,
+            Self::Tracepoint { .. } => AttachKind::Tracepoint,
+            Self::PerfEvent { .. } => AttachKind::PerfEvent,
         }
     }
 
@@ -79,9 +110,42 @@ pub enum Group {
     Reclaim,
 }
 
+/// Every kernel hook memtrace knows, by the name `--variant` and `memtrace probes` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookId {
+    OomVictim,
+    OomContext,
+    CgroupMkdir,
+    ChargeSample,
+    Charge,
+    ReclaimBegin,
+    ReclaimEnd,
+}
+
+impl HookId {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::OomVictim => "oom_victim",
+            Self::OomContext => "oom_context",
+            Self::CgroupMkdir => "cgroup_mkdir",
+            Self::ChargeSample => "charge_sample",
+            Self::Charge => "charge",
+            Self::ReclaimBegin => "reclaim_begin",
+            Self::ReclaimEnd => "reclaim_end",
+        }
+    }
+}
+
+impl std::fmt::Display for HookId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Hook {
-    pub name: &'static str,
+    pub id: HookId,
     pub group: Group,
     pub what: &'static str,
     /// Without a required hook memtrace cannot do its job and refuses to start.
@@ -92,7 +156,7 @@ pub struct Hook {
 /// Every hook memtrace knows, and its variants in order of preference.
 pub const HOOKS: &[Hook] = &[
     Hook {
-        name: "oom_victim",
+        id: HookId::OomVictim,
         group: Group::Oom,
         what: "every task the OOM killer kills (mm/oom_kill.c mark_oom_victim)",
         required: true,
@@ -119,7 +183,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        name: "oom_context",
+        id: HookId::OomContext,
         group: Group::Oom,
         what: "the OOM killer's decision: OOM domain, totalpages, chosen points, constraint (oom_kill_process)",
         required: false,
@@ -139,7 +203,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        name: "cgroup_mkdir",
+        id: HookId::CgroupMkdir,
         group: Group::Oom,
         what: "cgroup id -> path as cgroups are created, so removed ones are still named",
         required: false,
@@ -153,7 +217,7 @@ pub const HOOKS: &[Hook] = &[
         }],
     },
     Hook {
-        name: "charge_sample",
+        id: HookId::ChargeSample,
         group: Group::ChargeSampled,
         what: "page faults sampled one in N per CPU: per-cgroup rates, usage and stacks (the default)",
         required: false,
@@ -163,7 +227,7 @@ pub const HOOKS: &[Hook] = &[
         }],
     },
     Hook {
-        name: "charge",
+        id: HookId::Charge,
         group: Group::Charge,
         what: "memcg charges per cgroup, with sampled stacks (try_charge_memcg / try_charge, or memcg events)",
         required: false,
@@ -218,7 +282,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        name: "reclaim_begin",
+        id: HookId::ReclaimBegin,
         group: Group::Reclaim,
         what: "memcg direct reclaim start: a charge hit the limit",
         required: false,
@@ -240,7 +304,7 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
     Hook {
-        name: "reclaim_end",
+        id: HookId::ReclaimEnd,
         group: Group::Reclaim,
         what: "memcg direct reclaim end: the stall's duration",
         required: false,
@@ -263,21 +327,26 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
+/// The hook `--variant` or a config file names.
 pub fn hook(name: &str) -> Option<&'static Hook> {
-    HOOKS.iter().find(|h| h.name == name)
+    HOOKS.iter().find(|h| h.id.name() == name)
 }
 
 /// Why a variant was not used.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rejected {
     pub variant: Variant,
+    /// One line for `memtrace probes` ([`crate::kernel::attach::AttachError`]'s text).
     pub reason: String,
+    /// The kernel's errno, where it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
 }
 
 /// What the selection decided for one hook.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookStatus {
-    pub hook: &'static str,
+    pub hook: HookId,
     pub required: bool,
     pub selected: Option<Variant>,
     /// Variants that would also work (listed by `memtrace probes`, which tries them all).
@@ -289,8 +358,16 @@ pub struct HookStatus {
 /// variant on one kernel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForcedVariant {
-    pub hook: &'static str,
-    pub kind: &'static str,
+    pub hook: HookId,
+    pub kind: AttachKind,
+}
+
+/// A config file's `watch.variants` entries parse the way `--variant` does.
+impl<'de> serde::Deserialize<'de> for ForcedVariant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -315,15 +392,19 @@ impl std::str::FromStr for ForcedVariant {
             .split_once('=')
             .ok_or_else(|| ForcedVariantError::Syntax(s.into()))?;
         let hook = hook(h).ok_or_else(|| {
-            let known = HOOKS.iter().map(|h| h.name).collect::<Vec<_>>().join(", ");
+            let known = HOOKS.iter().map(|h| h.id.name()).collect::<Vec<_>>().join(", ");
             ForcedVariantError::Hook(h.into(), known)
         })?;
         let variant = hook
             .variants
             .iter()
-            .find(|v| v.attach.kind() == k)
+            .find(|v| v.attach.kind().name() == k)
             .ok_or_else(|| {
-                let known = hook.variants.iter().map(|v| v.attach.kind()).collect::<Vec<_>>();
+                let known = hook
+                    .variants
+                    .iter()
+                    .map(|v| v.attach.kind().name())
+                    .collect::<Vec<_>>();
                 ForcedVariantError::Kind {
                     hook: h.into(),
                     kind: k.into(),
@@ -331,7 +412,7 @@ impl std::str::FromStr for ForcedVariant {
                 }
             })?;
         Ok(Self {
-            hook: hook.name,
+            hook: hook.id,
             kind: variant.attach.kind(),
         })
     }
@@ -344,7 +425,8 @@ mod tests {
     #[test]
     fn table_is_consistent() {
         for h in HOOKS {
-            assert!(!h.variants.is_empty(), "{} has no variant", h.name);
+            assert!(!h.variants.is_empty(), "{} has no variant", h.id);
+            assert_eq!(hook(h.id.name()).map(|x| x.id), Some(h.id), "one entry per id");
             for v in h.variants {
                 // bpftool shows 15 characters of a program name.
                 assert!(
@@ -362,8 +444,8 @@ mod tests {
         assert_eq!(
             f,
             ForcedVariant {
-                hook: "oom_victim",
-                kind: "tracepoint"
+                hook: HookId::OomVictim,
+                kind: AttachKind::Tracepoint
             }
         );
         assert!(matches!(

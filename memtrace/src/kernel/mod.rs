@@ -2,6 +2,7 @@
 //! programs need from BTF and tracefs, the privileges to load them, the loaded object
 //! ([`tracer`]) and the records it writes to the ring buffers ([`records`]).
 
+pub mod attach;
 pub mod btf;
 pub mod clock;
 pub mod hooks;

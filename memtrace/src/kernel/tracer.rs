@@ -8,11 +8,7 @@ use std::io;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, FEntry, KProbe, PerfEvent, Program, ProgramError, RawTracePoint, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
-    util::online_cpus,
+    programs::{Program, ProgramError},
 };
 use memtrace_common::{
     charge::ChargeConfig,
@@ -24,8 +20,9 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::{CgroupVersion, MemoryHierarchy},
+    kernel::attach::{AttachEnv, AttachError, attach},
     kernel::btf::{BtfError, KernelBtf},
-    kernel::hooks::{Attach, ForcedVariant, Group, HOOKS, HookStatus, Rejected, Variant},
+    kernel::hooks::{ForcedVariant, Group, HOOKS, HookId, HookStatus, Rejected, Variant},
     kernel::privileges::{MissingCapabilities, Privileges},
     kernel::tracefs::{Tracefs, TracefsError},
 };
@@ -44,7 +41,7 @@ pub enum TracerError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("no variant of required hook {hook} could attach: {reasons}")]
-    RequiredHook { hook: &'static str, reasons: String },
+    RequiredHook { hook: HookId, reasons: String },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -262,9 +259,9 @@ impl Tracer {
             if !wanted {
                 continue;
             }
-            let forced = opts.forced.iter().find(|f| f.hook == hook.name);
+            let forced = opts.forced.iter().find(|f| f.hook == hook.id);
             let mut status = HookStatus {
-                hook: hook.name,
+                hook: hook.id,
                 required: hook.required,
                 selected: None,
                 also_works: vec![],
@@ -272,10 +269,7 @@ impl Tracer {
             };
             for variant in hook.variants {
                 if forced.is_some_and(|f| f.kind != variant.attach.kind()) {
-                    status.rejected.push(Rejected {
-                        variant: *variant,
-                        reason: "not the --variant asked for".into(),
-                    });
+                    status.rejected.push(rejected(variant, &AttachError::NotAsked));
                     continue;
                 }
                 match attach(&mut ebpf, variant, &env) {
@@ -286,12 +280,9 @@ impl Tracer {
                         }
                     }
                     Ok(()) => status.also_works.push(*variant),
-                    Err(reason) => {
-                        log::info!("{} via {}: {reason}", hook.name, variant.attach.kind());
-                        status.rejected.push(Rejected {
-                            variant: *variant,
-                            reason,
-                        });
+                    Err(e) => {
+                        log::info!("{} via {}: {e}", hook.id, variant.attach.kind());
+                        status.rejected.push(rejected(variant, &e));
                     }
                 }
             }
@@ -310,7 +301,7 @@ impl Tracer {
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(TracerError::RequiredHook {
-                    hook: hook.name,
+                    hook: hook.id,
                     reasons,
                 });
             }
@@ -320,7 +311,7 @@ impl Tracer {
         let oom = async_ring(&mut ebpf, "OOM_EVENTS")?;
         let mkdir_attached = hooks
             .iter()
-            .any(|h| h.hook == "cgroup_mkdir" && h.selected.is_some());
+            .any(|h| h.hook == HookId::CgroupMkdir && h.selected.is_some());
         let cgroups = if mkdir_attached {
             Some(async_ring(&mut ebpf, "CGROUP_EVENTS")?)
         } else {
@@ -336,8 +327,8 @@ impl Tracer {
 
     /// The charge maps, for whoever polls them; `None` without charge accounting.
     pub fn take_charge_maps(&mut self) -> Option<crate::charges::accounting::ChargeMaps> {
-        self.selected("charge")
-            .or_else(|| self.selected("charge_sample"))?;
+        self.selected(HookId::Charge)
+            .or_else(|| self.selected(HookId::ChargeSample))?;
         match crate::charges::accounting::ChargeMaps::take(&mut self.ebpf) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -399,7 +390,7 @@ impl Tracer {
     }
 
     /// The selected variant of `hook`, if any.
-    pub fn selected(&self, hook: &str) -> Option<Variant> {
+    pub fn selected(&self, hook: HookId) -> Option<Variant> {
         self.hooks
             .iter()
             .find(|h| h.hook == hook)
@@ -407,149 +398,11 @@ impl Tracer {
     }
 }
 
-/// What attaching needs to know about the kernel.
-struct AttachEnv<'a> {
-    btf: Option<&'a Btf>,
-    kbtf: Option<&'a KernelBtf>,
-    tracefs: &'a Tracefs,
-    fault_period: u32,
-}
-
-/// tp_btf programs that read their first argument as a `struct <name> *`: older kernels pass
-/// something else there (mark_victim: `int pid` before 6.8), which the verifier would reject.
-const TYPED_FIRST_ARG: &[(&str, &str)] = &[
-    ("mark_victim", "task_struct"),
-    ("count_memcg_events", "mem_cgroup"),
-];
-
-/// Loads and attaches one variant; the error is a one-line reason for `memtrace probes`.
-fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(), String> {
-    let program = ebpf
-        .program_mut(variant.program)
-        .ok_or_else(|| format!("program {} is not in the eBPF object", variant.program))?;
-    match variant.attach {
-        Attach::TpBtf { event } => {
-            let btf = env.btf.ok_or("no kernel BTF")?;
-            if let (Some(kbtf), Some((_, strukt))) =
-                (env.kbtf, TYPED_FIRST_ARG.iter().find(|(e, _)| *e == event))
-                && !kbtf.tracepoint_first_arg_is(event, strukt)
-            {
-                return Err(format!(
-                    "{event}'s first argument is not a struct {strukt} * on this kernel (older tracepoint prototype)"
-                ));
-            }
-            let p: &mut BtfTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            p.load(event, btf).map_err(|e| explain(&e))?;
-            p.attach().map_err(|e| explain(&e))?;
-        }
-        Attach::Fentry { function } => {
-            let btf = env.btf.ok_or("no kernel BTF")?;
-            let kbtf = env.kbtf.ok_or("no kernel BTF")?;
-            if !kbtf.has_function(function) {
-                return Err(format!(
-                    "{function} is not in the kernel's BTF (inlined or renamed?)"
-                ));
-            }
-            let p: &mut FEntry = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            p.load(function, btf).map_err(|e| explain(&e))?;
-            p.attach().map_err(|e| explain(&e))?;
-        }
-        Attach::Kprobe { function } => {
-            if !env.tracefs.has_file("kprobe_events") {
-                return Err("this kernel has no kprobes (CONFIG_KPROBES is off)".into());
-            }
-            if env.kbtf.is_some_and(|k| !k.has_function(function)) {
-                return Err(format!(
-                    "{function} is not in the kernel's BTF (renamed or inlined?)"
-                ));
-            }
-            let p: &mut KProbe = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            // One kprobe program serves several function names (renamed across kernels).
-            if p.fd().is_err() {
-                p.load().map_err(|e| explain(&e))?;
-            }
-            p.attach(function, 0).map_err(|e| explain(&e))?;
-        }
-        Attach::RawTp { event, first_arg } => {
-            let kbtf = env.kbtf.ok_or("no kernel BTF")?;
-            if !kbtf.tracepoint_first_arg_is(event, first_arg) {
-                return Err(format!(
-                    "{event}'s first argument is not a struct {first_arg} * on this kernel"
-                ));
-            }
-            let p: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            p.load().map_err(|e| explain(&e))?;
-            p.attach(event).map_err(|e| explain(&e))?;
-        }
-        Attach::Tracepoint {
-            category,
-            name,
-            fixed,
-        } => {
-            if !env.tracefs.has_event(category, name) {
-                return Err(format!(
-                    "tracepoint {category}:{name} does not exist on this kernel"
-                ));
-            }
-            if !fixed.is_empty() {
-                let fields = env.tracefs.fields(category, name).map_err(|e| e.to_string())?;
-                for (field, offset, size) in fixed {
-                    let want = crate::kernel::tracefs::Field {
-                        offset: *offset,
-                        size: *size,
-                    };
-                    if fields.get(*field) != Some(&want) {
-                        return Err(format!(
-                            "record field {field} is not at offset {offset}, size {size}"
-                        ));
-                    }
-                }
-            }
-            let p: &mut TracePoint = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            p.load().map_err(|e| explain(&e))?;
-            p.attach(category, name).map_err(|e| explain(&e))?;
-        }
-        Attach::PerfEvent { event } => {
-            let config = match event {
-                "page-faults" => PerfEventConfig::Software(SoftwareEvent::PageFaults),
-                other => return Err(format!("unknown software event {other}")),
-            };
-            let p: &mut PerfEvent = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            p.load().map_err(|e| explain(&e))?;
-            let cpus = online_cpus().map_err(|(_, e)| format!("online CPUs: {e}"))?;
-            for cpu in cpus {
-                p.attach(
-                    config,
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(u64::from(env.fault_period)),
-                    false,
-                )
-                .map_err(|e| format!("perf_event_open on CPU {cpu}: {}", explain(&e)))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A short reason, without the full verifier log (which `RUST_LOG=debug` shows).
-fn explain(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            log::debug!("verifier log:\n{verifier_log}");
-            match io_error.raw_os_error() {
-                Some(libc::EPERM) => format!(
-                    "refused by the kernel ({io_error}): missing privileges or a kernel lockdown/policy forbids this program type"
-                ),
-                Some(libc::EINVAL) | Some(libc::EACCES) => {
-                    format!("rejected by the verifier ({io_error}); RUST_LOG=debug shows the log")
-                }
-                _ => format!("load failed: {io_error}"),
-            }
-        }
-        other => other.to_string(),
+fn rejected(variant: &Variant, e: &AttachError) -> Rejected {
+    Rejected {
+        variant: *variant,
+        reason: e.to_string(),
+        errno: e.errno(),
     }
 }
 

@@ -181,7 +181,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         ..TracerOptions::default()
     };
     let (mut tracer, _rings) = Tracer::start(&opts)?;
-    let hook = tracer.selected("charge").map_or_else(
+    let hook = tracer.selected(crate::kernel::hooks::HookId::Charge).map_or_else(
         || "none".to_owned(),
         |v| format!("{} {}", v.attach.kind(), v.attach.target()),
     );
