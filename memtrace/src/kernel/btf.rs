@@ -30,10 +30,11 @@ pub enum BtfError {
     Parse { path: PathBuf, source: btf_rs::Error },
 }
 
-/// The kernel's BTF, read once: the bytes stay for aya's loader (tp_btf and fentry targets).
+/// The kernel's BTF, read once: the bytes stay until aya's loader takes them (tp_btf and
+/// fentry targets), so the file is not read twice.
 pub struct KernelBtf {
     pub(super) btf: Btf,
-    bytes: Vec<u8>,
+    bytes: Option<Vec<u8>>,
 }
 
 /// A resolved layout and the fields that could not be resolved.
@@ -58,12 +59,16 @@ impl KernelBtf {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self { btf, bytes })
+        Ok(Self {
+            btf,
+            bytes: Some(bytes),
+        })
     }
 
-    /// The raw BTF as read, so aya parses the same bytes instead of reading the file again.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The raw BTF as read, once, so aya parses the same bytes instead of reading the file
+    /// again; taken, so they are freed as soon as aya has parsed them (peak RSS).
+    pub fn take_bytes(&mut self) -> Option<Vec<u8>> {
+        self.bytes.take()
     }
 
     /// The running kernel's BTF: [`vmlinux_path`].

@@ -163,7 +163,7 @@ impl Tracer {
         raise_memlock_rlimit();
         // Without BTF only the plain tracepoint can attach: the kill is still reported, with
         // the fields the tracepoint record has (README "Limits").
-        let kbtf = match KernelBtf::from_sys() {
+        let mut kbtf = match KernelBtf::from_sys() {
             Ok(b) => Some(b),
             Err(e @ BtfError::Missing { .. }) => {
                 log::warn!(
@@ -231,8 +231,9 @@ impl Tracer {
         }
         // aya's own parse of the same bytes, for the typed attach points (tp_btf, fentry).
         let btf = kbtf
-            .as_ref()
-            .and_then(|k| Btf::parse(k.bytes(), Endianness::default()).ok());
+            .as_mut()
+            .and_then(KernelBtf::take_bytes)
+            .and_then(|b| Btf::parse(&b, Endianness::default()).ok());
         if let Some(btf) = &btf {
             loader.btf(btf);
         }
