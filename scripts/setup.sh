@@ -15,6 +15,7 @@ APT_PKGS=(
   qemu-system-x86 busybox-static cpio                        # cargo xtask vm (Debian kernels under qemu)
   prometheus prometheus-alertmanager webhook systemd         # export tests: real receivers (promtool, journald)
   containerd runc docker.io python3-yaml                     # runtime tests, `cargo xtask image` (daemons started by them, never at boot)
+  earlyoom                                                   # tests/tests/userspace_killers.rs: a real userspace OOM killer (never started by set-up)
   python3-venv                                               # rotel (OTLP collector) in .tools/venv
   binutils                                                   # cargo xtask deb (strip, objdump)
 )

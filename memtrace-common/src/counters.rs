@@ -20,4 +20,9 @@ pub const OOM_CTX_RINGBUF_FULL: u32 = 5;
 /// addresses if it exits before it is symbolized.
 pub const STACK_TASKS_RINGBUF_FULL: u32 = 6;
 
-pub const COUNTERS_LEN: u32 = 8;
+/// User-sent SIGKILLs to another process (signal_generate), and their records lost to a full
+/// `KILL_SIGNALS` buffer.
+pub const USER_KILL_SEEN: u32 = 7;
+pub const USER_KILL_RINGBUF_FULL: u32 = 8;
+
+pub const COUNTERS_LEN: u32 = 10;

@@ -13,3 +13,4 @@ pub mod layout;
 pub mod memcg_stat;
 pub mod oom;
 pub mod oom_context;
+pub mod user_kill;

@@ -26,6 +26,11 @@ pub static CHARGES: LruPerCpuHashMap<u64, ChargeCounters> = LruPerCpuHashMap::wi
 /// Sampled stacks of charging tasks, and how often each (cgroup, task, stacks) was seen.
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+/// SIGKILLs sent from userspace (`signal_generate`): rare, and kept out of the OOM ring so
+/// that ring's produced == delivered stays about kernel OOM kills alone.
+#[map]
+pub static KILL_SIGNALS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
+
 /// The tgid of a task whose stack was sampled under a new key: userspace reads its
 /// /proc/<tgid>/maps at once, while the task is surely alive, so its frames can still be named
 /// (by file offset) after it exits. Rare: once per new (task, stack) pair.

@@ -57,6 +57,10 @@ pub struct WatchArgs {
     /// Use only this variant of a hook, e.g. `oom_victim=tracepoint` (repeatable).
     #[arg(long = "variant", value_name = "HOOK=KIND")]
     pub variants: Vec<ForcedVariant>,
+    /// Report every SIGKILL sent from userspace as `memtrace.userspace_kill` (killer `other`),
+    /// not only those of known memory killers (earlyoom, systemd-oomd, nohang, oomd).
+    #[arg(long)]
+    pub all_userspace_kills: bool,
     /// Size of the OOM event ring buffer in bytes (power-of-two multiple of the page size).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub oom_ring_bytes: Option<u32>,

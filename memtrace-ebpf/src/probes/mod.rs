@@ -7,6 +7,7 @@
 //! | `charge.rs`           | `try_charge_memcg` and `memcg:count_memcg_events`: charge counters |
 //! | `reclaim.rs`          | `vmscan:mm_vmscan_memcg_reclaim_begin/end`: reclaim stalls        |
 //! | `cgroup_mkdir.rs`     | `cgroup:cgroup_mkdir`: cgroup id → path for new cgroups           |
+//! | `signal_generate.rs`  | `signal:signal_generate`: SIGKILLs sent from userspace             |
 
 mod cgroup_mkdir;
 mod charge;
@@ -14,3 +15,4 @@ mod charge_sample;
 mod mark_victim;
 mod oom_kill_process;
 mod reclaim;
+mod signal_generate;

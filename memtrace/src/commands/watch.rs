@@ -23,9 +23,11 @@ use crate::{
     enrich::docker::DockerRoots,
     enrich::episodes::Episodes,
     enrich::kill::{EnrichOptions, Enricher},
+    enrich::user_kill::UserKill,
     kernel::clock,
     kernel::records::{CgroupCreated, OomRecord},
     kernel::tracer::{AsyncRing, ChargeOptions, KernelCounters, Rings, Tracer, TracerOptions},
+    kernel::user_kill::UserKillSignal,
     output::flamegraph,
     output::metrics::{self, Metrics},
     sinks::{Event, SinkReport, Sinks},
@@ -41,6 +43,9 @@ struct Delivery {
     /// Warnings dropped because a kill in their cgroup came first.
     late_warnings: u64,
     decode_errors: u64,
+    /// Userspace SIGKILL records read, and those reported (known memory killers, or all).
+    user_kills_seen: u64,
+    user_kills: u64,
 }
 
 /// The config file (if any) with the flags over it, checked.
@@ -90,6 +95,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let Rings {
         oom: mut ring,
         cgroups: mut cgroup_ring,
+        user_kills: mut user_kill_ring,
     } = rings;
     let mut opts = EnrichOptions {
         ws_alert_ratio: cfg.watch.ws_alert_ratio,
@@ -278,6 +284,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
                     delivery.warnings += 1;
                 }
             }
+            guard = readable(user_kill_ring.as_mut()) => {
+                let mut guard = guard.context("polling the userspace kill ring buffer")?;
+                user_kills(guard.get_inner_mut(), &mut enricher, &mut sinks, &mut delivery, &host, cfg.watch.all_userspace_kills);
+                guard.clear_ready();
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -288,6 +299,16 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     // Records that arrived with the signal are still reported; nothing new is produced from
     // here on, so the counters read below count exactly what this drain can see.
     tracer.stop_producing();
+    if let Some(r) = user_kill_ring.as_mut() {
+        user_kills(
+            r.get_mut(),
+            &mut enricher,
+            &mut sinks,
+            &mut delivery,
+            &host,
+            cfg.watch.all_userspace_kills,
+        );
+    }
     learn_cgroups(cgroup_ring.as_mut(), &mut enricher, mem_root);
     for r in drain(ring.get_mut(), &mut delivery, &metrics) {
         emit(
@@ -348,6 +369,40 @@ async fn next_warning(cw: &mut Option<ChargeWatch>) -> Option<PreOomWarning> {
     match cw {
         Some(cw) => cw.warnings.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Readiness of an optional ring; never, without one.
+async fn readable(
+    ring: Option<&mut AsyncRing>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, aya::maps::RingBuf<aya::maps::MapData>>> {
+    match ring {
+        Some(r) => r.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports the SIGKILLs userspace memory killers sent (every userspace SIGKILL with `all`).
+fn user_kills(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    enricher: &mut Enricher,
+    sinks: &mut Sinks,
+    delivery: &mut Delivery,
+    host: &str,
+    all: bool,
+) {
+    while let Some(item) = ring.next() {
+        match UserKillSignal::try_from(&*item) {
+            Ok(s) => {
+                delivery.user_kills_seen += 1;
+                if let Some(k) = UserKill::from_signal(s, enricher.paths_mut(), all) {
+                    delivery.user_kills += 1;
+                    sinks.dispatch(Event::from_user_kill(k, host.to_owned()));
+                }
+            }
+            // Not in decode_errors: that one balances the OOM ring's produced == delivered.
+            Err(e) => log::error!("undecodable userspace kill record ({e}); lost"),
+        }
     }
 }
 
@@ -427,7 +482,8 @@ fn sink_summary(reports: &[SinkReport]) {
 fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
-         context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} warnings={} warnings_late={} reconciled={reconciled}",
+         context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} \
+         user_kills_seen={} user_kills_reported={} user_kills_dropped={} warnings={} warnings_late={} reconciled={reconciled}",
         c.oom_seen,
         d.delivered,
         c.oom_ringbuf_full,
@@ -437,6 +493,9 @@ fn summary(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         c.oom_ctx_ringbuf_full,
         c.cgroup_ringbuf_full,
         c.stack_tasks_ringbuf_full,
+        d.user_kills_seen,
+        d.user_kills,
+        c.user_kill_ringbuf_full,
         d.warnings,
         d.late_warnings,
     );

@@ -158,6 +158,9 @@ impl Config {
         if args.oom_ring_bytes.is_some() {
             self.watch.oom_ring_bytes = args.oom_ring_bytes;
         }
+        if args.all_userspace_kills {
+            self.watch.all_userspace_kills = true;
+        }
         if let Some(r) = args.ws_alert_ratio {
             self.watch.ws_alert_ratio = r;
         }

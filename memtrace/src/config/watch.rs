@@ -22,6 +22,8 @@ pub struct WatchConfig {
     pub shutdown_timeout: Duration,
     /// The node's name in events (`host.name`) and alerts (`node`); default: the hostname.
     pub host_name: Option<String>,
+    /// Report every SIGKILL sent from userspace, not only those of known memory killers.
+    pub all_userspace_kills: bool,
 }
 
 impl Default for WatchConfig {
@@ -34,6 +36,7 @@ impl Default for WatchConfig {
             docker_roots: vec![],
             shutdown_timeout: Duration::from_secs(5),
             host_name: None,
+            all_userspace_kills: false,
         }
     }
 }

@@ -9,3 +9,4 @@ pub mod episodes;
 pub mod kill;
 pub mod names;
 pub mod next_in_line;
+pub mod user_kill;

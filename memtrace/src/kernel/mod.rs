@@ -11,3 +11,4 @@ pub mod privileges;
 pub mod records;
 pub mod tracefs;
 pub mod tracer;
+pub mod user_kill;

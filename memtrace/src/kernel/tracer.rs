@@ -130,6 +130,9 @@ pub struct KernelCounters {
     pub cgroup_ringbuf_full: u64,
     /// New-stack-task records lost (those processes' frames stay addresses once they exit).
     pub stack_tasks_ringbuf_full: u64,
+    /// SIGKILLs from userspace seen, and their records lost to a full ring.
+    pub user_kill_seen: u64,
+    pub user_kill_ringbuf_full: u64,
 }
 
 pub struct Tracer {
@@ -145,6 +148,8 @@ pub struct Rings {
     pub oom: AsyncRing,
     /// Cgroup creations, when the cgroup_mkdir hook attached.
     pub cgroups: Option<AsyncRing>,
+    /// SIGKILLs sent from userspace, when the user_kill hook attached.
+    pub user_kills: Option<AsyncRing>,
 }
 
 fn async_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<AsyncRing, TracerError> {
@@ -318,7 +323,22 @@ impl Tracer {
         } else {
             None
         };
-        Ok((Self { ebpf, hooks }, Rings { oom, cgroups }))
+        let user_kills = if hooks
+            .iter()
+            .any(|h| h.hook == HookId::UserKill && h.selected.is_some())
+        {
+            Some(async_ring(&mut ebpf, "KILL_SIGNALS")?)
+        } else {
+            None
+        };
+        Ok((
+            Self { ebpf, hooks },
+            Rings {
+                oom,
+                cgroups,
+                user_kills,
+            },
+        ))
     }
 
     /// The loaded object, for reading maps (charge accounting).
@@ -363,6 +383,8 @@ impl Tracer {
             oom_ctx_ringbuf_full: sum(counters::OOM_CTX_RINGBUF_FULL)?,
             cgroup_ringbuf_full: sum(counters::CGROUP_RINGBUF_FULL)?,
             stack_tasks_ringbuf_full: sum(counters::STACK_TASKS_RINGBUF_FULL)?,
+            user_kill_seen: sum(counters::USER_KILL_SEEN)?,
+            user_kill_ringbuf_full: sum(counters::USER_KILL_RINGBUF_FULL)?,
         })
     }
 

@@ -8,6 +8,7 @@ use crate::{
     charges::warnings::PreOomWarning,
     enrich::episodes::EpisodeSummary,
     enrich::kill::{OomKill, Snapshot},
+    enrich::user_kill::UserKill,
     kernel::clock,
 };
 
@@ -221,6 +222,37 @@ pub fn episode(e: &EpisodeSummary, host: &str) -> Value {
         .put("memtrace.episode.at_limit_s", e.at_limit.as_secs_f64())
         .put("memtrace.episode.first", clock::rfc3339(e.first));
     Value::Object(o.0)
+}
+
+/// A userspace memory killer's kill (enrich/user_kill.rs).
+pub fn user_kill(k: &UserKill, host: &str) -> Value {
+    let mut o = Obj(Map::new());
+    o.put("timestamp", clock::rfc3339(k.time))
+        .put("severity_text", "ERROR")
+        .put("event.name", "memtrace.userspace_kill")
+        .put("body", k.summary())
+        .put("host.name", host)
+        .put("memtrace.killer", k.kind.as_str())
+        .put("memtrace.killer.pid", k.killer.task.tgid)
+        .put("memtrace.killer.name", k.killer.task.comm.clone())
+        .opt("memtrace.killer.cgroup.path", k.killer.cgroup.clone())
+        .put("memtrace.signal.code", k.si_code);
+    if let Some(v) = &k.victim {
+        o.put("process.pid", v.task.tgid)
+            .put("process.thread.id", v.task.pid)
+            .put("process.name", v.task.comm.clone())
+            .opt("memtrace.cgroup.id", v.task.memcg_id)
+            .opt("memtrace.cgroup.path", v.cgroup.clone());
+    }
+    if let Some(s) = &k.stats {
+        o.put("memtrace.snapshot.usage_bytes", s.usage)
+            .put("memtrace.snapshot.working_set_bytes", s.working_set())
+            .opt("memtrace.snapshot.limit_bytes", s.limit)
+            .put("memtrace.snapshot.anon_bytes", s.anon)
+            .put("memtrace.snapshot.file_bytes", s.file)
+            .opt("memtrace.snapshot.swap_bytes", s.swap_usage);
+    }
+    o.0.into()
 }
 
 /// An OOM without a victim, begun or ended, as a JSON line.

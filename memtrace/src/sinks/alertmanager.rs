@@ -22,6 +22,8 @@ pub const ALERTNAME: &str = "MemtraceOOMKill";
 pub const WARNING_ALERTNAME: &str = "MemtracePreOOMWarning";
 /// An OOM without a victim; its end event resolves the alert (same labels, `endsAt` = the end).
 pub const STALL_ALERTNAME: &str = "MemtraceOOMNoVictim";
+/// A process killed by a userspace memory killer (earlyoom, systemd-oomd, ...).
+pub const USER_KILL_ALERTNAME: &str = "MemtraceUserspaceOOMKill";
 
 #[derive(Debug)]
 pub struct AlertmanagerSink {
@@ -73,6 +75,13 @@ impl AlertmanagerSink {
                 put("severity", Some(&self.severity));
                 put("cgroup", Some(&s.cgroup));
                 (ev.body().to_owned(), s.since)
+            }
+            Payload::UserKill(k) => {
+                put("alertname", Some(USER_KILL_ALERTNAME));
+                put("severity", Some(&self.severity));
+                put("killer", Some(k.kind.as_str()));
+                put("cgroup", k.victim.as_ref().and_then(|v| v.cgroup.as_deref()));
+                (ev.body().to_owned(), k.time)
             }
             Payload::Warning(w) => {
                 put("alertname", Some(WARNING_ALERTNAME));

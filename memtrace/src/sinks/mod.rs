@@ -30,6 +30,7 @@ use crate::{
     config::SinksConfig,
     enrich::episodes::EpisodeSummary,
     enrich::kill::OomKill,
+    enrich::user_kill::UserKill,
     output::metrics::Metrics,
     output::{Format, json, text},
 };
@@ -48,6 +49,8 @@ pub enum Payload {
     Stall(Box<OomStall>),
     /// An OOM episode ended (enrich/episodes.rs).
     Episode(Box<EpisodeSummary>),
+    /// A userspace memory killer killed a process (enrich/user_kill.rs).
+    UserKill(Box<UserKill>),
 }
 
 /// One event, as every sink receives it (shared, never copied).
@@ -102,10 +105,20 @@ impl Event {
         }
     }
 
+    pub fn from_user_kill(k: UserKill, host: String) -> Self {
+        let json = json::user_kill(&k, &host);
+        Self {
+            payload: Payload::UserKill(Box::new(k)),
+            host,
+            emit_delay_ns: 0,
+            json,
+        }
+    }
+
     pub fn kill(&self) -> Option<&OomKill> {
         match &self.payload {
             Payload::Kill(k) => Some(k),
-            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) => None,
+            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_) => None,
         }
     }
 
@@ -114,7 +127,7 @@ impl Event {
         match (format, &self.payload) {
             (Format::Text, Payload::Kill(k)) => text::event(k, self.emit_delay_ns),
             (Format::Text, Payload::Warning(w)) => text::warning(w),
-            (Format::Text, Payload::Stall(_) | Payload::Episode(_)) => format!(
+            (Format::Text, Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_)) => format!(
                 "{} {}",
                 self.json["timestamp"].as_str().unwrap_or(""),
                 self.body()
@@ -132,7 +145,9 @@ impl Event {
     pub fn message(&self) -> String {
         match &self.payload {
             Payload::Kill(k) => format!("{}: {}", self.body(), k.verdict.summary),
-            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) => self.body().to_owned(),
+            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_) => {
+                self.body().to_owned()
+            }
         }
     }
 
@@ -144,6 +159,7 @@ impl Event {
             // A stall's start is an error; its end is news.
             Payload::Stall(s) => s.duration.is_some(),
             Payload::Episode(_) => true,
+            Payload::UserKill(_) => false,
         }
     }
 

@@ -58,6 +58,7 @@ pub fn payload(ev: &Event, host: &str) -> Value {
         super::Payload::Warning(w) => w.time,
         super::Payload::Stall(s) => s.time,
         super::Payload::Episode(e) => e.time,
+        super::Payload::UserKill(k) => k.time,
     };
     let nanos = time
         .duration_since(UNIX_EPOCH)

@@ -17,11 +17,11 @@ const EXPECT_HOOKS: &[(&str, &str)] = &[
     // the charge function is still called try_charge.
     (
         "5.10.",
-        "oom_victim=tracepoint,oom_context=fentry,cgroup_mkdir=tracepoint,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf",
+        "oom_victim=tracepoint,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf",
     ),
     (
         "",
-        "oom_victim=tp_btf,oom_context=fentry,cgroup_mkdir=tracepoint,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf",
+        "oom_victim=tp_btf,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf",
     ),
 ];
 
