@@ -11,6 +11,7 @@ use crate::{
     enrich::at_kill::Breakdown,
     enrich::attribution::Attribution,
     enrich::diagnosis::{self, Badness, Facts, Verdict},
+    enrich::memsw::{LimitKind, memsw_limit_hit},
     enrich::names::{NameSources, Namer},
     enrich::next_in_line::{self, NextInLine},
     kernel::clock,
@@ -40,6 +41,8 @@ pub struct OomCgroup {
     pub cgroup: CgroupRef,
     pub usage_bytes: u64,
     pub limit_bytes: u64,
+    /// Which of its limits: memory, or (cgroup v1) memory+swap.
+    pub limit: LimitKind,
     /// Levels above the victim's cgroup (0: the victim's own).
     pub depth: u32,
 }
@@ -48,8 +51,7 @@ pub struct OomCgroup {
 #[derive(Debug, Clone)]
 pub enum Snapshot {
     Read(Box<MemoryStats>),
-    /// Typed, so a caller can tell a cgroup removed with its victim (`StatsError::Vanished`)
-    /// from a read that failed; shared, as a kill is cloned for every sink.
+    /// Typed (`StatsError::Vanished`: removed with its victim); shared, as kills are cloned.
     Failed(Arc<StatsError>),
 }
 
@@ -294,6 +296,7 @@ impl Enricher {
                 cgroup,
                 usage_bytes: m.usage_pages.saturating_mul(page),
                 limit_bytes: m.limit_pages.saturating_mul(page),
+                limit: LimitKind::Memory,
                 depth: m.depth,
             })
         });
@@ -308,6 +311,7 @@ impl Enricher {
                 cgroup,
                 usage_bytes: stats.map_or(0, |s| s.usage),
                 limit_bytes: stats.and_then(|s| s.memsw_limit.or(s.limit)).unwrap_or(0),
+                limit: LimitKind::of_files(stats),
                 depth: 0,
             });
         }
@@ -322,6 +326,15 @@ impl Enricher {
             .and_then(|o| o.cgroup.path.clone())
             .or_else(|| victim_path.clone());
         let snapshot = snap_path.as_deref().and_then(|p| self.snapshot(p));
+        let memsw_stats = snapshot.as_ref().and_then(Snapshot::stats);
+        memsw_limit_hit(
+            &mut oom_cgroup,
+            cgroup.as_ref(),
+            memsw_stats,
+            &r,
+            page,
+            kernel_memcg.is_some(),
+        );
         let attribution = victim_path.as_deref().and_then(|p| self.namer.attribute(p));
         if !r.victim_exiting {
             self.kills.add(victim_path.clone().map(|path| CgroupKey {
@@ -352,7 +365,7 @@ impl Enricher {
         });
         let (extra_limit_bytes, next_in_line) = self.avoid(
             &oom_cgroup,
-            r.stats.oom.map(|p| Breakdown::from_pages(&p, page)),
+            r.stats.oom.and_then(|p| Breakdown::at_kill(&p, page)),
             context.as_ref().map(|c| c.order),
             tgid,
             badness.map(|b| b.totalpages),
@@ -360,14 +373,14 @@ impl Enricher {
         let oom_path = oom_cgroup
             .as_ref()
             .map(|o| o.cgroup.path.as_deref().unwrap_or("?"));
-        let cgroup_at_kill = r.stats.victim.map(|p| Breakdown::from_pages(&p, page));
-        let oom_cgroup_at_kill = r.stats.oom.map(|p| Breakdown::from_pages(&p, page));
+        let cgroup_at_kill = r.stats.victim.and_then(|p| Breakdown::at_kill(&p, page));
+        let oom_cgroup_at_kill = r.stats.oom.and_then(|p| Breakdown::at_kill(&p, page));
         // The verdict's cgroup: the OOM cgroup, or in a global OOM the victim's own.
         let verdict_at_kill = match &oom_cgroup {
             Some(_) => oom_cgroup_at_kill.as_ref(),
             None => cgroup_at_kill.as_ref(),
         };
-        let verdict = diagnosis::verdict(&Facts {
+        let mut verdict = diagnosis::verdict(&Facts {
             victim_is_trigger: r.trigger_tgid == tgid,
             victim_anon: r.rss_kb.map_or(0, |x| kb(x.anon)),
             victim_shmem: r.rss_kb.map_or(0, |x| kb(x.shmem)),
@@ -387,8 +400,9 @@ impl Enricher {
                 && context.is_none(),
             kernel_decision: kernel_memcg.map(|m| m.is_some()),
         });
-
-        let mut verdict = verdict;
+        if let Some(o) = &oom_cgroup {
+            o.limit.name_in(&mut verdict.summary, o.limit_bytes);
+        }
         if let Some(top) = next_in_line.as_ref().and_then(|n| n.candidates.first()) {
             verdict.summary.push_str(&format!(
                 "; next in line: pid {} ({}, badness {})",

@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod docker;
 pub mod episodes;
 pub mod kill;
+pub mod memsw;
 pub mod names;
 pub mod next_in_line;
 pub mod user_kill;

@@ -81,7 +81,8 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             .opt("memtrace.oom_cgroup.id", oc.cgroup.id)
             .put("memtrace.oom_cgroup.depth", oc.depth)
             .put("memtrace.oom_cgroup.usage_bytes", oc.usage_bytes)
-            .put("memtrace.oom_cgroup.limit_bytes", oc.limit_bytes);
+            .put("memtrace.oom_cgroup.limit_bytes", oc.limit_bytes)
+            .put("memtrace.oom_cgroup.limit_kind", json!(oc.limit));
     }
     for (prefix, at) in [
         ("memtrace.cgroup.at_kill.", &k.cgroup_at_kill),

@@ -48,6 +48,7 @@ fn kill_counter_and_gauges() {
         },
         usage_bytes: 0,
         limit_bytes: 0,
+        limit: crate::enrich::memsw::LimitKind::Memory,
         depth: 1,
     });
     m.record_kill(&k);
