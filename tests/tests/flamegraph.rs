@@ -116,13 +116,14 @@ fn stacks_of_processes_already_gone_are_named() {
     }
     const RUNS: usize = 6;
     let cg = TestCgroup::new("gone", 48 * MIB);
-    let hotspots = Command::new(memtrace_bin())
+    // 10 s: room for six kills in a TCG guest too.
+    let mut hotspots = Command::new(memtrace_bin())
         .args([
             "hotspots",
             "--cgroup",
             &cg.rel,
             "--duration",
-            "5s",
+            "10s",
             "--output",
             "json",
         ])
@@ -130,8 +131,20 @@ fn stacks_of_processes_already_gone_are_named() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run memtrace hotspots");
-    // Past its attach (it prints "sampling" once attached, but reading stderr would block).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Attached once it says it is sampling.
+    let mut err_lines = std::io::BufRead::lines(std::io::BufReader::new(
+        hotspots.stderr.take().expect("piped stderr"),
+    ));
+    let mut err = String::new();
+    for line in err_lines.by_ref() {
+        let line = line.expect("stderr");
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("sampling charges") {
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
     let mut pids = Vec::new();
     for _ in 0..RUNS {
         let mut p = procs::alloc_in(&cg, &["grow"], None);
@@ -139,8 +152,13 @@ fn stacks_of_processes_already_gone_are_named() {
         let status = p.wait().expect("wait");
         assert!(!status.success(), "grow ends only by its OOM kill: {status:?}");
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the {RUNS} runs took {:?}, longer than the sampling window",
+        started.elapsed()
+    );
     let out = hotspots.wait_with_output().expect("hotspots output");
-    let err = String::from_utf8_lossy(&out.stderr);
+    err.extend(err_lines.map_while(Result::ok).map(|l| l + "\n"));
     assert!(out.status.success(), "{err}");
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON rows");
     let ours: Vec<&serde_json::Value> = rows.iter().filter(|r| r["comm"] == "memtrace-alloc").collect();

@@ -30,6 +30,10 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "rules",
     // runs scripts/setup.sh (apt, rustup, cargo install): about the build host, not the kernel.
     "setup_quiet",
+    // earlyoom (a Debian package) in a PID namespace of its own.
+    "userspace_killers",
+    // reads fuzz/seeds/ from the source tree: about the repository, not the kernel.
+    "fuzz_seeds",
     // The reliability tests: not yet run in a guest (being moved in).
     "lifecycle",
     "drops",
