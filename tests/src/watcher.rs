@@ -76,7 +76,8 @@ impl Watcher {
             stderr,
             stderr_lines: vec![],
         };
-        w.wait_stderr("memtrace: attached", Duration::from_secs(30));
+        // Generous: a TCG guest on a loaded host took over 30 s to attach (7.2).
+        w.wait_stderr("memtrace: attached", Duration::from_secs(60));
         w
     }
 
@@ -207,7 +208,9 @@ impl Watcher {
     pub fn stop(mut self) -> Summary {
         // SAFETY: kill(2) of our own child, by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let line = self.wait_stderr("memtrace: exiting:", Duration::from_secs(10));
+        // Detaching every tracing program waits for RCU-tasks grace periods: seconds in a
+        // loaded TCG guest.
+        let line = self.wait_stderr("memtrace: exiting:", Duration::from_secs(30));
         let status = self.child.wait().expect("wait memtrace");
         assert!(
             status.success(),
