@@ -135,7 +135,7 @@ pub struct VictimRecord {
 }
 
 /// A NUL-terminated kernel `comm`, as text.
-fn comm(raw: &[u8]) -> String {
+pub(crate) fn comm(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }

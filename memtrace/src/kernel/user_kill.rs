@@ -7,7 +7,7 @@ use memtrace_common::{
     user_kill::{KIND_USER_KILL, USER_KILL_RECORD_LEN, flags},
 };
 
-use crate::kernel::records::DecodeError;
+use crate::kernel::records::{DecodeError, comm};
 
 /// A process, as the kernel named it at the signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,11 +30,6 @@ pub struct UserKillSignal {
     pub group: bool,
     /// The tracepoint's result: 0 delivered, 2 already pending (a second SIGKILL).
     pub result: i32,
-}
-
-fn comm(raw: &[u8]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 impl TryFrom<&[u8]> for UserKillSignal {
