@@ -55,8 +55,18 @@ fn try_user_kill(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let task: *const u8 = ctx.arg(2);
     let sender = bpf_get_current_pid_tgid();
     let sender_tgid = (sender >> 32) as u32;
-    let target_tgid = read::<i32>(task, off!(task_tgid)).map(|t| t as u32);
-    if target_tgid == Ok(sender_tgid) {
+    // Plain integers, not a Result kept across the reserve below: LLVM spilled the Result's
+    // payload unwritten on its error path, and 5.10's verifier refuses reading uninitialised
+    // stack ("invalid read from stack"), newer ones allow it for privileged programs.
+    let mut target_tgid: u32 = 0;
+    let has_tgid = match read::<i32>(task, off!(task_tgid)) {
+        Ok(t) => {
+            target_tgid = t as u32;
+            true
+        }
+        Err(_) => false,
+    };
+    if has_tgid && target_tgid == sender_tgid {
         return Ok(0);
     }
     bump(USER_KILL_SEEN);
@@ -73,13 +83,12 @@ fn try_user_kill(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     rec.sender_pid = sender as u32;
     rec.sender_tgid = sender_tgid;
     rec.sender_comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    if let (Ok(pid), Ok(tgid), Ok(())) = (
-        read::<i32>(task, off!(task_pid)),
-        target_tgid,
-        kernel::read_comm(task, &mut rec.target_comm),
-    ) {
+    if has_tgid
+        && let Ok(pid) = read::<i32>(task, off!(task_pid))
+        && kernel::read_comm(task, &mut rec.target_comm).is_ok()
+    {
         rec.target_pid = pid as u32;
-        rec.target_tgid = tgid;
+        rec.target_tgid = target_tgid;
         rec.flags |= flags::HAS_TARGET_TASK;
     }
     let current = unsafe { bpf_get_current_task() } as *const u8;
