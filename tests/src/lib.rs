@@ -276,3 +276,67 @@ pub fn loaded_bpf_ids() -> BpfIds {
         links: list("link"),
     }
 }
+
+/// `memtrace probes --output json` on this kernel.
+pub fn probes_report() -> serde_json::Value {
+    let out = std::process::Command::new(memtrace_bin())
+        .args(["probes", "--output", "json"])
+        .output()
+        .expect("run memtrace probes");
+    serde_json::from_slice(&out.stdout).expect("memtrace probes JSON")
+}
+
+/// Why `memtrace probes` says `hook=kind` cannot attach on this kernel (e.g. tp_btf
+/// mark_victim on 5.10, whose tracepoint passes a pid, not a task); `None` when it attaches.
+/// A variant test uses it to say loudly that this kernel cannot run it, with the kernel's reason.
+pub fn variant_unavailable(variant: &str) -> Option<String> {
+    let (hook, kind) = variant.split_once('=').expect("HOOK=KIND");
+    let report = probes_report();
+    let h = report["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["hook"] == hook)?;
+    let works = |v: &serde_json::Value| v["attach"]["kind"] == kind;
+    if h["selected"].is_object() && works(&h["selected"])
+        || h["also_works"].as_array().into_iter().flatten().any(works)
+    {
+        return None;
+    }
+    let reason = h["rejected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| works(&r["variant"]))
+        .and_then(|r| r["reason"].as_str())
+        .expect("probes gives a reason for every variant it rejects");
+    assert!(!reason.is_empty(), "empty rejection reason for {variant}");
+    eprintln!("NOT ON THIS KERNEL: {variant}: {reason}");
+    Some(reason.to_owned())
+}
+
+/// Fields the running kernel's `oom:mark_victim` record lacks (`memtrace probes`).
+pub fn mark_victim_record_missing() -> Vec<String> {
+    probes_report()["mark_victim_record_missing"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// How far a memcg statistic may lag the truth when read (memory.stat, or memtrace's at-kill
+/// read of the same counters): each CPU batches up to MEMCG_CHARGE_BATCH (32) pages of updates
+/// before they reach the shared counter (5.10: per-CPU `vmstats_percpu` until 32 pages,
+/// mm/memcontrol.c __mod_memcg_state; 6.x: rstat flushes once that many per CPU are pending).
+/// 5.10 showed 48 MiB of tmpfs as 48 MiB - 48 KiB in a 1-CPU guest.
+pub fn memcg_stat_slack_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (cpus, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_NPROCESSORS_ONLN),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    32 * cpus.max(1) as u64 * page.max(4096) as u64
+}
