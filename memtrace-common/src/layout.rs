@@ -69,6 +69,10 @@ pub struct KernelLayout {
     /// `task_struct.group_leader`: the plain tracepoint names its victim by pid only; a victim
     /// that is the current thread group's leader is read from here.
     pub task_group_leader: u32,
+    /// `task_struct.real_cred` and `cred.uid` (a `kuid_t`, one u32): the victim's uid where
+    /// the hook does not pass it (fentry/kprobe on mark_oom_victim).
+    pub task_real_cred: u32,
+    pub cred_uid: u32,
 }
 
 impl KernelLayout {
@@ -109,6 +113,8 @@ impl KernelLayout {
             oc_chosen_points: ABSENT,
             oc_constraint: ABSENT,
             task_group_leader: ABSENT,
+            task_real_cred: ABSENT,
+            cred_uid: ABSENT,
         }
     }
 }

@@ -37,6 +37,10 @@ pub mod flags {
     /// `victim_stats` / `oom_stats` were read from the memcg's own statistics.
     pub const HAS_VICTIM_STATS: u32 = 1 << 16;
     pub const HAS_OOM_STATS: u32 = 1 << 17;
+    /// Produced by fentry / kprobe on `mark_oom_victim(struct task_struct *)`: kernels whose
+    /// tracepoint passes no task (before 6.8).
+    pub const SRC_FENTRY: u32 = 1 << 18;
+    pub const SRC_KPROBE: u32 = 1 << 19;
 }
 
 pub const COMM_LEN: usize = 16;

@@ -156,6 +156,14 @@ pub fn task_exiting(task: *const u8) -> bool {
     read::<u32>(task, off!(task_flags)).is_ok_and(|pf| pf & PF_EXITING != 0)
 }
 
+/// `task_uid(task)`: `task->real_cred->uid.val` (include/linux/cred.h), what the 6.8+
+/// mark_victim tracepoint passes as its `uid` (from_kuid in the initial namespace, the identity).
+#[inline(always)]
+pub fn task_uid(task: *const u8) -> Result<u32, i64> {
+    let cred: *const u8 = read(task, off!(task_real_cred))?;
+    read(cred, off!(cred_uid))
+}
+
 /// `get_mm_counter(mm, member)`: the approximate count, as the kernel's own tracepoint reads it
 /// (`percpu_counter_read_positive` since 6.2, an `atomic_long_t` before).
 #[inline(always)]

@@ -20,7 +20,7 @@ fn bad_flags_exit_2_with_a_message() {
     for (args, needle) in [
         (&["watch", "--output", "xml"][..], "xml"),
         (
-            &["watch", "--variant", "oom_victim=kprobe"][..],
+            &["watch", "--variant", "cgroup_mkdir=kprobe"][..],
             "no \"kprobe\" variant",
         ),
         (&["watch", "--oom-ring-bytes", "1000"][..], "power of two"),

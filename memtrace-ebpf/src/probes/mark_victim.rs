@@ -1,19 +1,24 @@
 //! `mark_victim`: called once for every task the OOM killer kills, in the context of the task
 //! that triggered the OOM (mm/oom_kill.c: `mark_oom_victim()` -> `trace_mark_victim()`).
 //!
-//! Three variants, chosen by userspace: `tp_btf` and `raw_tp` get the victim's
-//! `task_struct *` (TP_PROTO(struct task_struct *task, uid_t uid), since 6.8) and read
-//! everything from it; the plain tracepoint gets the record the kernel formats (pid only before
-//! 6.8) and can only see the trigger's own task.
-
+//! Variants, chosen by userspace: `tp_btf` and `raw_tp` get the victim's `task_struct *`
+//! (TP_PROTO(struct task_struct *task, uid_t uid), since 6.8) and read everything from it.
+//! The plain tracepoint gets the record the kernel formats (pid only before 6.8: 5.10 has
+//! TP_PROTO(int pid)) and can only see the trigger's own task. There, fentry or kprobe on
+//! `mark_oom_victim(struct task_struct *tsk)`, the function that fires the tracepoint, hands the
+//! task to the tracepoint program through [`VICTIM_TASKS`]. The tracepoint still decides: the
+//! function returns early, without the tracepoint, for a task already marked (TIF_MEMDIE set;
+//! a group kill calls it twice on the chosen victim), and a call site the compiler inlined
+//! (the function is static) leaves the tracepoint with its pid-only record, never without one.
 use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel_str_bytes,
     },
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
+    maps::LruHashMap,
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use memtrace_common::{
@@ -40,15 +45,57 @@ macro_rules! tp_off {
 
 #[btf_tracepoint(function = "mark_victim")]
 pub fn oom_victim_btf(ctx: BtfTracePointContext) -> u32 {
-    match try_oom_victim_task(&ctx, ctx.arg(0), ctx.arg(1), flags::SRC_TP_BTF) {
+    match try_oom_victim_task(&ctx, ctx.arg(0), Some(ctx.arg(1)), flags::SRC_TP_BTF) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn oom_victim_raw(ctx: RawTracePointContext) -> u32 {
-    match try_oom_victim_task(&ctx, ctx.arg(0), ctx.arg(1), flags::SRC_RAW_TP) {
+    match try_oom_victim_task(&ctx, ctx.arg(0), Some(ctx.arg(1)), flags::SRC_RAW_TP) {
         Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// The task `mark_oom_victim()` was called with, by the calling thread (its tid): the
+/// tracepoint it fires next, in the same thread, takes it from here.
+#[derive(Clone, Copy)]
+pub struct StashedVictim {
+    task: u64,
+    /// `flags::SRC_FENTRY` or `flags::SRC_KPROBE`: the record says which variant gave the task.
+    src: u32,
+    _pad: u32,
+}
+
+/// OOM kills are serialised by oom_lock: a few entries suffice; LRU, so a call whose
+/// tracepoint never came (an early return) is forgotten.
+#[map]
+static VICTIM_TASKS: LruHashMap<u32, StashedVictim> = LruHashMap::with_max_entries(256, 0);
+
+#[inline(always)]
+fn stash_victim(task: *const u8, src: u32) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let v = StashedVictim {
+        task: task as u64,
+        src,
+        _pad: 0,
+    };
+    let _ = VICTIM_TASKS.insert(&tid, &v, 0);
+    0
+}
+
+/// `mark_oom_victim(struct task_struct *tsk)` (mm/oom_kill.c), which fires the tracepoint:
+/// the victim's task on kernels whose tracepoint passes its pid only. Emits nothing itself.
+#[fentry(function = "mark_oom_victim")]
+pub fn victim_fentry(ctx: FEntryContext) -> u32 {
+    stash_victim(ctx.arg(0), flags::SRC_FENTRY)
+}
+
+#[kprobe]
+pub fn victim_kprobe(ctx: ProbeContext) -> u32 {
+    match ctx.arg::<*const u8>(0) {
+        Some(task) => stash_victim(task, flags::SRC_KPROBE),
+        None => 0,
     }
 }
 
@@ -146,16 +193,46 @@ fn mark_if_exiting(rec: &mut OomVictimRecord, task: *const u8) {
     }
 }
 
-/// Fills a record from the victim's `task_struct` (tp_btf and raw_tp variants).
+/// A record from the victim's `task_struct` (tp_btf and raw_tp).
 #[inline(always)]
-fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: u32) -> Result<u32, u32> {
+fn try_oom_victim_task<C: EbpfContext>(
+    ctx: &C,
+    task: *const u8,
+    uid: Option<u32>,
+    src: u32,
+) -> Result<u32, u32> {
     let mut entry = start_record(src)?;
     // SAFETY: start_record initialised the entry.
     let rec = unsafe { entry.assume_init_mut() };
-    let mut ok = true;
+    if !fill_from_task(rec, task, uid) {
+        read_failed(ctx, rec);
+    }
+    entry.submit(0);
+    Ok(0)
+}
 
-    rec.victim_uid = uid;
-    rec.flags |= flags::HAS_UID;
+#[inline(always)]
+fn read_failed<C: EbpfContext>(ctx: &C, rec: &mut OomVictimRecord) {
+    rec.flags |= flags::READ_ERROR;
+    bump(OOM_READ_ERRORS);
+    warn!(
+        ctx,
+        "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid
+    );
+}
+
+/// Everything the victim's `task_struct` gives; false when a read failed. `uid`: the
+/// tracepoint's own argument; without it, what the tracepoint would pass, `task_uid(tsk)`.
+#[inline(always)]
+fn fill_from_task(rec: &mut OomVictimRecord, task: *const u8, uid: Option<u32>) -> bool {
+    let mut ok = true;
+    match uid.map_or_else(|| kernel::task_uid(task), Ok) {
+        Ok(uid) => {
+            rec.victim_uid = uid;
+            rec.flags |= flags::HAS_UID;
+        }
+        Err(_) => ok = false,
+    }
     match (
         read::<i32>(task, off!(task_pid)),
         read::<i32>(task, off!(task_tgid)),
@@ -186,16 +263,7 @@ fn try_oom_victim_task<C: EbpfContext>(ctx: &C, task: *const u8, uid: u32, src: 
     {
         ok &= fill_mm(rec, mm);
     }
-    if !ok {
-        rec.flags |= flags::READ_ERROR;
-        bump(OOM_READ_ERRORS);
-        warn!(
-            ctx,
-            "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid
-        );
-    }
-    entry.submit(0);
-    Ok(0)
+    ok
 }
 
 #[inline(always)]
@@ -238,6 +306,22 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     match read::<i32>(base, tp_off!(pid)) {
         Ok(pid) => rec.victim_pid = pid as u32,
         Err(_) => ok = false,
+    }
+    // The task mark_oom_victim() was called with, when fentry/kprobe on it is attached and it
+    // is this record's victim: the whole record from the task, as tp_btf would give it.
+    let tid = rec.trigger_pid;
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(v) = unsafe { VICTIM_TASKS.get(&tid) }.copied() {
+        let _ = VICTIM_TASKS.remove(&tid);
+        let task = v.task as *const u8;
+        if ok && read::<i32>(task, off!(task_pid)).is_ok_and(|p| p as u32 == rec.victim_pid) {
+            rec.flags = (rec.flags & !flags::SRC_TRACEPOINT) | v.src;
+            if !fill_from_task(rec, task, None) {
+                read_failed(ctx, rec);
+            }
+            entry.submit(0);
+            return Ok(0);
+        }
     }
     let comm = tp_off!(comm);
     // __data_loc: the low 16 bits are the string's offset in the record.
@@ -289,18 +373,18 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         None
     };
     if let Some(task) = task {
-        rec.victim_tgid = rec.trigger_tgid;
-        rec.flags |= flags::HAS_VICTIM_TGID;
-        ok &= fill_memcg(rec, task);
-        mark_if_exiting(rec, task);
+        if comm == ABSENT {
+            // A pid-only record (5.10): the task at hand gives everything else too.
+            ok &= fill_from_task(rec, task, None);
+        } else {
+            rec.victim_tgid = rec.trigger_tgid;
+            rec.flags |= flags::HAS_VICTIM_TGID;
+            ok &= fill_memcg(rec, task);
+            mark_if_exiting(rec, task);
+        }
     }
     if !ok {
-        rec.flags |= flags::READ_ERROR;
-        bump(OOM_READ_ERRORS);
-        warn!(
-            ctx,
-            "mark_victim: a kernel read failed for victim pid {}", rec.victim_pid
-        );
+        read_failed(ctx, rec);
     }
     entry.submit(0);
     Ok(0)

@@ -134,22 +134,21 @@ fn print_text(r: &Report) {
         p.tracefs_readable.map_or("n/a".into(), |r| r.to_string()),
         p.lockdown.as_deref().unwrap_or("n/a")
     );
+    // A variant that feeds another program says so: "fentry mark_oom_victim + tracepoint ...".
+    let name = |v: &crate::kernel::hooks::Variant| {
+        let mut s = format!("{} {}", v.attach.kind(), v.attach.target());
+        if let Some(fed) = v.with {
+            s += &format!(" + {} {}", fed.attach.kind(), fed.attach.target());
+        }
+        s
+    };
     for h in &r.hooks {
         match h.selected {
-            Some(v) => println!(
-                "hook        {:<12} {} {} (selected)",
-                h.hook,
-                v.attach.kind(),
-                v.attach.target()
-            ),
+            Some(v) => println!("hook        {:<12} {} (selected)", h.hook, name(&v)),
             None => println!("hook        {:<12} NONE", h.hook),
         }
         for v in &h.also_works {
-            println!(
-                "              also works: {} {}",
-                v.attach.kind(),
-                v.attach.target()
-            );
+            println!("              also works: {}", name(v));
         }
         for rej in &h.rejected {
             println!(

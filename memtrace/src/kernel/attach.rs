@@ -120,6 +120,10 @@ pub(super) struct AttachEnv<'a> {
     pub kbtf: Option<&'a KernelBtf>,
     pub tracefs: &'a Tracefs,
     pub fault_period: u32,
+    /// Tracepoint programs attached so far. A program fed by several variants (`with`) is
+    /// attached once: the kernel refuses the same program twice on one tracepoint (EEXIST,
+    /// bpf_prog_array_copy), which would make `memtrace probes` call the later variants broken.
+    pub tracepoints_attached: std::cell::RefCell<Vec<&'static str>>,
 }
 
 /// tp_btf programs that read their first argument as a `struct <name> *`: older kernels pass
@@ -129,8 +133,18 @@ const TYPED_FIRST_ARG: &[(&str, &str)] = &[
     ("count_memcg_events", "mem_cgroup"),
 ];
 
-/// Loads and attaches one variant.
+/// Loads and attaches one variant, then the program it feeds (`with`), if any. In that order:
+/// a fed program attached before a failing feeder would stay attached while the next variant
+/// attaches it again, and report every kill twice.
 pub(super) fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(), AttachError> {
+    attach_one(ebpf, variant, env)?;
+    match variant.with {
+        Some(fed) => attach_one(ebpf, fed, env),
+        None => Ok(()),
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result<(), AttachError> {
     let program = ebpf
         .program_mut(variant.program)
         .ok_or(AttachError::NotInObject(variant.program))?;
@@ -199,9 +213,16 @@ pub(super) fn attach(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) ->
                     }
                 }
             }
+            if env.tracepoints_attached.borrow().contains(&variant.program) {
+                return Ok(());
+            }
             let p: &mut TracePoint = program.try_into()?;
-            p.load()?;
+            // Loaded already when an earlier attach of it failed.
+            if p.fd().is_err() {
+                p.load()?;
+            }
             p.attach(category, name)?;
+            env.tracepoints_attached.borrow_mut().push(variant.program);
         }
         Attach::PerfEvent { event } => {
             let config = match event {

@@ -343,6 +343,8 @@ impl KernelBtf {
                 "task_struct.group_leader",
                 self.offset("task_struct", "group_leader"),
             ),
+            task_real_cred: get("task_struct.real_cred", self.offset("task_struct", "real_cred")),
+            cred_uid: get("cred.uid", self.offset("cred", "uid")),
         };
         Resolved { layout, missing }
     }

@@ -94,7 +94,22 @@ pub struct Variant {
     /// Program name in the eBPF object.
     pub program: &'static str,
     pub attach: Attach,
+    /// A second program this one feeds, attached with it (the variant fails if it cannot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with: Option<&'static Variant>,
 }
+
+/// The plain `oom:mark_victim` tracepoint: a variant of its own, and what the function hooks
+/// on `mark_oom_victim` feed.
+const MARK_VICTIM_TP: Variant = Variant {
+    program: "oom_victim_tp",
+    attach: Attach::Tracepoint {
+        category: "oom",
+        name: "mark_victim",
+        fixed: &[],
+    },
+    with: None,
+};
 
 /// Hooks are loaded by group: the charge path only when charge accounting is on, and then
 /// either the sampled hook (default) or the exact one.
@@ -166,6 +181,7 @@ pub const HOOKS: &[Hook] = &[
             Variant {
                 program: "oom_victim_btf",
                 attach: Attach::TpBtf { event: "mark_victim" },
+                with: None,
             },
             Variant {
                 program: "oom_victim_raw",
@@ -173,15 +189,25 @@ pub const HOOKS: &[Hook] = &[
                     event: "mark_victim",
                     first_arg: "task_struct",
                 },
+                with: None,
+            },
+            // Before 6.8 the tracepoint passes `int pid` only (5.10: TP_PROTO(int pid)): the
+            // function that fires it hands the victim's task to the tracepoint program.
+            Variant {
+                program: "victim_fentry",
+                attach: Attach::Fentry {
+                    function: "mark_oom_victim",
+                },
+                with: Some(&MARK_VICTIM_TP),
             },
             Variant {
-                program: "oom_victim_tp",
-                attach: Attach::Tracepoint {
-                    category: "oom",
-                    name: "mark_victim",
-                    fixed: &[],
+                program: "victim_kprobe",
+                attach: Attach::Kprobe {
+                    function: "mark_oom_victim",
                 },
+                with: Some(&MARK_VICTIM_TP),
             },
+            MARK_VICTIM_TP,
         ],
     },
     Hook {
@@ -195,12 +221,14 @@ pub const HOOKS: &[Hook] = &[
                 attach: Attach::Fentry {
                     function: "oom_kill_process",
                 },
+                with: None,
             },
             Variant {
                 program: "oom_ctx_kprobe",
                 attach: Attach::Kprobe {
                     function: "oom_kill_process",
                 },
+                with: None,
             },
         ],
     },
@@ -216,6 +244,7 @@ pub const HOOKS: &[Hook] = &[
                 name: "cgroup_mkdir",
                 fixed: &[],
             },
+            with: None,
         }],
     },
     Hook {
@@ -228,6 +257,7 @@ pub const HOOKS: &[Hook] = &[
             attach: Attach::TpBtf {
                 event: "signal_generate",
             },
+            with: None,
         }],
     },
     Hook {
@@ -238,6 +268,7 @@ pub const HOOKS: &[Hook] = &[
         variants: &[Variant {
             program: "charge_sample",
             attach: Attach::PerfEvent { event: "page-faults" },
+            with: None,
         }],
     },
     Hook {
@@ -251,6 +282,7 @@ pub const HOOKS: &[Hook] = &[
                 attach: Attach::Fentry {
                     function: "try_charge_memcg",
                 },
+                with: None,
             },
             // Before 5.15 the same function, with the same arguments, was try_charge()
             // (mm/memcontrol.c; BTF of Debian's 5.10.0-32: (struct mem_cgroup *, gfp_t, unsigned int)).
@@ -259,24 +291,28 @@ pub const HOOKS: &[Hook] = &[
                 attach: Attach::Fentry {
                     function: "try_charge",
                 },
+                with: None,
             },
             Variant {
                 program: "charge_kprobe",
                 attach: Attach::Kprobe {
                     function: "try_charge_memcg",
                 },
+                with: None,
             },
             Variant {
                 program: "charge_kprobe",
                 attach: Attach::Kprobe {
                     function: "try_charge",
                 },
+                with: None,
             },
             Variant {
                 program: "memcg_ev_btf",
                 attach: Attach::TpBtf {
                     event: "count_memcg_events",
                 },
+                with: None,
             },
             Variant {
                 program: "memcg_ev_raw",
@@ -284,6 +320,7 @@ pub const HOOKS: &[Hook] = &[
                     event: "count_memcg_events",
                     first_arg: "mem_cgroup",
                 },
+                with: None,
             },
             Variant {
                 program: "memcg_ev_tp",
@@ -292,6 +329,7 @@ pub const HOOKS: &[Hook] = &[
                     name: "count_memcg_events",
                     fixed: &[("id", 8, 8), ("item", 16, 4), ("val", 24, 8)],
                 },
+                with: None,
             },
         ],
     },
@@ -306,6 +344,7 @@ pub const HOOKS: &[Hook] = &[
                 attach: Attach::TpBtf {
                     event: "mm_vmscan_memcg_reclaim_begin",
                 },
+                with: None,
             },
             Variant {
                 program: "reclaim_beg_tp",
@@ -314,6 +353,7 @@ pub const HOOKS: &[Hook] = &[
                     name: "mm_vmscan_memcg_reclaim_begin",
                     fixed: &[],
                 },
+                with: None,
             },
         ],
     },
@@ -328,6 +368,7 @@ pub const HOOKS: &[Hook] = &[
                 attach: Attach::TpBtf {
                     event: "mm_vmscan_memcg_reclaim_end",
                 },
+                with: None,
             },
             Variant {
                 program: "reclaim_end_tp",
@@ -336,6 +377,7 @@ pub const HOOKS: &[Hook] = &[
                     name: "mm_vmscan_memcg_reclaim_end",
                     fixed: &[],
                 },
+                with: None,
             },
         ],
     },
@@ -471,7 +513,7 @@ mod tests {
             Err(ForcedVariantError::Hook(..))
         ));
         assert!(matches!(
-            "oom_victim=kprobe".parse::<ForcedVariant>(),
+            "cgroup_mkdir=kprobe".parse::<ForcedVariant>(),
             Err(ForcedVariantError::Kind { .. })
         ));
     }

@@ -29,6 +29,9 @@ pub enum DecodeError {
 pub enum HookSource {
     TpBtf,
     RawTp,
+    /// fentry / kprobe on `mark_oom_victim`: kernels whose tracepoint passes no task.
+    Fentry,
+    Kprobe,
     Tracepoint,
 }
 
@@ -37,6 +40,8 @@ impl HookSource {
         match self {
             Self::TpBtf => "tp_btf",
             Self::RawTp => "raw_tp",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
             Self::Tracepoint => "tracepoint",
         }
     }
@@ -158,9 +163,16 @@ impl TryFrom<&[u8]> for VictimRecord {
         }
         let f = b.get_u32_le();
         let has = |bit: u32| f & bit != 0;
-        let source = match f & (flags::SRC_TP_BTF | flags::SRC_RAW_TP | flags::SRC_TRACEPOINT) {
+        let sources = flags::SRC_TP_BTF
+            | flags::SRC_RAW_TP
+            | flags::SRC_FENTRY
+            | flags::SRC_KPROBE
+            | flags::SRC_TRACEPOINT;
+        let source = match f & sources {
             flags::SRC_TP_BTF => HookSource::TpBtf,
             flags::SRC_RAW_TP => HookSource::RawTp,
+            flags::SRC_FENTRY => HookSource::Fentry,
+            flags::SRC_KPROBE => HookSource::Kprobe,
             flags::SRC_TRACEPOINT => HookSource::Tracepoint,
             _ => return Err(DecodeError::Source(f)),
         };

@@ -250,6 +250,7 @@ impl Tracer {
             kbtf: kbtf.as_ref(),
             tracefs: &tracefs,
             fault_period: charge_opts.fault_period.max(1),
+            tracepoints_attached: Default::default(),
         };
         let mut hooks = Vec::new();
         for hook in HOOKS {

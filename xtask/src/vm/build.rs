@@ -71,7 +71,8 @@ fn artifacts(json: &str) -> Vec<(String, Vec<String>, bool, PathBuf)> {
 }
 
 /// Builds (if needed) what the guest runs; paths from cargo, so CARGO_TARGET_DIR is honoured.
-pub(super) fn build(root: &Path) -> anyhow::Result<Built> {
+/// `only`: the test binaries `--test` names (empty: all but [`HOST_ONLY_TESTS`]).
+pub(super) fn build(root: &Path, only: &[String]) -> anyhow::Result<Built> {
     let mut b = cargo();
     b.args([
         "build",
@@ -100,7 +101,7 @@ pub(super) fn build(root: &Path) -> anyhow::Result<Built> {
     let mut alloc = None;
     for (name, kinds, test, exe) in artifacts(&output_ok(t)?) {
         if kinds.iter().any(|k| k == "test") {
-            if HOST_ONLY_TESTS.contains(&name.as_str()) {
+            if HOST_ONLY_TESTS.contains(&name.as_str()) || !only.is_empty() && !only.contains(&name) {
                 continue;
             }
             tests.push((name, exe));
@@ -109,6 +110,9 @@ pub(super) fn build(root: &Path) -> anyhow::Result<Built> {
         }
     }
     tests.sort();
+    if let Some(unknown) = only.iter().find(|o| !tests.iter().any(|(n, _)| n == *o)) {
+        anyhow::bail!("--test {unknown}: no such integration test binary, or host-only (HOST_ONLY_TESTS)");
+    }
     ensure!(
         !tests.is_empty(),
         "cargo test --no-run listed no integration test binary"

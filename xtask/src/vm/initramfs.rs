@@ -13,11 +13,11 @@ use super::{BOOTED, DONE, RESULT, VmArgs, build::Built, find_tool, shell_quote};
 /// release prefix, first match: the probes test compares, so a hook that silently fails to
 /// attach fails in the VM too. From real runs (README "Kernels").
 const EXPECT_HOOKS: &[(&str, &str)] = &[
-    // 5.10: mark_victim passes `int pid` (no task pointer) and its record has the pid only;
-    // the charge function is still called try_charge.
+    // 5.10: mark_victim passes `int pid` (no task pointer) and its record has the pid only, so
+    // fentry on mark_oom_victim() carries the victim; the charge function is still try_charge.
     (
         "5.10.",
-        "oom_victim=tracepoint,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf",
+        "oom_victim=fentry,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf",
     ),
     (
         "",
@@ -171,8 +171,9 @@ pub(super) fn init_script(args: &VmArgs) -> String {
     let test_args: Vec<String> = args.test_args.iter().map(|a| shell_quote(a)).collect();
     let body = match &args.exec {
         Some(cmd) => format!("run_one exec sh -c {}\n", shell_quote(cmd)),
+        // What this kernel offers memtrace, in the log before the tests (README "Kernels").
         None => format!(
-            "for t in /tests/*; do\n  run_one \"${{t##*/}}\" \"$t\" --test-threads=1 {}\ndone\n",
+            "echo \"=== memtrace probes ($K)\"\nmemtrace probes\nfor t in /tests/*; do\n  run_one \"${{t##*/}}\" \"$t\" --test-threads=1 {}\ndone\n",
             test_args.join(" ")
         ),
     };
@@ -234,6 +235,7 @@ mod tests {
             accel: crate::vm::Accel::Tcg,
             memory: "1G".into(),
             exec: None,
+            only: vec![],
             test_args: vec!["it's".into(), "--nocapture".into()],
         };
         let s = init_script(&args);

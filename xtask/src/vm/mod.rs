@@ -46,6 +46,10 @@ pub struct VmArgs {
     /// --exec 'cat /sys/kernel/tracing/events/oom/mark_victim/format'.
     #[arg(long)]
     exec: Option<String>,
+    /// Run only these integration test binaries (tests/tests/NAME.rs), e.g. --test oom_kill,why.
+    /// Repeatable, or comma-separated; default: every binary that runs in a guest.
+    #[arg(long = "test", value_delimiter = ',')]
+    only: Vec<String>,
     /// Arguments for every test binary, e.g. a test name filter or --nocapture.
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -128,7 +132,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 
     let apt = apt::PrivateApt::open(&vm_dir.join("apt"))?;
     let kernels = kernels::resolve_kernels(&args.kernel, &apt, &vm_dir.join("kernels"))?;
-    let built = build::build(&root)?;
+    let built = build::build(&root, &args.only)?;
     let tests: Vec<String> = match &args.exec {
         Some(_) => vec!["exec".into()],
         None => built.tests.iter().map(|(name, _)| name.clone()).collect(),
