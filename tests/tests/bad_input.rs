@@ -47,11 +47,22 @@ fn missing_btf_falls_back_to_the_tracepoint() {
     let cg = TestCgroup::new("nobtf", 32 * MIB);
     let ev = kill_one(&mut w, &cg);
     assert_eq!(ev["memtrace.hook"], "tracepoint");
-    assert_eq!(ev["process.executable.name"], procs::ALLOC_COMM);
-    let anon = ev["memtrace.victim.anon_rss_bytes"]
-        .as_u64()
-        .expect("anon rss from the record");
-    assert!(anon * 10 >= 32 * MIB * 8, "anon rss {anon}");
+    // Before 6.8 the record has the pid only (5.10; `memtrace probes` lists what it lacks):
+    // without BTF nothing else can be read, and what is missing is left out, not guessed.
+    let lacks = memtrace_tests::mark_victim_record_missing();
+    if lacks.iter().any(|f| f == "comm") {
+        assert!(ev["process.executable.name"].is_null(), "{ev}");
+    } else {
+        assert_eq!(ev["process.executable.name"], procs::ALLOC_COMM);
+    }
+    if lacks.iter().any(|f| f == "anon_rss") {
+        assert!(ev["memtrace.victim.anon_rss_bytes"].is_null(), "{ev}");
+    } else {
+        let anon = ev["memtrace.victim.anon_rss_bytes"]
+            .as_u64()
+            .expect("anon rss from the record");
+        assert!(anon * 10 >= 32 * MIB * 8, "anon rss {anon}");
+    }
     // No kernel memcg data: "unknown", not a made-up "global".
     assert_eq!(ev["memtrace.constraint"], "unknown");
     let verdict = ev["memtrace.verdict"].as_str().unwrap_or_default();

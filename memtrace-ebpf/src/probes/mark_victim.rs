@@ -372,7 +372,11 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     } else {
         None
     };
-    if let Some(task) = task {
+    // Without BTF (no offsets) the task gives nothing: the record's own fields stand alone,
+    // without a READ_ERROR for reads that were never possible.
+    if let Some(task) = task
+        && off!(task_pid) != ABSENT
+    {
         if comm == ABSENT {
             // A pid-only record (5.10): the task at hand gives everything else too.
             ok &= fill_from_task(rec, task, None);

@@ -175,7 +175,10 @@ fn attach_one(ebpf: &mut Ebpf, variant: &Variant, env: &AttachEnv<'_>) -> Result
             if !env.tracefs.has_file("kprobe_events") {
                 return Err(AttachError::NoKprobes);
             }
-            if env.kbtf.is_some_and(|k| !k.has_function(function)) {
+            // Every kprobe program reads struct fields at offsets from BTF: without it they
+            // would attach and read nothing (mark_oom_victim's would hide the tracepoint).
+            let kbtf = env.kbtf.ok_or(AttachError::NoBtf)?;
+            if !kbtf.has_function(function) {
                 return Err(AttachError::NotInBtf(function));
             }
             let p: &mut KProbe = program.try_into()?;
