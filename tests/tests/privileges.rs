@@ -85,7 +85,15 @@ fn least_privilege_reports_a_real_kill() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let ev = w.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
     eprintln!("event: {ev}");
-    assert_eq!(ev["memtrace.hook"], "tp_btf");
+    // The variant root gets on this kernel (the VMs say which: fentry on 5.10), not a lesser one.
+    let expected = std::env::var("MEMTRACE_EXPECT_HOOKS")
+        .ok()
+        .and_then(|e| {
+            e.split(',')
+                .find_map(|p| p.strip_prefix("oom_victim=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "tp_btf".to_owned());
+    assert_eq!(ev["memtrace.hook"], expected.as_str(), "{ev}");
     assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str());
     assert_eq!(ev["memtrace.memcg.limit_bytes"], 32u64 << 20);
     // The cgroup files were readable: the snapshot is there, not an error.

@@ -34,11 +34,6 @@ const HOST_ONLY_TESTS: &[&str] = &[
     "userspace_killers",
     // reads fuzz/seeds/ from the source tree: about the repository, not the kernel.
     "fuzz_seeds",
-    // The reliability tests: not yet run in a guest (being moved in).
-    "lifecycle",
-    "drops",
-    "bad_input",
-    "privileges",
 ];
 
 /// Executables cargo reports building: (target name, target kinds, built as a test, path).
