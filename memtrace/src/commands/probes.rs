@@ -24,6 +24,10 @@ struct Report {
     /// backported): with the tracepoint variant they are left out of events for a victim that
     /// is not the triggering task.
     mark_victim_record_missing: Vec<&'static str>,
+    /// Items of the at-kill memory breakdown this kernel's memcgs do not count (left out of
+    /// events), or why the breakdown cannot be read at all (the post-kill files stand in).
+    at_kill_stats_missing: Vec<&'static str>,
+    at_kill_stats_error: Option<String>,
     cgroup: Option<String>,
     privileges: Privileges,
     hooks: Vec<HookStatus>,
@@ -39,15 +43,23 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
     let v1 = hierarchy
         .as_ref()
         .is_some_and(|h| h.version == crate::cgroup::CgroupVersion::V1);
-    let (btf, missing) = match KernelBtf::from_sys() {
+    let (btf, missing, stats) = match KernelBtf::from_sys() {
         Ok(b) => (
             Some(vmlinux_path().display().to_string()),
             b.kernel_layout(v1).missing,
+            // Which items exist does not depend on the page size.
+            b.memcg_stat_layout(12)
+                .map(|r| r.missing)
+                .map_err(|e| e.to_string()),
         ),
         Err(e) => {
             eprintln!("memtrace: {e}");
-            (None, vec![])
+            (None, vec![], Err("no kernel BTF".to_owned()))
         }
+    };
+    let (at_kill_stats_missing, at_kill_stats_error) = match stats {
+        Ok(m) => (m, None),
+        Err(e) => (vec![], Some(e)),
     };
     let mark_victim_record_missing = crate::kernel::tracefs::Tracefs::locate()
         .and_then(|t| t.mark_victim_layout())
@@ -86,6 +98,8 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         btf,
         btf_missing_fields: missing,
         mark_victim_record_missing,
+        at_kill_stats_missing,
+        at_kill_stats_error,
         cgroup,
         privileges: Privileges::current(),
         hooks,
@@ -118,6 +132,14 @@ fn print_text(r: &Report) {
             "tracepoint  oom:mark_victim record lacks {}: with the tracepoint variant only the pid is known for a victim other than the triggering task",
             r.mark_victim_record_missing.join(", ")
         );
+    }
+    match (&r.at_kill_stats_error, r.at_kill_stats_missing.as_slice()) {
+        (Some(e), _) => println!("at kill     no memory breakdown ({e}): the post-kill files stand in"),
+        (None, []) => println!("at kill     memory breakdown: every item"),
+        (None, m) => println!(
+            "at kill     memory breakdown without {} (not counted here)",
+            m.join(", ")
+        ),
     }
     println!(
         "cgroup      {}",

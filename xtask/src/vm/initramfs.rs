@@ -171,9 +171,10 @@ pub(super) fn init_script(args: &VmArgs) -> String {
     let test_args: Vec<String> = args.test_args.iter().map(|a| shell_quote(a)).collect();
     let body = match &args.exec {
         Some(cmd) => format!("run_one exec sh -c {}\n", shell_quote(cmd)),
-        // What this kernel offers memtrace, in the log before the tests (README "Kernels").
+        // The probes test prints what this kernel offers memtrace: shown in the log, always
+        // (README "Kernels" is taken from it).
         None => format!(
-            "echo \"=== memtrace probes ($K)\"\nmemtrace probes\nfor t in /tests/*; do\n  run_one \"${{t##*/}}\" \"$t\" --test-threads=1 {}\ndone\n",
+            "for t in /tests/*; do\n  case $t in */probes) show=--nocapture;; *) show=;; esac\n  run_one \"${{t##*/}}\" \"$t\" --test-threads=1 $show {}\ndone\n",
             test_args.join(" ")
         ),
     };
@@ -236,6 +237,7 @@ mod tests {
             memory: "1G".into(),
             exec: None,
             only: vec![],
+            jobs: None,
             test_args: vec!["it's".into(), "--nocapture".into()],
         };
         let s = init_script(&args);
