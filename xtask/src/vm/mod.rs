@@ -50,6 +50,10 @@ pub struct VmArgs {
     /// Repeatable, or comma-separated; default: every binary that runs in a guest.
     #[arg(long = "test", value_delimiter = ',')]
     only: Vec<String>,
+    /// Guests booted at once (each has one vCPU, so one per host CPU keeps them from slowing
+    /// each other); default: the host's CPUs, at most one per kernel.
+    #[arg(long)]
+    jobs: Option<usize>,
     /// Arguments for every test binary, e.g. a test name filter or --nocapture.
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -128,7 +132,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         .join("vm");
     std::fs::create_dir_all(&vm_dir).with_context(|| format!("mkdir {}", vm_dir.display()))?;
     let qemu = find_tool("qemu-system-x86_64")?;
-    let mut accel = args.accel.resolve();
+    let accel = args.accel.resolve();
 
     let apt = apt::PrivateApt::open(&vm_dir.join("apt"))?;
     let kernels = kernels::resolve_kernels(&args.kernel, &apt, &vm_dir.join("kernels"))?;
@@ -150,17 +154,44 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         t.elapsed()
     );
 
-    let mut reports = Vec::new();
-    for k in &kernels {
-        eprintln!("vm: === booting {} ({}, {accel:?})", k.series, k.package);
-        let mut report = boot::boot(&qemu, accel, k, &initramfs, &run_dir, &tests, args)?;
-        if report.boot.is_none() && accel == Accel::Kvm && args.accel == Accel::Auto {
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, kernels.len().max(1));
+    // KVM that cannot boot a guest is found out once: TCG from then on, for every guest.
+    let accel = std::sync::Mutex::new(accel);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: std::sync::Mutex<Vec<Option<anyhow::Result<report::Report>>>> =
+        std::sync::Mutex::new(kernels.iter().map(|_| None).collect());
+    let boot_one = |k: &kernels::Kernel| -> anyhow::Result<report::Report> {
+        let a = *accel.lock().map_err(|_| anyhow::anyhow!("accel lock"))?;
+        eprintln!("vm: === booting {} ({}, {a:?})", k.series, k.package);
+        let mut report = boot::boot(&qemu, a, k, &initramfs, &run_dir, &tests, args)?;
+        if report.boot.is_none() && a == Accel::Kvm && args.accel == Accel::Auto {
             eprintln!("vm: KVM cannot boot guests on this host: TCG from now on");
-            accel = Accel::Tcg;
-            report = boot::boot(&qemu, accel, k, &initramfs, &run_dir, &tests, args)?;
+            *accel.lock().map_err(|_| anyhow::anyhow!("accel lock"))? = Accel::Tcg;
+            report = boot::boot(&qemu, Accel::Tcg, k, &initramfs, &run_dir, &tests, args)?;
         }
         eprintln!("vm: {}", report.line());
-        reports.push(report);
+        Ok(report)
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(k) = kernels.get(i) else { break };
+                    let r = boot_one(k);
+                    if let Ok(mut slots) = slots.lock() {
+                        slots[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    let mut reports = Vec::new();
+    for r in slots.into_inner().map_err(|_| anyhow::anyhow!("results lock"))? {
+        reports.push(r.context("a guest thread ended without a result")??);
     }
     let _ = std::fs::remove_dir_all(&run_dir);
     eprintln!("\nvm: summary");
