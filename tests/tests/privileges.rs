@@ -1,7 +1,8 @@
 //! Least privilege: memtrace as a non-root user (uid 65534) with only the capabilities it
 //! needs attaches and reports a real kill; with any one of them missing it says, in one line,
 //! which. The minimum on this kernel (6.18, tracefs mode 0700 with 0440 files):
-//! CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH (the last only to read tracefs).
+//! CAP_BPF + CAP_PERFMON + CAP_DAC_READ_SEARCH (the last only to read tracefs); before 5.11,
+//! with a finite RLIMIT_MEMLOCK (the 5.10 guest's 64 KiB), CAP_SYS_RESOURCE too.
 
 use std::{
     os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
@@ -12,7 +13,18 @@ use std::{
 use memtrace_tests::{TestCgroup, Watcher, ebpf_available, memtrace_bin, procs};
 
 const NOBODY: &str = "65534";
-const MINIMUM: &[&str] = &["bpf", "perfmon", "dac_read_search"];
+/// The capabilities memtrace needs here, as setpriv spells them.
+fn minimum() -> Vec<&'static str> {
+    let mut m = vec!["bpf", "perfmon", "dac_read_search"];
+    // setpriv keeps this process's limits: memtrace as nobody has the same hard limit.
+    if memtrace::kernel::privileges::Privileges::current()
+        .memlock_limit
+        .is_some()
+    {
+        m.push("sys_resource");
+    }
+    m
+}
 
 /// `setpriv` as uid/gid 65534 with exactly `caps` (names as setpriv spells them), running
 /// `memtrace args...`. The caps are ambient, so they survive the exec into memtrace.
@@ -68,14 +80,16 @@ fn least_privilege_reports_a_real_kill() {
         eprintln!("!!! SKIPPED least_privilege_reports_a_real_kill: needs root to drop privileges");
         return;
     }
-    let mut w = Watcher::spawn(as_nobody_with(MINIMUM, &["watch", "--output", "json"]));
+    let minimum = minimum();
+    let mut w = Watcher::spawn(as_nobody_with(&minimum, &["watch", "--output", "json"]));
     let (eff, uid) = cap_eff_and_uid(w.pid());
     assert_eq!(uid, NOBODY, "memtrace runs as nobody");
     assert_eq!(
         eff,
         1 << memtrace::kernel::privileges::CAP_BPF
             | 1 << memtrace::kernel::privileges::CAP_PERFMON
-            | 1 << memtrace::kernel::privileges::CAP_DAC_READ_SEARCH,
+            | 1 << memtrace::kernel::privileges::CAP_DAC_READ_SEARCH
+            | u64::from(minimum.contains(&"sys_resource")) << memtrace::kernel::privileges::CAP_SYS_RESOURCE,
         "exactly the minimum: {eff:#x}"
     );
     let cg = TestCgroup::new("leastpriv", 32 << 20);
@@ -122,12 +136,13 @@ fn each_missing_capability_is_named() {
         eprintln!("!!! SKIPPED each_missing_capability_is_named: needs root to drop privileges");
         return;
     }
-    for missing in MINIMUM {
+    let minimum = minimum();
+    for missing in &minimum {
         if *missing == "dac_read_search" && tracefs_world_readable() {
             eprintln!("note: tracefs is world-readable here: CAP_DAC_READ_SEARCH is not needed");
             continue;
         }
-        let caps: Vec<&str> = MINIMUM.iter().copied().filter(|c| c != missing).collect();
+        let caps: Vec<&str> = minimum.iter().copied().filter(|c| c != missing).collect();
         let out = as_nobody_with(&caps, &["watch"])
             .output()
             .expect("setpriv (util-linux)");

@@ -156,6 +156,13 @@ fn print_text(r: &Report) {
         p.tracefs_readable.map_or("n/a".into(), |r| r.to_string()),
         p.lockdown.as_deref().unwrap_or("n/a")
     );
+    if let Some(limit) = p.memlock_limit {
+        println!(
+            "            RLIMIT_MEMLOCK {} KiB: this kernel (before 5.11) charges BPF maps to it; CAP_SYS_RESOURCE={} lifts it",
+            limit >> 10,
+            p.cap_sys_resource
+        );
+    }
     // A variant that feeds another program says so: "fentry mark_oom_victim + tracepoint ...".
     let name = |v: &crate::kernel::hooks::Variant| {
         let mut s = format!("{} {}", v.attach.kind(), v.attach.target());

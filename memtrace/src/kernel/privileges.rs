@@ -5,14 +5,17 @@
 //! programs, create maps), CAP_PERFMON (tracing program types and tracepoint perf events), and
 //! CAP_DAC_READ_SEARCH when tracefs is not readable by the user (it is mode 0700, its format
 //! and id files 0440, owned by root: uid 0 needs no DAC capability). The cgroup files, the
-//! kernel BTF and /proc/<pid>/{cgroup,status} are world-readable; RLIMIT_MEMLOCK is not
-//! needed since 5.11 (memcg accounting).
+//! kernel BTF and /proc/<pid>/{cgroup,status} are world-readable. RLIMIT_MEMLOCK matters
+//! only before 5.11, which charges BPF maps to it (memcg accounting since): there memtrace needs
+//! an unlimited hard limit or CAP_SYS_RESOURCE to lift it (measured on Debian's 5.10 as uid
+//! 65534, whose 64 KiB limit failed the first map with EPERM).
 
 use serde::Serialize;
 
 pub const CAP_DAC_OVERRIDE: u32 = 1;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
@@ -24,6 +27,11 @@ pub struct Privileges {
     pub cap_sys_admin: bool,
     /// CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE: either lets it read root-only files.
     pub cap_dac_read_search: bool,
+    /// Lets memtrace lift RLIMIT_MEMLOCK (see `memlock_limit`).
+    pub cap_sys_resource: bool,
+    /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (kernel/bpf/syscall.c
+    /// bpf_charge_memlock): there, its hard limit in bytes when finite. `None`: no limit applies.
+    pub memlock_limit: Option<u64>,
     /// Can this process read tracefs's event files? `None`: tracefs is not mounted (memtrace
     /// then mounts it, which needs CAP_SYS_ADMIN).
     pub tracefs_readable: Option<bool>,
@@ -33,10 +41,13 @@ pub struct Privileges {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "memtrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and CAP_DAC_READ_SEARCH unless tracefs is readable (root); missing: {missing}. Run it as root (sudo memtrace ...) or grant them: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which memtrace)"
+    "memtrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and CAP_DAC_READ_SEARCH unless tracefs is readable (root); missing: {missing}.{note} Run it as root (sudo memtrace ...) or grant them: setcap {setcap}+ep $(which memtrace)"
 )]
 pub struct MissingCapabilities {
     pub missing: String,
+    /// Why a capability beyond the usual ones is needed on this kernel ("" when none is).
+    pub note: String,
+    pub setcap: &'static str,
 }
 
 impl Privileges {
@@ -53,6 +64,8 @@ impl Privileges {
             cap_perfmon: eff & (1 << CAP_PERFMON) != 0,
             cap_sys_admin: eff & (1 << CAP_SYS_ADMIN) != 0,
             cap_dac_read_search: eff & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) != 0,
+            cap_sys_resource: eff & (1 << CAP_SYS_RESOURCE) != 0,
+            memlock_limit: memlock_limit(),
             tracefs_readable: crate::kernel::tracefs::readable(),
             lockdown,
         }
@@ -72,12 +85,59 @@ impl Privileges {
         if self.tracefs_readable == Some(false) {
             missing.push("CAP_DAC_READ_SEARCH");
         }
+        // A finite limit may be too small, and how much is enough grows with the CPUs (per-CPU
+        // maps): memtrace asks for the capability that lifts it rather than guess.
+        let mut note = String::new();
+        if let Some(limit) = self.memlock_limit
+            && !self.cap_sys_resource
+        {
+            missing.push("CAP_SYS_RESOURCE");
+            note = format!(
+                " This kernel (before 5.11) charges BPF maps to RLIMIT_MEMLOCK, limited to {} KiB here: grant CAP_SYS_RESOURCE, or make the limit unlimited (systemd LimitMEMLOCK=infinity, ulimit -l unlimited).",
+                limit >> 10
+            );
+        }
         if missing.is_empty() {
             return Ok(());
         }
         Err(MissingCapabilities {
             missing: missing.join(", "),
+            setcap: if note.is_empty() {
+                "cap_bpf,cap_perfmon,cap_dac_read_search"
+            } else {
+                "cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_resource"
+            },
+            note,
         })
+    }
+}
+
+/// RLIMIT_MEMLOCK's hard limit where the running kernel charges BPF maps to it (before 5.11)
+/// and it is finite; `None` otherwise.
+fn memlock_limit() -> Option<u64> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !charges_memlock(&release) {
+        return None;
+    }
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 || r.rlim_max == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(r.rlim_max)
+}
+
+/// "5.10.0-32-amd64" -> true: memcg accounting of BPF memory came in 5.11.
+fn charges_memlock(release: &str) -> bool {
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (nums.next().flatten(), nums.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (5, 11),
+        _ => false,
     }
 }
 
@@ -120,6 +180,8 @@ mod tests {
             cap_perfmon: perfmon,
             cap_sys_admin: false,
             cap_dac_read_search: false,
+            cap_sys_resource: false,
+            memlock_limit: None,
             tracefs_readable: tracefs,
             lockdown: None,
         }
@@ -146,5 +208,27 @@ mod tests {
             ..privileges(false, false, Some(true))
         };
         assert!(admin.check().is_ok());
+        // Before 5.11, a finite RLIMIT_MEMLOCK: CAP_SYS_RESOURCE, and why.
+        let limited = Privileges {
+            memlock_limit: Some(64 << 10),
+            ..privileges(true, true, Some(true))
+        };
+        let e = limited.check().expect_err("memlock");
+        assert_eq!(e.missing, "CAP_SYS_RESOURCE");
+        assert!(e.to_string().contains("64 KiB") && e.to_string().contains("cap_sys_resource+ep"));
+        let lifted = Privileges {
+            cap_sys_resource: true,
+            ..limited
+        };
+        assert!(lifted.check().is_ok());
+    }
+
+    #[test]
+    fn memlock_is_charged_before_5_11() {
+        assert!(charges_memlock("5.10.0-32-amd64"));
+        assert!(charges_memlock("4.19.0"));
+        assert!(!charges_memlock("5.11.0"));
+        assert!(!charges_memlock("6.18.44-fc-v782"));
+        assert!(!charges_memlock(""));
     }
 }

@@ -468,6 +468,18 @@ fn raise_memlock_rlimit() {
     // SAFETY: a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("raising RLIMIT_MEMLOCK failed: {}", io::Error::last_os_error());
+        // Without CAP_SYS_RESOURCE: as far as the hard limit (before 5.11 BPF maps count).
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid rlimit structs.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) == 0 {
+                r.rlim_cur = r.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
+            }
+        }
     }
 }
 
