@@ -300,13 +300,15 @@ impl ChargeMonitor {
                 })
                 .collect();
         }
+        let mut active_now = std::collections::HashSet::new();
         if self.last_at.is_none() {
-            // First poll: everything counted since the programs attached is recent activity.
+            // First poll: everything counted since the programs attached is recent activity
+            // (a burst sampled only before it is then seen to go quiet at the next poll).
             for id in totals.keys() {
                 self.last_active.insert(*id, now);
+                active_now.insert(*id);
             }
         }
-        let mut active_now = std::collections::HashSet::new();
         for (id, r) in &self.rates {
             if r.charge_events_per_s > 0.0 || r.faults_per_s > 0.0 || r.reclaim_stalls_per_s > 0.0 {
                 self.last_active.insert(*id, now);

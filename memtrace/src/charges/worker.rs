@@ -68,7 +68,27 @@ struct Worker {
 
 impl Worker {
     fn poll(&mut self, symbols: &mut Symbols) {
+        let t0 = Instant::now();
         self.monitor.poll(&mut self.maps, self.page_size);
+        // Memory files only of cgroups near a warning (their kernel usage reading within 10 % of
+        // the limit below the threshold, or stalling in reclaim): cost follows them, not the
+        // number of busy cgroups.
+        let near = Reads::NearLimit((self.near_ratio - 0.1).max(0.0));
+        let rows = rows(&mut self.monitor, &mut self.paths, near, self.page_size);
+        self.headroom = rows
+            .iter()
+            .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
+            .collect();
+        // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
+        // guest), and a warning must not wait for it.
+        for warning in self.warner.check(&rows, Instant::now()) {
+            if let Some(m) = &self.metrics {
+                m.record_warning(&warning);
+            }
+            if self.warnings.try_send(warning).is_err() {
+                log::warn!("pre-OOM warning dropped: the event loop is behind");
+            }
+        }
         let started = Instant::now();
         // The time budget goes first to the cgroups closest to their limit: the ones whose
         // stacks a kill will ask for.
@@ -97,20 +117,12 @@ impl Worker {
                 w.pop_front();
             }
         }
-        // Memory files only of cgroups near a warning (their kernel usage reading within 10 % of
-        // the limit below the threshold, or stalling in reclaim): cost follows them, not the
-        // number of busy cgroups.
-        let near = Reads::NearLimit((self.near_ratio - 0.1).max(0.0));
-        let rows = rows(&mut self.monitor, &mut self.paths, near, self.page_size);
-        self.headroom = rows
-            .iter()
-            .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
-            .collect();
         log::debug!(
-            "charge poll: {} cgroups charging, {} active, {} samples",
+            "charge poll: {} cgroups charging, {} active, {} samples, {:?}",
             self.monitor.rates.len(),
             rows.len(),
-            self.monitor.latest().len()
+            self.monitor.latest().len(),
+            t0.elapsed()
         );
         log::trace!(
             "charging cgroup ids: {:?}",
@@ -127,14 +139,6 @@ impl Worker {
         }
         if let Some(m) = &self.metrics {
             m.record_charges(&rows, self.page_size);
-        }
-        for warning in self.warner.check(&rows, now) {
-            if let Some(m) = &self.metrics {
-                m.record_warning(&warning);
-            }
-            if self.warnings.try_send(warning).is_err() {
-                log::warn!("pre-OOM warning dropped: the event loop is behind");
-            }
         }
     }
 }
@@ -175,8 +179,10 @@ impl ChargeWatch {
             .spawn(move || {
                 // blazesym's symbolizer is not Send: it lives on this thread. Parse /proc/kallsyms
                 // now, not when the first samples are waiting.
+                let parse = Instant::now();
                 let mut symbols = Symbols::new();
                 let _ = symbols.kernel(&[0]);
+                log::debug!("kernel symbols read in {:?}", parse.elapsed());
                 let mut next = Instant::now();
                 while !stop_flag.load(Ordering::Relaxed) {
                     if Instant::now() >= next {
