@@ -32,6 +32,10 @@ pub struct Privileges {
     /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (kernel/bpf/syscall.c
     /// bpf_charge_memlock): there, its hard limit in bytes when finite. `None`: no limit applies.
     pub memlock_limit: Option<u64>,
+    /// perf_event_open refused this process (EACCES) while kernel.perf_event_paranoid is 3 or
+    /// more: Debian's and Ubuntu's restriction patch, which on 5.10 lets only CAP_SYS_ADMIN
+    /// through (newer versions also CAP_PERFMON). Tracepoints and page-fault sampling need it.
+    pub perf_event_open_refused: bool,
     /// Can this process read tracefs's event files? `None`: tracefs is not mounted (memtrace
     /// then mounts it, which needs CAP_SYS_ADMIN).
     pub tracefs_readable: Option<bool>,
@@ -47,7 +51,7 @@ pub struct MissingCapabilities {
     pub missing: String,
     /// Why a capability beyond the usual ones is needed on this kernel ("" when none is).
     pub note: String,
-    pub setcap: &'static str,
+    pub setcap: String,
 }
 
 impl Privileges {
@@ -66,6 +70,7 @@ impl Privileges {
             cap_dac_read_search: eff & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) != 0,
             cap_sys_resource: eff & (1 << CAP_SYS_RESOURCE) != 0,
             memlock_limit: memlock_limit(),
+            perf_event_open_refused: perf_event_open_refused(),
             tracefs_readable: crate::kernel::tracefs::readable(),
             lockdown,
         }
@@ -97,19 +102,61 @@ impl Privileges {
                 limit >> 10
             );
         }
+        if self.perf_event_open_refused && !self.cap_sys_admin {
+            missing.push("CAP_SYS_ADMIN");
+            note += " This kernel refuses perf_event_open (tracepoints, page-fault sampling) without CAP_SYS_ADMIN at kernel.perf_event_paranoid=3: grant it, or set kernel.perf_event_paranoid=2.";
+        }
         if missing.is_empty() {
             return Ok(());
         }
+        let mut setcap = "cap_bpf,cap_perfmon,cap_dac_read_search".to_owned();
+        for (needed, cap) in [
+            (missing.contains(&"CAP_SYS_RESOURCE"), ",cap_sys_resource"),
+            (missing.contains(&"CAP_SYS_ADMIN"), ",cap_sys_admin"),
+        ] {
+            if needed {
+                setcap += cap;
+            }
+        }
         Err(MissingCapabilities {
             missing: missing.join(", "),
-            setcap: if note.is_empty() {
-                "cap_bpf,cap_perfmon,cap_dac_read_search"
-            } else {
-                "cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_resource"
-            },
+            setcap,
             note,
         })
     }
+}
+
+/// Opens (and closes) a disabled software dummy event on this thread: what a tracepoint attach
+/// or the page-fault sampler will ask of perf_event_open. True when it is refused with EACCES,
+/// the answer of the perf_event_paranoid >= 3 restriction.
+fn perf_event_open_refused() -> bool {
+    const PERF_TYPE_SOFTWARE: u32 = 1;
+    const PERF_COUNT_SW_DUMMY: u64 = 9;
+    // struct perf_event_attr (include/uapi/linux/perf_event.h), 128 bytes of it (a size the
+    // kernel accepts since 5.x): type, size, config; flags at byte 40: disabled,
+    // exclude_kernel, exclude_hv.
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(PERF_TYPE_SOFTWARE) | (128u64 << 32);
+    attr[1] = PERF_COUNT_SW_DUMMY;
+    attr[5] = 1 | 1 << 5 | 1 << 6;
+    // SAFETY: a valid, fully initialised attr of the size it declares; pid 0 (this thread),
+    // cpu -1, no group, no flags. The fd, if any, is closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            0 as libc::pid_t,
+            -1 as libc::c_int,
+            -1 as libc::c_int,
+            0 as libc::c_ulong,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: our own fd.
+        unsafe { libc::close(fd as libc::c_int) };
+        return false;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
 }
 
 /// RLIMIT_MEMLOCK's hard limit where the running kernel charges BPF maps to it (before 5.11)
@@ -182,6 +229,7 @@ mod tests {
             cap_dac_read_search: false,
             cap_sys_resource: false,
             memlock_limit: None,
+            perf_event_open_refused: false,
             tracefs_readable: tracefs,
             lockdown: None,
         }
@@ -221,6 +269,22 @@ mod tests {
             ..limited
         };
         assert!(lifted.check().is_ok());
+        // perf_event_paranoid=3 refusing CAP_PERFMON (Debian's 5.10): CAP_SYS_ADMIN, and why.
+        let refused = Privileges {
+            perf_event_open_refused: true,
+            ..privileges(true, true, Some(true))
+        };
+        let e = refused.check().expect_err("perf_event_open");
+        assert_eq!(e.missing, "CAP_SYS_ADMIN");
+        assert!(e.to_string().contains("perf_event_paranoid"));
+        assert!(
+            Privileges {
+                cap_sys_admin: true,
+                ..refused
+            }
+            .check()
+            .is_ok()
+        );
     }
 
     #[test]
