@@ -32,8 +32,8 @@ pub struct VmArgs {
     #[arg(long, default_value = "all", value_delimiter = ',')]
     kernel: Vec<String>,
     /// Time limit for one kernel (boot, every test binary, power-off), in seconds.
-    /// A run takes ~80 s per kernel on a 2-core host.
-    #[arg(long, default_value_t = 600)]
+    /// Under TCG a kernel takes 8-14 min on a 2-core host (two guests at once, more under load).
+    #[arg(long, default_value_t = 1800)]
     timeout: u64,
     /// CPU emulation: kvm (hardware virtualization, needs a usable /dev/kvm), tcg (qemu's
     /// emulator, anywhere, several times slower) or auto (kvm when /dev/kvm opens).
