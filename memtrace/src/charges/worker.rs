@@ -46,7 +46,6 @@ pub struct ChargeWatch {
     span: Duration,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub warnings: mpsc::Receiver<PreOomWarning>,
 }
 
 struct Worker {
@@ -145,7 +144,8 @@ impl Worker {
 
 impl ChargeWatch {
     /// Starts the worker. `window` is how far back a kill's stacks look; `paths` is a copy of
-    /// the daemon's, so start-up walks the hierarchy once.
+    /// the daemon's, so start-up walks the hierarchy once. The receiver gets its pre-OOM
+    /// warnings (the event loop reads it; the enricher keeps the worker for kill stacks).
     pub fn spawn(
         maps: ChargeMaps,
         paths: CgroupPaths,
@@ -153,7 +153,7 @@ impl ChargeWatch {
         warn: WarnOptions,
         interval: Duration,
         metrics: Option<Arc<Metrics>>,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<(Self, mpsc::Receiver<PreOomWarning>)> {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let shared = Arc::new(Mutex::new(Window::new()));
@@ -192,13 +192,13 @@ impl ChargeWatch {
                     std::thread::sleep(Duration::from_millis(50).min(interval));
                 }
             })?;
-        Ok(Self {
+        let watch = Self {
             window: shared,
             span: window,
             stop,
             thread: Some(thread),
-            warnings: rx,
-        })
+        };
+        Ok((watch, rx))
     }
 
     /// The top charging stacks of the kill's OOM cgroup (and everything under it) over the

@@ -190,6 +190,10 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             .collect();
         o.put("memtrace.hotspots", stacks);
     }
+    o.opt(
+        "memtrace.flamegraph",
+        k.flamegraph.as_ref().map(|p| p.to_string_lossy().into_owned()),
+    );
     if k.victim_exiting {
         o.put("memtrace.victim.exiting", true);
     }

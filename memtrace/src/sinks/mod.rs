@@ -545,6 +545,7 @@ pub(crate) mod tests {
             read_error: false,
             context: None,
             hotspots: vec![],
+            flamegraph: None,
         }
     }
 

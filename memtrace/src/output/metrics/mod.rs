@@ -347,7 +347,7 @@ impl Metrics {
                 st.kills.entry(cgroup).or_default().insert(labels);
             }
         }
-        // The snapshot is of the OOM cgroup, or the victim's in a global OOM (enrich/kill.rs).
+        // The snapshot is of the OOM cgroup, or the victim's in a global OOM (enrich/enricher.rs).
         let path = k
             .oom_cgroup
             .as_ref()

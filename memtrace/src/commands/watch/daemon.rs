@@ -1,0 +1,197 @@
+//! The event loop: it waits on the rings, the one-second tick, the charge worker's warnings
+//! and the signals, and moves each record through decode → enrich → route.
+
+use anyhow::Context as _;
+use tokio::{
+    sync::mpsc,
+    task::JoinHandle,
+    time::{Duration, interval},
+};
+
+use super::{COUNTER_CHECK, Signals, decode, route::Router, summary};
+use crate::{
+    cgroup::oom_stall::StallWatch,
+    charges::warnings::PreOomWarning,
+    enrich::enricher::Enricher,
+    enrich::user_kill::UserKill,
+    kernel::clock,
+    kernel::records::OomRecord,
+    kernel::tracer::{AsyncRing, Tracer},
+};
+
+pub struct Daemon {
+    /// Dropped last: dropping it detaches every program.
+    pub tracer: Tracer,
+    pub oom_ring: AsyncRing,
+    pub cgroup_ring: Option<AsyncRing>,
+    pub user_kill_ring: Option<AsyncRing>,
+    /// The memory hierarchy's id, to pick its cgroups out of the cgroup_mkdir records.
+    pub mem_root: Option<u32>,
+    pub enricher: Enricher,
+    /// Pre-OOM warnings from the charge worker.
+    pub warnings: Option<mpsc::Receiver<PreOomWarning>>,
+    pub router: Router,
+    pub stalls: StallWatch,
+    /// Ring-full losses already reported.
+    pub reported_lost: u64,
+    pub metrics_server: Option<JoinHandle<()>>,
+    pub all_userspace_kills: bool,
+    pub exit_after: Option<u64>,
+}
+
+/// The next pre-OOM warning from the charge worker; never, without one.
+async fn next_warning(rx: &mut Option<mpsc::Receiver<PreOomWarning>>) -> Option<PreOomWarning> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    /// Until a signal, or `--exit-after` kills.
+    pub async fn run(&mut self, signals: &mut Signals) -> anyhow::Result<()> {
+        let mut tick = interval(COUNTER_CHECK);
+        loop {
+            tokio::select! {
+                guard = self.oom_ring.readable_mut() => {
+                    let mut guard = guard.context("polling the OOM ring buffer")?;
+                    let errors = &mut self.router.delivery.decode_errors;
+                    let records = decode::oom_records(guard.get_inner_mut(), errors, &self.router.metrics);
+                    guard.clear_ready();
+                    self.kills(records);
+                }
+                _ = tick.tick() => self.tick(),
+                Some(w) = next_warning(&mut self.warnings) => {
+                    // Kills already in the ring go first: a warning whose cgroup was killed
+                    // since its evidence began would come after its kill, and is dropped.
+                    self.drain_kills();
+                    self.router.warning(w);
+                }
+                guard = decode::readable(self.user_kill_ring.as_mut()) => {
+                    let mut guard = guard.context("polling the userspace kill ring buffer")?;
+                    let signals = decode::user_kill_signals(guard.get_inner_mut());
+                    guard.clear_ready();
+                    self.user_kills(signals);
+                }
+                _ = signals.recv() => break,
+            }
+            if self
+                .exit_after
+                .is_some_and(|n| self.router.delivery.delivered >= n)
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enrich and route: cgroups created just before the kills are learnt first.
+    fn kills(&mut self, records: Vec<OomRecord>) {
+        decode::learn_cgroups(
+            self.cgroup_ring.as_mut(),
+            self.enricher.paths_mut(),
+            self.mem_root,
+        );
+        for r in records {
+            match r {
+                OomRecord::Victim(v) => {
+                    let enriched = self.enricher.enrich(v);
+                    self.router.kill(enriched);
+                }
+                OomRecord::Context(c) => self.enricher.note_context(c),
+            }
+        }
+    }
+
+    /// Whatever the OOM ring holds now, without waiting.
+    fn drain_kills(&mut self) {
+        let errors = &mut self.router.delivery.decode_errors;
+        let records = decode::oom_records(self.oom_ring.get_mut(), errors, &self.router.metrics);
+        self.kills(records);
+    }
+
+    fn user_kills(&mut self, signals: Vec<crate::kernel::user_kill::UserKillSignal>) {
+        for s in signals {
+            self.router.delivery.user_kills_seen += 1;
+            if let Some(k) = UserKill::from_signal(s, self.enricher.paths_mut(), self.all_userspace_kills) {
+                self.router.user_kill(k);
+            }
+        }
+    }
+
+    /// Once a second: new cgroups, losses, ended episodes, stalls, stale metrics, and the
+    /// reconciliation with the kernel's counters.
+    fn tick(&mut self) {
+        decode::learn_cgroups(
+            self.cgroup_ring.as_mut(),
+            self.enricher.paths_mut(),
+            self.mem_root,
+        );
+        self.reported_lost = summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
+        for e in self.enricher.ended_episodes(clock::boot_ns()) {
+            self.router.episode(e);
+        }
+        if let Some(p) = self.enricher.paths() {
+            for s in self.stalls.poll(p.hierarchy()) {
+                self.router.stall(s);
+            }
+            let h = p.hierarchy();
+            self.router.metrics.sweep(|cgroup| h.dir(cgroup).is_dir());
+        }
+        self.router.reconcile_now();
+    }
+
+    /// Records that arrived with the signal are still reported; nothing new is produced from
+    /// here on, so the counters read below count exactly what the last drain can see.
+    pub async fn finish(mut self, shutdown_timeout: Duration) {
+        self.tracer.stop_producing();
+        if let Some(r) = self.user_kill_ring.as_mut() {
+            let signals = decode::user_kill_signals(r.get_mut());
+            self.user_kills(signals);
+        }
+        self.drain_kills();
+        // Episodes still open at exit are summarised with what was seen.
+        for e in self.enricher.ended_episodes(u64::MAX) {
+            self.router.episode(e);
+        }
+        let reconciled = self.reconcile_at_exit();
+        let counters = self.tracer.counters().unwrap_or_default();
+        summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
+        let Self {
+            tracer,
+            enricher,
+            router,
+            metrics_server,
+            ..
+        } = self;
+        // The charge worker (in the enricher) reads maps of the tracer's: it stops first.
+        drop(enricher);
+        drop(tracer);
+        let reports = router.sinks.shutdown(shutdown_timeout).await;
+        if let Some(s) = metrics_server {
+            s.abort();
+        }
+        summary::sinks(&reports);
+        summary::exit(&counters, &router.delivery, &reconciled);
+    }
+
+    /// The kernel counts a kill a moment before its record is written: a count that is short
+    /// at exit is read again after the ring, a few times, before it is called a mismatch.
+    fn reconcile_at_exit(&mut self) -> String {
+        let Some(mut report) = self.router.reconcile.as_ref().map(|r| r.check()) else {
+            return "unavailable".to_owned();
+        };
+        for _ in 0..5 {
+            if report.ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            self.drain_kills();
+            match self.router.reconcile.as_ref() {
+                Some(r) => report = r.check(),
+                None => break,
+            }
+        }
+        report.describe()
+    }
+}
