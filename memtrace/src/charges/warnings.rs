@@ -20,13 +20,28 @@ pub struct WarnOptions {
     pub every: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// Working set over the threshold.
     WorkingSet,
     /// Charges stalled in memcg reclaim: the cgroup is at its limit.
     Reclaim,
+}
+
+impl Reason {
+    /// As in the JSON `memtrace.warning.reason` and the `reason` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WorkingSet => "working_set",
+            Self::Reclaim => "reclaim",
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

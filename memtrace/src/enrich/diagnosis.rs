@@ -52,8 +52,7 @@ pub fn badness(
 }
 
 /// Which limit was hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Constraint {
     /// A memory cgroup reached its limit.
     Memcg,
@@ -62,6 +61,23 @@ pub enum Constraint {
     /// The kernel gave no memory cgroup data for this kill (no BTF, or the plain tracepoint
     /// with a victim that is not the triggering task): memcg or global cannot be told.
     Unknown,
+}
+
+impl Constraint {
+    /// As in the JSON `memtrace.constraint` and the `constraint` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memcg => "memcg",
+            Self::Global => "global",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Serialize for Constraint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// How the constraint was told, i.e. how sure it is.

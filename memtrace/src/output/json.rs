@@ -10,6 +10,7 @@ use crate::{
     enrich::kill::{OomKill, Snapshot},
     enrich::user_kill::UserKill,
     kernel::clock,
+    output::{event::name, text},
 };
 
 /// Inserts `key: value` unless the value is `None`.
@@ -30,20 +31,12 @@ impl Obj {
 }
 
 pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
-    let comm = k.comm.as_deref().unwrap_or("?");
     let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
     let mut o = Obj(Map::new());
     o.put("timestamp", clock::rfc3339(k.time))
         .put("severity_text", "ERROR")
-        .put("event.name", "memtrace.oom_kill")
-        .put(
-            "body",
-            format!(
-                "OOM kill: pid {} ({comm}) in cgroup {}",
-                k.pid,
-                path.unwrap_or("?")
-            ),
-        )
+        .put("event.name", name::OOM_KILL)
+        .put("body", text::kill_body(k))
         .put("host.name", host)
         .put("process.pid", k.pid)
         .opt("process.executable.name", k.comm.clone())
@@ -152,7 +145,7 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     }
     let v = &k.verdict;
     o.put("memtrace.verdict", v.summary.clone())
-        .put("memtrace.constraint", json!(v.constraint))
+        .put("memtrace.constraint", v.constraint.as_str())
         .put("memtrace.constraint_source", json!(v.constraint_source))
         .put("memtrace.filled_by", json!(v.filled_by))
         .put("memtrace.verdict.basis", json!(v.basis))
@@ -208,17 +201,8 @@ pub fn episode(e: &EpisodeSummary, host: &str) -> Value {
     let mut o = Obj(Map::new());
     o.put("timestamp", clock::rfc3339(e.time))
         .put("severity_text", "INFO")
-        .put("event.name", "memtrace.oom_episode")
-        .put(
-            "body",
-            format!(
-                "OOM episode ended: {} victim(s) in {}, {} freed, {:.1}s from the first kill to the last",
-                e.victims,
-                e.cgroup.as_deref().unwrap_or("(global or unknown)"),
-                super::human_bytes(e.freed_bytes),
-                e.at_limit.as_secs_f64()
-            ),
-        )
+        .put("event.name", name::OOM_EPISODE)
+        .put("body", text::episode_body(e))
         .put("host.name", host)
         .put("memtrace.episode.id", e.id.clone())
         .opt("memtrace.oom_cgroup.path", e.cgroup.clone())
@@ -234,7 +218,7 @@ pub fn user_kill(k: &UserKill, host: &str) -> Value {
     let mut o = Obj(Map::new());
     o.put("timestamp", clock::rfc3339(k.time))
         .put("severity_text", "ERROR")
-        .put("event.name", "memtrace.userspace_kill")
+        .put("event.name", name::USERSPACE_KILL)
         .put("body", k.summary())
         .put("host.name", host)
         .put("memtrace.killer", k.kind.as_str())
@@ -263,30 +247,18 @@ pub fn user_kill(k: &UserKill, host: &str) -> Value {
 /// An OOM without a victim, begun or ended, as a JSON line.
 pub fn stall(s: &OomStall, host: &str) -> Value {
     let ended = s.duration.is_some();
-    let body = match s.duration {
-        None => format!(
-            "OOM without a victim: cgroup {} is at its limit and nothing is killed: {}",
-            s.cgroup,
-            s.reason.describe()
-        ),
-        Some(d) => format!(
-            "OOM without a victim ended: cgroup {} after {:.1}s",
-            s.cgroup,
-            d.as_secs_f64()
-        ),
-    };
     let mut o = Obj(Map::new());
     o.put("timestamp", clock::rfc3339(s.time))
         .put("severity_text", if ended { "INFO" } else { "ERROR" })
         .put(
             "event.name",
             if ended {
-                "memtrace.oom_no_victim_end"
+                name::OOM_NO_VICTIM_END
             } else {
-                "memtrace.oom_no_victim"
+                name::OOM_NO_VICTIM
             },
         )
-        .put("body", body)
+        .put("body", text::stall_body(s))
         .put("host.name", host)
         .put("memtrace.cgroup.path", s.cgroup.clone())
         .put("memtrace.stall.since", clock::rfc3339(s.since))
@@ -301,11 +273,11 @@ pub fn warning(w: &PreOomWarning, host: &str) -> Value {
     let mut o = Obj(Map::new());
     o.put("timestamp", clock::rfc3339(w.time))
         .put("severity_text", "WARN")
-        .put("event.name", "memtrace.pre_oom_warning")
-        .put("body", super::text::warning_summary(w))
+        .put("event.name", name::PRE_OOM_WARNING)
+        .put("body", text::warning_summary(w))
         .put("host.name", host)
         .put("memtrace.cgroup.path", w.cgroup.clone())
-        .put("memtrace.warning.reason", json!(w.reason))
+        .put("memtrace.warning.reason", w.reason.as_str())
         .put("memtrace.warning.usage_bytes", w.usage_bytes)
         .put("memtrace.warning.working_set_bytes", w.working_set_bytes)
         .put("memtrace.warning.limit_bytes", w.limit_bytes)

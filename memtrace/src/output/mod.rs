@@ -1,5 +1,7 @@
-//! How events are written: human text or JSON lines (flat OpenTelemetry-style keys).
+//! Events ([`event`]) and how they are written: human text or JSON lines (flat
+//! OpenTelemetry-style keys), Prometheus metrics, flame graphs.
 
+pub mod event;
 pub mod flamegraph;
 pub mod json;
 pub mod metrics;

@@ -1,10 +1,12 @@
-//! One line per kill, for people.
+//! One line per kill, for people, and the one-sentence bodies of every event.
 
 use std::fmt::Write as _;
 
 use super::human_bytes;
 use crate::{
+    cgroup::oom_stall::OomStall,
     charges::warnings::{PreOomWarning, Reason},
+    enrich::episodes::EpisodeSummary,
     enrich::kill::OomKill,
     kernel::clock,
 };
@@ -136,4 +138,42 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
         let _ = write!(s, " (victim was already exiting: marked, not killed)");
     }
     s
+}
+
+/// The first sentence of a kill event: `OOM kill: pid N (comm) in cgroup X`.
+pub fn kill_body(k: &OomKill) -> String {
+    let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
+    format!(
+        "OOM kill: pid {} ({}) in cgroup {}",
+        k.pid,
+        k.comm.as_deref().unwrap_or("?"),
+        path.unwrap_or("?")
+    )
+}
+
+/// An ended OOM episode in one sentence.
+pub fn episode_body(e: &EpisodeSummary) -> String {
+    format!(
+        "OOM episode ended: {} victim(s) in {}, {} freed, {:.1}s from the first kill to the last",
+        e.victims,
+        e.cgroup.as_deref().unwrap_or("(global or unknown)"),
+        human_bytes(e.freed_bytes),
+        e.at_limit.as_secs_f64()
+    )
+}
+
+/// An OOM without a victim, begun or ended, in one sentence.
+pub fn stall_body(s: &OomStall) -> String {
+    match s.duration {
+        None => format!(
+            "OOM without a victim: cgroup {} is at its limit and nothing is killed: {}",
+            s.cgroup,
+            s.reason.describe()
+        ),
+        Some(d) => format!(
+            "OOM without a victim ended: cgroup {} after {:.1}s",
+            s.cgroup,
+            d.as_secs_f64()
+        ),
+    }
 }

@@ -68,26 +68,26 @@ impl AlertmanagerSink {
             Payload::Episode(e) => {
                 put("alertname", Some(ALERTNAME));
                 put("cgroup", e.cgroup.as_deref());
-                (ev.body().to_owned(), e.time)
+                (ev.body(), e.time)
             }
             Payload::Stall(s) => {
                 put("alertname", Some(STALL_ALERTNAME));
                 put("severity", Some(&self.severity));
                 put("cgroup", Some(&s.cgroup));
-                (ev.body().to_owned(), s.since)
+                (ev.body(), s.since)
             }
             Payload::UserKill(k) => {
                 put("alertname", Some(USER_KILL_ALERTNAME));
                 put("severity", Some(&self.severity));
                 put("killer", Some(k.kind.as_str()));
                 put("cgroup", k.victim.as_ref().and_then(|v| v.cgroup.as_deref()));
-                (ev.body().to_owned(), k.time)
+                (ev.body(), k.time)
             }
             Payload::Warning(w) => {
                 put("alertname", Some(WARNING_ALERTNAME));
                 put("severity", Some("warning"));
                 put("cgroup", Some(&w.cgroup));
-                (ev.body().to_owned(), w.time)
+                (ev.body(), w.time)
             }
         };
         json!([{

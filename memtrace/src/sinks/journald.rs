@@ -69,7 +69,7 @@ pub fn fields(ev: &Event) -> Vec<(String, String)> {
         ("SYSLOG_IDENTIFIER".into(), SYSLOG_IDENTIFIER.into()),
         ("MESSAGE_ID".into(), id.into()),
     ];
-    if let Some(obj) = ev.json.as_object() {
+    if let Some(obj) = ev.json().as_object() {
         for (k, v) in obj {
             if matches!(k.as_str(), "body" | "severity_text") {
                 continue; // MESSAGE and PRIORITY

@@ -53,14 +53,9 @@ fn attr(key: &str, v: Value) -> Value {
 }
 
 pub fn payload(ev: &Event, host: &str) -> Value {
-    let time = match &ev.payload {
-        super::Payload::Kill(k) => k.time,
-        super::Payload::Warning(w) => w.time,
-        super::Payload::Stall(s) => s.time,
-        super::Payload::Episode(e) => e.time,
-        super::Payload::UserKill(k) => k.time,
-    };
-    let nanos = time
+    let nanos = ev
+        .payload
+        .time()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
         .to_string();
@@ -69,7 +64,7 @@ pub fn payload(ev: &Event, host: &str) -> Value {
         .map_or(0, |d| d.as_nanos())
         .to_string();
     let attributes: Vec<Value> = ev
-        .json
+        .json()
         .as_object()
         .into_iter()
         .flatten()

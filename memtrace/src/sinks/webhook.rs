@@ -20,7 +20,7 @@ impl WebhookSink {
 
 impl Sink for WebhookSink {
     async fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
-        let body = serde_json::to_vec(&ev.json).map_err(|source| SinkError::Encode {
+        let body = serde_json::to_vec(ev.json()).map_err(|source| SinkError::Encode {
             what: "the event",
             source,
         })?;

@@ -335,10 +335,7 @@ impl Metrics {
                 container: s(names.and_then(|n| n.container.as_ref())),
                 container_id: s(a.and_then(|a| a.container_id.as_ref())),
                 cgroup: s(k.cgroup.as_ref().and_then(|c| c.path.as_ref())),
-                constraint: serde_json::to_value(k.verdict.constraint)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                constraint: k.verdict.constraint.as_str().to_owned(),
             };
             self.oom_kills.get_or_create(&labels).inc();
             if !labels.cgroup.is_empty() {
@@ -423,10 +420,7 @@ impl Metrics {
 
     pub fn record_warning(&self, w: &PreOomWarning) {
         let Ok(mut st) = self.state.lock() else { return };
-        let reason = serde_json::to_value(w.reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let reason = w.reason.as_str().to_owned();
         self.warnings
             .get_or_create(&WarningLabels {
                 cgroup: w.cgroup.clone(),
