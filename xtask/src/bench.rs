@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// target/bench/smoke.md].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure this memtrace binary instead of this tree's release build: before/after
+    /// comparisons, with the other commit built in a worktree of its own.
+    #[arg(long, value_name = "PATH")]
+    memtrace: Option<PathBuf>,
 }
 
 /// What every benchmark needs.
@@ -69,6 +73,8 @@ pub struct Ctx {
     pub rounds: usize,
     /// Rounds other than the default: part of the reproduce command.
     explicit_rounds: bool,
+    /// `--memtrace`, when given: part of the reproduce command.
+    explicit_binary: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -79,6 +85,9 @@ impl Ctx {
         }
         if self.explicit_rounds {
             c.push_str(&format!(" --rounds {}", self.rounds));
+        }
+        if let Some(p) = &self.explicit_binary {
+            c.push_str(&format!(" --memtrace {}", p.display()));
         }
         c
     }
@@ -109,7 +118,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "the benchmarks load eBPF programs and make cgroups: run as root"
     );
     let root = workspace_root()?;
-    let (memtrace, alloc) = build(&root)?;
+    let (built, alloc) = build(&root)?;
+    let memtrace = match &args.memtrace {
+        Some(p) => std::fs::canonicalize(p).with_context(|| format!("--memtrace {}", p.display()))?,
+        None => built,
+    };
     let bench_dir = memtrace
         .parent()
         .and_then(Path::parent)
@@ -125,6 +138,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         smoke: args.smoke,
         rounds: if args.smoke { 1 } else { args.rounds },
         explicit_rounds: !args.smoke && args.rounds != DEFAULT_ROUNDS,
+        explicit_binary: args.memtrace.clone(),
     };
     let out = match (&args.out, args.smoke) {
         (Some(p), _) => p.clone(),
