@@ -8,9 +8,24 @@ use memtrace::{
 // that thread and nothing else before the event is handed to the sinks. The multi-threaded
 // runtime polled the ring on a worker that then woke the main task, which woke a sink's
 // worker: on a busy host each of those wakeups can wait for a CPU (BENCHMARKS.md, latency).
-// Blocking work has threads of its own (the charge worker, stdout writes, journald sends).
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
+// Blocking work has threads of its own (the charge worker, stdout writes, journald sends, a
+// kill's file reads).
+fn main() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("memtrace: error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run());
+    // A kill's file reads that outlived their budget (a hung filesystem) must not hold the
+    // exit: whatever blocking work is still running after this is abandoned.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+async fn run() -> std::process::ExitCode {
     // One malloc arena: glibc gives each thread that allocates (the charge worker) an arena of
     // its own, which kept about 8 MB more resident at rest (BENCHMARKS.md §4, issue 12). The
     // threads allocate little and rarely at once, so sharing one costs nothing measurable.

@@ -236,6 +236,8 @@ pub struct Summary {
     pub delivered: u64,
     pub dropped_ringbuf_full: u64,
     pub decode_errors: u64,
+    /// Kills sent before their file reads were done (`watch.enrich_budget`).
+    pub enrich_late: u64,
     /// `ok(...)` or `MISMATCH[...]`: memtrace's counts against the kernel's.
     pub reconciled: String,
 }
@@ -254,6 +256,7 @@ impl Summary {
             delivered: get("delivered"),
             dropped_ringbuf_full: get("dropped_ringbuf_full"),
             decode_errors: get("decode_errors"),
+            enrich_late: get("enrich_late"),
             // The last field, and the only one with spaces: `ok(2 cgroups, 0 gone)`.
             reconciled: line
                 .split_once(" reconciled=")

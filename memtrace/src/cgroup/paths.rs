@@ -45,18 +45,44 @@ impl CgroupPaths {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
-        if self.unknown.get(&id).is_some_and(|t| t.elapsed() < NEGATIVE_TTL) {
+        if !self.would_walk(id) {
             return None;
         }
         self.rescan();
         let found = self.by_id.get(&id).cloned();
         if found.is_none() {
-            if self.unknown.len() >= NEGATIVE_MAX {
-                self.unknown.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
-            }
-            self.unknown.insert(id, Instant::now());
+            self.not_found(id);
         }
         found
+    }
+
+    /// The path of `id` if it is known, without walking.
+    pub fn cached(&self, id: u64) -> Option<&str> {
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    /// Whether [`Self::resolve`] would walk the hierarchy for `id`: unknown, and not looked
+    /// for in vain lately.
+    pub fn would_walk(&self, id: u64) -> bool {
+        !self.by_id.contains_key(&id) && self.unknown.get(&id).is_none_or(|t| t.elapsed() >= NEGATIVE_TTL)
+    }
+
+    fn not_found(&mut self, id: u64) {
+        if self.unknown.len() >= NEGATIVE_MAX {
+            self.unknown.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
+        }
+        self.unknown.insert(id, Instant::now());
+    }
+
+    /// Learns a walk made elsewhere ([`walk`], off the event loop); the `asked` ids it did
+    /// not find are not walked for again for a while, as after [`Self::resolve`].
+    pub fn learn(&mut self, walked: HashMap<u64, String>, asked: &[u64]) {
+        self.by_id.extend(walked);
+        for &id in asked {
+            if !self.by_id.contains_key(&id) {
+                self.not_found(id);
+            }
+        }
     }
 
     /// Records a path learnt elsewhere: the cgroup_mkdir hook names each new cgroup with its id.
@@ -64,31 +90,10 @@ impl CgroupPaths {
         self.by_id.insert(id, path);
     }
 
-    /// Walks the hierarchy. Directories that vanish during the walk are skipped; cached
-    /// entries for removed cgroups are kept.
+    /// Walks the hierarchy; cached entries for removed cgroups are kept.
     pub fn rescan(&mut self) {
-        let root = self.hierarchy.root.clone();
-        let mut stack = vec![(root.clone(), String::from("/"))];
-        while let Some((dir, rel)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else {
-                continue;
-            };
-            self.by_id.insert(meta.ino(), rel.clone());
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let child = if rel == "/" {
-                        format!("/{name}")
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    stack.push((entry.path(), child));
-                }
-            }
-        }
+        let walked = walk(&self.hierarchy);
+        self.by_id.extend(walked);
     }
 
     /// Every known (id, path).
@@ -113,6 +118,34 @@ impl CgroupPaths {
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
+}
+
+/// Every cgroup of the hierarchy, id -> path. Directories that vanish during the walk are
+/// skipped.
+pub fn walk(hierarchy: &MemoryHierarchy) -> HashMap<u64, String> {
+    let mut out = HashMap::new();
+    let mut stack = vec![(hierarchy.root.clone(), String::from("/"))];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        out.insert(meta.ino(), rel.clone());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((entry.path(), child));
+            }
+        }
+    }
+    out
 }
 
 /// The ids of `cgroup` (a path relative to the hierarchy root) and of every cgroup below it,

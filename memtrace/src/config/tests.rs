@@ -15,6 +15,18 @@ fn example_file_parses_and_validates() {
 }
 
 #[test]
+fn enrich_budget_is_bounded() {
+    let c = Config::parse("[watch]\nenrich_budget = \"200ms\"\n").expect("parse");
+    assert_eq!(c.watch.enrich_budget, std::time::Duration::from_millis(200));
+    c.validate().expect("valid");
+    for bad in ["0s", "1m"] {
+        let c = Config::parse(&format!("[watch]\nenrich_budget = \"{bad}\"\n")).expect("parse");
+        let e = c.validate().expect_err(bad);
+        assert!(e.to_string().contains("watch.enrich_budget"), "{e}");
+    }
+}
+
+#[test]
 fn empty_file_is_the_defaults() {
     let c = Config::parse("").expect("empty");
     assert!(c.sinks.stdout.as_ref().is_some_and(|s| s.enabled));

@@ -38,6 +38,12 @@ impl Config {
         if w.shutdown_timeout > Duration::from_secs(300) {
             return Err(invalid("watch.shutdown_timeout", "must be at most 5m"));
         }
+        if w.enrich_budget.is_zero() || w.enrich_budget > Duration::from_secs(10) {
+            return Err(invalid(
+                "watch.enrich_budget",
+                "must be more than 0 and at most 10s",
+            ));
+        }
         self.metrics_addr()?;
         if self.metrics.max_cgroups == 0 {
             return Err(invalid("metrics.max_cgroups", "must be at least 1"));

@@ -24,6 +24,10 @@ pub struct WatchConfig {
     pub host_name: Option<String>,
     /// Report every SIGKILL sent from userspace, not only those of known memory killers.
     pub all_userspace_kills: bool,
+    /// How long a kill event waits for its file reads (post-kill snapshot, container names,
+    /// cgroup paths not yet known, next in line); past it the event goes without them.
+    #[serde(with = "duration")]
+    pub enrich_budget: Duration,
 }
 
 impl Default for WatchConfig {
@@ -37,6 +41,7 @@ impl Default for WatchConfig {
             shutdown_timeout: Duration::from_secs(5),
             host_name: None,
             all_userspace_kills: false,
+            enrich_budget: crate::enrich::enricher::DEFAULT_BUDGET,
         }
     }
 }

@@ -126,6 +126,9 @@ pub struct OomKill {
     /// Marked as a victim while already exiting: the kernel sent no kill.
     pub victim_exiting: bool,
     pub read_error: bool,
+    /// Its file reads (snapshot, names, paths unknown so far, next in line) were not done
+    /// within the budget: sent without them.
+    pub late: bool,
 }
 
 /// What the enrich stage hands on: the kill, and the episode its kill closed (an older one in

@@ -6,6 +6,7 @@
 
 pub mod at_kill;
 pub mod attribution;
+pub mod build;
 pub mod diagnosis;
 pub mod docker;
 pub mod enricher;

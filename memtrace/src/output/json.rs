@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
+    cgroup::MemoryStats,
     cgroup::oom_stall::OomStall,
     charges::warnings::PreOomWarning,
     enrich::episodes::EpisodeSummary,
@@ -31,8 +32,20 @@ impl Obj {
 }
 
 pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
-    let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
     let mut o = Obj(Map::new());
+    victim(&mut o, k, host, emit_delay_ns);
+    cgroups(&mut o, k);
+    next_in_line(&mut o, k);
+    snapshot(&mut o, k.snapshot.as_ref());
+    decision(&mut o, k);
+    attribution(&mut o, k);
+    charges_and_flags(&mut o, k);
+    Value::Object(o.0)
+}
+
+/// The record: the victim, its cgroup and the task that triggered the OOM.
+fn victim(o: &mut Obj, k: &OomKill, host: &str, emit_delay_ns: u64) {
+    let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
     o.put("timestamp", clock::rfc3339(k.time))
         .put("severity_text", "ERROR")
         .put("event.name", name::OOM_KILL)
@@ -69,6 +82,10 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             k.trigger_cgroup.as_ref().and_then(|c| c.path.clone()),
         )
         .put("memtrace.trigger.is_victim", k.trigger_pid == k.pid);
+}
+
+/// The cgroup at its limit, both breakdowns at the kill, the extra limit, the episode.
+fn cgroups(o: &mut Obj, k: &OomKill) {
     if let Some(oc) = &k.oom_cgroup {
         o.opt("memtrace.oom_cgroup.path", oc.cgroup.path.clone())
             .opt("memtrace.oom_cgroup.id", oc.cgroup.id)
@@ -90,6 +107,9 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         o.put("memtrace.episode.id", e.id.clone())
             .put("memtrace.episode.place", e.place);
     }
+}
+
+fn next_in_line(o: &mut Obj, k: &OomKill) {
     if let Some(n) = &k.next_in_line {
         let next: Vec<Value> = n
             .candidates
@@ -108,18 +128,17 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             .put("memtrace.next_in_line.tasks", n.tasks)
             .put("memtrace.next_in_line.exempt", n.exempt);
     }
-    match &k.snapshot {
+}
+
+/// The post-kill snapshot, or what kept it from being read.
+fn snapshot(o: &mut Obj, snapshot: Option<&Snapshot>) {
+    match snapshot {
         Some(Snapshot::Read(s)) => {
-            o.put("memtrace.snapshot.when", "post_kill")
-                .put("memtrace.snapshot.usage_bytes", s.usage)
-                .put("memtrace.snapshot.working_set_bytes", s.working_set())
-                .opt("memtrace.snapshot.limit_bytes", s.limit)
-                .put("memtrace.snapshot.anon_bytes", s.anon)
-                .put("memtrace.snapshot.file_bytes", s.file)
+            memory_files(o, s)
+                .put("memtrace.snapshot.when", "post_kill")
                 .put("memtrace.snapshot.inactive_file_bytes", s.inactive_file)
                 .put("memtrace.snapshot.shmem_bytes", s.shmem)
                 .opt("memtrace.snapshot.kernel_bytes", s.kernel)
-                .opt("memtrace.snapshot.swap_bytes", s.swap_usage)
                 .opt("memtrace.snapshot.oom_kills", s.oom_kills);
         }
         Some(Snapshot::Failed(e)) => {
@@ -127,6 +146,10 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         }
         None => {}
     }
+}
+
+/// The kernel's decision, the badness score and the verdict.
+fn decision(o: &mut Obj, k: &OomKill) {
     if let Some(c) = &k.context {
         o.put("memtrace.oom.constraint", json!(c.constraint))
             .put("memtrace.oom.totalpages", c.totalpages)
@@ -151,6 +174,9 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
         .put("memtrace.verdict.basis", json!(v.basis))
         .opt("memtrace.working_set_ratio", v.working_set_ratio)
         .opt("memtrace.ws_alert_would_fire", v.ws_alert_would_fire);
+}
+
+fn attribution(o: &mut Obj, k: &OomKill) {
     if let Some(a) = &k.attribution {
         let names = a.names.as_ref();
         o.opt("container.id", a.container_id.clone())
@@ -166,6 +192,10 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
             .opt("k8s.container.name", names.and_then(|n| n.container.clone()))
             .opt("memtrace.systemd_unit", a.systemd_unit.clone());
     }
+}
+
+/// The charging stacks before the kill, its flame graph, and what is special about it.
+fn charges_and_flags(o: &mut Obj, k: &OomKill) {
     if !k.hotspots.is_empty() {
         let stacks: Vec<Value> = k
             .hotspots
@@ -193,7 +223,19 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     if k.read_error {
         o.put("memtrace.read_error", true);
     }
-    Value::Object(o.0)
+    if k.late {
+        o.put("memtrace.enrich.late", true);
+    }
+}
+
+/// What a cgroup's memory files say, as every event with a snapshot carries it.
+fn memory_files<'o>(o: &'o mut Obj, s: &MemoryStats) -> &'o mut Obj {
+    o.put("memtrace.snapshot.usage_bytes", s.usage)
+        .put("memtrace.snapshot.working_set_bytes", s.working_set())
+        .opt("memtrace.snapshot.limit_bytes", s.limit)
+        .put("memtrace.snapshot.anon_bytes", s.anon)
+        .put("memtrace.snapshot.file_bytes", s.file)
+        .opt("memtrace.snapshot.swap_bytes", s.swap_usage)
 }
 
 /// The summary of an ended OOM episode, as a JSON line.
@@ -234,12 +276,7 @@ pub fn user_kill(k: &UserKill, host: &str) -> Value {
             .opt("memtrace.cgroup.path", v.cgroup.clone());
     }
     if let Some(s) = &k.stats {
-        o.put("memtrace.snapshot.usage_bytes", s.usage)
-            .put("memtrace.snapshot.working_set_bytes", s.working_set())
-            .opt("memtrace.snapshot.limit_bytes", s.limit)
-            .put("memtrace.snapshot.anon_bytes", s.anon)
-            .put("memtrace.snapshot.file_bytes", s.file)
-            .opt("memtrace.snapshot.swap_bytes", s.swap_usage);
+        memory_files(&mut o, s);
     }
     o.0.into()
 }

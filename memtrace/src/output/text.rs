@@ -58,33 +58,7 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
         k.seq,
         k.pid
     );
-    if let (Some(anon), Some(file), Some(shmem)) = (k.anon_rss_bytes, k.file_rss_bytes, k.shmem_rss_bytes) {
-        let _ = write!(
-            s,
-            " | anon-rss {} file-rss {} shmem-rss {}",
-            human_bytes(anon),
-            human_bytes(file),
-            human_bytes(shmem)
-        );
-    }
-    if let Some(swap) = k.swap_bytes {
-        let _ = write!(s, " swap {}", human_bytes(swap));
-    }
-    if let Some(pt) = k.pgtables_bytes {
-        let _ = write!(s, " pgtables {}", human_bytes(pt));
-    }
-    if let Some(adj) = k.oom_score_adj {
-        let _ = write!(s, " oom_score_adj {adj}");
-    }
-    match (k.memcg_usage_bytes, k.memcg_limit_bytes) {
-        (Some(u), Some(l)) => {
-            let _ = write!(s, " | memcg {} / limit {}", human_bytes(u), human_bytes(l));
-        }
-        (Some(u), None) => {
-            let _ = write!(s, " | memcg {} / no limit", human_bytes(u));
-        }
-        _ => {}
-    }
+    memory(&mut s, k);
     if k.trigger_pid == k.pid {
         let _ = write!(s, " | triggered by itself");
     } else {
@@ -138,6 +112,37 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
         let _ = write!(s, " (victim was already exiting: marked, not killed)");
     }
     s
+}
+
+/// The victim's memory and its cgroup's page counter, at the kill.
+fn memory(s: &mut String, k: &OomKill) {
+    if let (Some(anon), Some(file), Some(shmem)) = (k.anon_rss_bytes, k.file_rss_bytes, k.shmem_rss_bytes) {
+        let _ = write!(
+            s,
+            " | anon-rss {} file-rss {} shmem-rss {}",
+            human_bytes(anon),
+            human_bytes(file),
+            human_bytes(shmem)
+        );
+    }
+    if let Some(swap) = k.swap_bytes {
+        let _ = write!(s, " swap {}", human_bytes(swap));
+    }
+    if let Some(pt) = k.pgtables_bytes {
+        let _ = write!(s, " pgtables {}", human_bytes(pt));
+    }
+    if let Some(adj) = k.oom_score_adj {
+        let _ = write!(s, " oom_score_adj {adj}");
+    }
+    match (k.memcg_usage_bytes, k.memcg_limit_bytes) {
+        (Some(u), Some(l)) => {
+            let _ = write!(s, " | memcg {} / limit {}", human_bytes(u), human_bytes(l));
+        }
+        (Some(u), None) => {
+            let _ = write!(s, " | memcg {} / no limit", human_bytes(u));
+        }
+        _ => {}
+    }
 }
 
 /// The first sentence of a kill event: `OOM kill: pid N (comm) in cgroup X`.

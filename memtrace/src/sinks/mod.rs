@@ -407,6 +407,7 @@ pub(crate) mod tests {
             context: None,
             hotspots: vec![],
             flamegraph: None,
+            late: false,
         }
     }
 

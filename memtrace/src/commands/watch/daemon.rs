@@ -37,6 +37,8 @@ pub struct Daemon {
     pub metrics_server: Option<JoinHandle<()>>,
     pub all_userspace_kills: bool,
     pub exit_after: Option<u64>,
+    /// How long a kill waits for its file reads (`watch.enrich_budget`).
+    pub enrich_budget: Duration,
 }
 
 /// The next pre-OOM warning from the charge worker; never, without one.
@@ -58,13 +60,13 @@ impl Daemon {
                     let errors = &mut self.router.delivery.decode_errors;
                     let records = decode::oom_records(guard.get_inner_mut(), errors, &self.router.metrics);
                     guard.clear_ready();
-                    self.kills(records);
+                    self.kills(records).await;
                 }
                 _ = tick.tick() => self.tick(),
                 Some(w) = next_warning(&mut self.warnings) => {
                     // Kills already in the ring go first: a warning whose cgroup was killed
                     // since its evidence began would come after its kill, and is dropped.
-                    self.drain_kills();
+                    self.drain_kills().await;
                     self.router.warning(w);
                 }
                 guard = decode::readable(self.user_kill_ring.as_mut()) => {
@@ -85,8 +87,9 @@ impl Daemon {
         Ok(())
     }
 
-    /// Enrich and route: cgroups created just before the kills are learnt first.
-    fn kills(&mut self, records: Vec<OomRecord>) {
+    /// Enrich and route: cgroups created just before the kills are learnt first. Each kill
+    /// waits at most the budget for its file reads.
+    async fn kills(&mut self, records: Vec<OomRecord>) {
         decode::learn_cgroups(
             self.cgroup_ring.as_mut(),
             self.enricher.paths_mut(),
@@ -95,7 +98,7 @@ impl Daemon {
         for r in records {
             match r {
                 OomRecord::Victim(v) => {
-                    let enriched = self.enricher.enrich(v);
+                    let enriched = self.enricher.enrich_within(v, self.enrich_budget).await;
                     self.router.kill(enriched);
                 }
                 OomRecord::Context(c) => self.enricher.note_context(c),
@@ -103,11 +106,11 @@ impl Daemon {
         }
     }
 
-    /// Whatever the OOM ring holds now, without waiting.
-    fn drain_kills(&mut self) {
+    /// Whatever the OOM ring holds now, without waiting for more.
+    async fn drain_kills(&mut self) {
         let errors = &mut self.router.delivery.decode_errors;
         let records = decode::oom_records(self.oom_ring.get_mut(), errors, &self.router.metrics);
-        self.kills(records);
+        self.kills(records).await;
     }
 
     fn user_kills(&mut self, signals: Vec<crate::kernel::user_kill::UserKillSignal>) {
@@ -138,7 +141,8 @@ impl Daemon {
             let h = p.hierarchy();
             self.router.metrics.sweep(|cgroup| h.dir(cgroup).is_dir());
         }
-        self.router.reconcile_now();
+        self.enricher.keep_learned();
+        self.router.reconcile_now(self.enricher.paths());
     }
 
     /// Records that arrived with the signal are still reported; nothing new is produced from
@@ -149,12 +153,12 @@ impl Daemon {
             let signals = decode::user_kill_signals(r.get_mut());
             self.user_kills(signals);
         }
-        self.drain_kills();
+        self.drain_kills().await;
         // Episodes still open at exit are summarised with what was seen.
         for e in self.enricher.ended_episodes(u64::MAX) {
             self.router.episode(e);
         }
-        let reconciled = self.reconcile_at_exit();
+        let reconciled = self.reconcile_at_exit().await;
         let counters = self.tracer.counters().unwrap_or_default();
         summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
         let Self {
@@ -175,20 +179,27 @@ impl Daemon {
         summary::exit(&counters, &router.delivery, &reconciled);
     }
 
+    fn reconcile_check(&mut self) -> Option<crate::cgroup::reconcile::Report> {
+        let r = self.router.reconcile.as_mut()?;
+        r.name(self.enricher.paths());
+        Some(r.check())
+    }
+
     /// The kernel counts a kill a moment before its record is written: a count that is short
     /// at exit is read again after the ring, a few times, before it is called a mismatch.
-    fn reconcile_at_exit(&mut self) -> String {
-        let Some(mut report) = self.router.reconcile.as_ref().map(|r| r.check()) else {
+    async fn reconcile_at_exit(&mut self) -> String {
+        self.enricher.keep_learned();
+        let Some(mut report) = self.reconcile_check() else {
             return "unavailable".to_owned();
         };
         for _ in 0..5 {
             if report.ok() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
-            self.drain_kills();
-            match self.router.reconcile.as_ref() {
-                Some(r) => report = r.check(),
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.drain_kills().await;
+            match self.reconcile_check() {
+                Some(r) => report = r,
                 None => break,
             }
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::reconcile::Reconciliation;
 use crate::{
+    cgroup::CgroupPaths,
     cgroup::oom_stall::OomStall,
     charges::warnings::{PreOomWarning, RecentKills},
     enrich::episodes::EpisodeSummary,
@@ -28,6 +29,8 @@ pub struct Delivery {
     /// Userspace SIGKILL records read, and those reported (known memory killers, or all).
     pub user_kills_seen: u64,
     pub user_kills: u64,
+    /// Kills sent before their file reads were done.
+    pub enrich_late: u64,
 }
 
 pub struct Router {
@@ -72,6 +75,7 @@ impl Router {
             let title = format!("charges before the OOM kill of pid {}", kill.pid);
             (path, folded, title)
         });
+        self.delivery.enrich_late += u64::from(kill.late);
         self.sinks
             .dispatch(Event::from_kill(kill, self.host.clone(), delay));
         if let Some((path, folded, title)) = graph
@@ -109,9 +113,11 @@ impl Router {
 
     /// Compares with the kernel's counters while kills keep coming, and once more after; a
     /// mismatch that persists is logged and counted.
-    pub fn reconcile_now(&mut self) {
+    pub fn reconcile_now(&mut self, paths: Option<&CgroupPaths>) {
         let delivered = self.delivery.delivered;
-        let Some(mismatches) = self.reconcile.as_mut().and_then(|r| r.periodic(delivered)) else {
+        let Some(r) = self.reconcile.as_mut() else { return };
+        r.name(paths);
+        let Some(mismatches) = r.periodic(delivered) else {
             return;
         };
         self.metrics.reconciled(&mismatches);

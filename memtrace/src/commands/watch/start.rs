@@ -40,10 +40,19 @@ fn tracer_options(cfg: &Config, hierarchy: Option<MemoryHierarchy>) -> TracerOpt
     }
 }
 
+/// Test hook: every kill's file reads take this many milliseconds longer (tests/tests/
+/// enrich_budget.rs), so that the budget can be seen at work.
+const READ_DELAY_ENV: &str = "MEMTRACE_TEST_ENRICH_DELAY_MS";
+
 fn enrich_options(cfg: &Config) -> EnrichOptions {
+    let read_delay = std::env::var(READ_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis);
     let mut opts = EnrichOptions {
         ws_alert_ratio: cfg.watch.ws_alert_ratio,
         flamegraph_dir: cfg.charges.kill_flamegraph_dir.clone(),
+        read_delay,
         ..EnrichOptions::default()
     };
     if !cfg.watch.oci_bundles.is_empty() {
@@ -159,6 +168,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         metrics_server,
         all_userspace_kills: cfg.watch.all_userspace_kills,
         exit_after: args.exit_after,
+        enrich_budget: cfg.watch.enrich_budget,
     })
 }
 

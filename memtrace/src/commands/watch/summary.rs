@@ -46,7 +46,8 @@ pub fn exit(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
          context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} \
-         user_kills_seen={} user_kills_reported={} user_kills_dropped={} warnings={} warnings_late={} reconciled={reconciled}",
+         user_kills_seen={} user_kills_reported={} user_kills_dropped={} warnings={} warnings_late={} enrich_late={} \
+         reconciled={reconciled}",
         c.oom_seen,
         d.delivered,
         c.oom_ringbuf_full,
@@ -61,5 +62,6 @@ pub fn exit(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         c.user_kill_ringbuf_full,
         d.warnings,
         d.late_warnings,
+        d.enrich_late,
     );
 }

@@ -10,6 +10,8 @@
 //!   `sink_queue_full` and `sink_closed` per sink.
 //! - `memtrace_sink_deliveries_total{sink}`, `memtrace_sink_deliveries_failed_total{sink}`.
 //! - `memtrace_build_info{version}`.
+//! - `memtrace_enrich_late_kills_total`: kills sent before their file reads were done (the
+//!   per-kill budget, `watch.enrich_budget`, ran out): without snapshot, names, next in line.
 //! - `memtrace_cgroup_memory_{usage,working_set,limit}_bytes{cgroup}`: the post-kill snapshot of
 //!   the cgroup that hit its limit, last seen.
 //! - The charge side, for cgroups that are busy (the [`BUSY`] busiest of the last second) or
@@ -130,6 +132,7 @@ pub struct Metrics {
     warnings: Family<WarningLabels, Counter>,
     mismatched_cgroups: Gauge,
     unreported: Family<CgroupLabels, Gauge>,
+    late_kills: Counter,
     state: Mutex<State>,
     /// Kernel-side totals already added to the counters.
     ringbuf_full_seen: AtomicU64,
@@ -257,6 +260,12 @@ impl Metrics {
             "The kernel's OOM-kill count minus memtrace's, for each cgroup where they differ",
             unreported.clone(),
         );
+        let late_kills = Counter::default();
+        r.register(
+            "enrich_late_kills",
+            "OOM kills sent before their file reads were done (the per-kill budget ran out)",
+            late_kills.clone(),
+        );
         let m = Self {
             registry: r,
             oom_kills,
@@ -270,6 +279,7 @@ impl Metrics {
             warnings,
             mismatched_cgroups,
             unreported,
+            late_kills,
             state: Mutex::new(State {
                 tracker: Tracker::new(forget_after, max_cgroups),
                 kills: HashMap::new(),
@@ -323,6 +333,9 @@ impl Metrics {
     }
 
     pub fn record_kill(&self, k: &OomKill) {
+        if k.late {
+            self.late_kills.inc();
+        }
         let Ok(mut st) = self.state.lock() else { return };
         let now = Instant::now();
         if !k.victim_exiting {
