@@ -112,9 +112,10 @@ fn one_warning_then_the_kill_with_its_stack() {
     procs::wait_ready(&mut holder);
     // Two one-second ticks normally; TCG guests on a loaded host are many times slower (CI
     // 6.12 once took over 10 s).
-    let warning = w.next_event(Duration::from_secs((10 * memtrace_tests::time_scale()).max(30)), |v| {
-        v["event.name"] == "memtrace.pre_oom_warning" && v["memtrace.cgroup.path"] == rel.as_str()
-    });
+    let warning = w.next_event(
+        Duration::from_secs((10 * memtrace_tests::time_scale()).max(30)),
+        |v| v["event.name"] == "memtrace.pre_oom_warning" && v["memtrace.cgroup.path"] == rel.as_str(),
+    );
     eprintln!("warning: {warning}");
     assert!(
         warning["memtrace.warning.working_set_ratio"]
