@@ -212,7 +212,7 @@ mod tests {
         let e = Cli::try_parse_from(["memtrace", "watch", "--oom-ring-bytes", "1000"])
             .expect_err("not a power of two");
         assert!(e.to_string().contains("power of two"));
-        let e = Cli::try_parse_from(["memtrace", "watch", "--variant", "oom_victim=kprobe"])
+        let e = Cli::try_parse_from(["memtrace", "watch", "--variant", "cgroup_mkdir=kprobe"])
             .expect_err("no such variant");
         assert!(e.to_string().contains("no \"kprobe\" variant"));
         let e = Cli::try_parse_from(["memtrace", "watch", "--output", "xml"]).expect_err("bad format");

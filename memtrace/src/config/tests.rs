@@ -48,7 +48,7 @@ fn unknown_keys_are_named() {
 
 #[test]
 fn variants_are_parsed_with_the_file() {
-    let (k, m) = err("[watch]\nvariants = [\"oom_victim=kprobe\"]\n");
+    let (k, m) = err("[watch]\nvariants = [\"cgroup_mkdir=kprobe\"]\n");
     assert!(k.starts_with("watch.variants"), "{k}: {m}");
     assert!(m.contains("no \"kprobe\" variant"), "{m}");
     let c = Config::parse("[watch]\nvariants = [\"oom_victim=tracepoint\"]\n").expect("valid");

@@ -241,7 +241,10 @@ mod tests {
             test_args: vec!["it's".into(), "--nocapture".into()],
         };
         let s = init_script(&args);
-        assert!(s.contains(r#"--test-threads=1 'it'\''s' '--nocapture'"#), "{s}");
+        assert!(
+            s.contains(r#"--test-threads=1 $show 'it'\''s' '--nocapture'"#),
+            "{s}"
+        );
         assert!(s.contains("poweroff -f"));
     }
 }
