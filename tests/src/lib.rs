@@ -340,3 +340,12 @@ pub fn memcg_stat_slack_bytes() -> u64 {
     };
     32 * cpus.max(1) as u64 * page.max(4096) as u64
 }
+
+/// Removes a file a test made (a tmpfs or disk file that fills a cgroup) when dropped.
+pub struct RemoveFile(pub String);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

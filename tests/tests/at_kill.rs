@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use memtrace::cgroup::CgroupVersion;
-use memtrace_tests::{TestCgroup, Watcher, ebpf_available, kmsg, procs};
+use memtrace_tests::{RemoveFile, TestCgroup, Watcher, ebpf_available, kmsg, procs};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -183,13 +183,5 @@ impl Drop for CacheDir {
             unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) };
         }
         let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-struct RemoveFile(String);
-
-impl Drop for RemoveFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use memtrace_tests::{TestCgroup, Watcher, ebpf_available, procs};
+use memtrace_tests::{RemoveFile, TestCgroup, Watcher, ebpf_available, procs};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -112,14 +112,6 @@ fn tmpfs_and_anon_verdicts_differ() {
     drop(shm);
     drop(anon);
     w.stop();
-}
-
-struct RemoveFile(String);
-
-impl Drop for RemoveFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// A Kubernetes-shaped cgroup (systemd driver) with an OCI bundle: the event names the

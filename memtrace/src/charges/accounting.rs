@@ -338,6 +338,12 @@ impl ChargeMonitor {
         }
     }
 
+    /// Cgroups found near their limit without samples (`sweep`): `rows` reads their files
+    /// while they stay near it.
+    pub fn mark_near(&mut self, ids: impl IntoIterator<Item = u64>) {
+        self.near.extend(ids);
+    }
+
     /// The samples of the latest poll.
     pub fn latest(&self) -> &[Sample] {
         self.window.back().map_or(&[], |(_, s)| s.as_slice())
@@ -400,10 +406,18 @@ pub enum Reads {
 pub fn rows(monitor: &mut ChargeMonitor, paths: &mut CgroupPaths, reads: Reads, page_size: u64) -> Vec<Row> {
     let h = paths.hierarchy().clone();
     let mut near_now = std::collections::HashSet::new();
-    let mut rows: Vec<Row> = monitor
+    // Charging cgroups, and those near their limit without a sample (see `sweep`).
+    let ids: std::collections::BTreeSet<u64> = monitor
         .rates
+        .keys()
+        .filter(|id| monitor.last_active.contains_key(id))
+        .chain(&monitor.near)
+        .copied()
+        .collect();
+    let quiet = Rate::default();
+    let mut rows: Vec<Row> = ids
         .iter()
-        .filter(|(id, _)| monitor.last_active.contains_key(id) || monitor.near.contains(id))
+        .map(|id| (id, monitor.rates.get(id).unwrap_or(&quiet)))
         .map(|(id, rate)| {
             let cgroup = paths.resolve(*id).unwrap_or_else(|| format!("<id {id}>"));
             let snap = monitor.snapshots.get(id);

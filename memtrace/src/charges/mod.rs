@@ -5,6 +5,7 @@
 
 pub mod accounting;
 pub mod stacks;
+pub mod sweep;
 pub mod symbolize;
 pub mod task_maps;
 pub mod warnings;

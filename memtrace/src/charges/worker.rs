@@ -20,6 +20,7 @@ use crate::{
     cgroup::CgroupPaths,
     charges::accounting::{ChargeMaps, ChargeMonitor, Reads, rows},
     charges::stacks::{HotStack, merge_pids},
+    charges::sweep::{LimitSweep, SWEEP_EVERY},
     charges::symbolize::Symbols,
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
     enrich::kill::OomKill,
@@ -63,6 +64,8 @@ struct Worker {
     metrics: Option<Arc<Metrics>>,
     /// The warning threshold (working set / limit).
     near_ratio: f64,
+    /// Finds cgroups near their limit that no sample showed.
+    sweep: LimitSweep,
 }
 
 impl Worker {
@@ -72,7 +75,15 @@ impl Worker {
         // Memory files only of cgroups near a warning (their kernel usage reading within 10 % of
         // the limit below the threshold, or stalling in reclaim): cost follows them, not the
         // number of busy cgroups.
-        let near = Reads::NearLimit((self.near_ratio - 0.1).max(0.0));
+        let near_ratio = (self.near_ratio - 0.1).max(0.0);
+        if let Some(found) = self.sweep.poll(self.paths.hierarchy(), near_ratio, t0) {
+            let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
+            for (id, path) in found {
+                self.paths.remember(id, path);
+            }
+            self.monitor.mark_near(ids);
+        }
+        let near = Reads::NearLimit(near_ratio);
         let rows = rows(&mut self.monitor, &mut self.paths, near, self.page_size);
         self.headroom = rows
             .iter()
@@ -172,6 +183,7 @@ impl ChargeWatch {
             headroom: HashMap::new(),
             metrics,
             near_ratio: warn.ratio,
+            sweep: LimitSweep::new(SWEEP_EVERY),
         };
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
