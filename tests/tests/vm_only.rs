@@ -2,7 +2,7 @@
 //! run in the Debian kernels of `cargo xtask vm`, and print a loud SKIPPED line elsewhere.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::unix::process::ExitStatusExt as _,
     time::{Duration, Instant},
 };
@@ -105,14 +105,36 @@ fn group_kill_reports_every_task(variant: Option<&str>, tag: &str, exact_path: b
         "no event for killed pids {missing:?} (of {pids:?}); stderr: {:#?}",
         w.stderr_lines
     );
+    // Where oom_kill_process is hooked, every task of the group carries that OOM's context:
+    // its OOM cgroup and the process the killer chose (once only the chosen one did).
+    let context = w.stderr_lines.iter().any(|l| l.contains("oom_context via"));
+    let chosen: BTreeSet<u64> = events
+        .values()
+        .flatten()
+        .filter_map(|ev| ev["memtrace.oom.chosen_pid"].as_u64())
+        .collect();
+    if context {
+        assert_eq!(chosen.len(), 1, "one chosen process for the group: {chosen:?}");
+    }
     for (pid, evs) in &events {
         assert_eq!(evs.len(), 1, "one event per killed task, pid {pid}: {evs:#?}");
         let ev = &evs[0];
         assert_eq!(ev["event.name"], "memtrace.oom_kill");
         assert_eq!(ev["memtrace.trigger.cgroup.path"], cg.rel.as_str());
+        if context {
+            assert!(
+                ev["memtrace.oom.chosen_pid"].is_u64(),
+                "pid {pid} lacks the OOM's context: {ev}"
+            );
+        }
         let path = &ev["memtrace.cgroup.path"];
         if exact_path {
             assert_eq!(path, cg.rel.as_str(), "pid {pid}: {ev}");
+            assert_eq!(
+                ev["memtrace.oom_cgroup.path"],
+                cg.rel.as_str(),
+                "pid {pid}: every task of a group kill names the OOM cgroup: {ev}"
+            );
         } else {
             assert!(
                 path.is_null() || path == cg.rel.as_str(),

@@ -38,6 +38,8 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
 /// File reads still running past their budget at most; past that, a kill reads nothing (a
 /// filesystem that hangs must not pile up threads).
 const MAX_LATE_READS: usize = 4;
+/// A group kill marks its tasks within one oom_kill_process call: well under this.
+const GROUP_KILL_WINDOW_NS: u64 = 500_000_000;
 
 #[derive(Debug, Clone)]
 pub struct EnrichOptions {
@@ -136,9 +138,21 @@ impl Enricher {
         self.contexts.push(c);
     }
 
-    fn take_context(&mut self, tgid: u32) -> Option<OomContext> {
-        let i = self.contexts.iter().rposition(|c| c.chosen_tgid == tgid)?;
-        Some(self.contexts.remove(i))
+    /// The OOM invocation that killed this victim: the context that chose it or, for the
+    /// other tasks a `memory.oom.group` kill takes with it (mm/oom_kill.c
+    /// oom_kill_memcg_member, in the same oom_kill_process call, so the same trigger), the
+    /// latest context of its trigger. Kept, not taken: a group's victims all need it (stale
+    /// ones age out in `note_context`).
+    fn context_for(&self, r: &VictimRecord, tgid: u32) -> Option<OomContext> {
+        let chosen = self.contexts.iter().rev().find(|c| c.chosen_tgid == tgid);
+        let same_oom = || {
+            self.contexts.iter().rev().find(|c| {
+                c.trigger_tgid == r.trigger_tgid
+                    && c.ktime_boot_ns <= r.ktime_boot_ns
+                    && r.ktime_boot_ns - c.ktime_boot_ns < GROUP_KILL_WINDOW_NS
+            })
+        };
+        chosen.or_else(same_oom).cloned()
     }
 
     pub fn paths(&self) -> Option<&CgroupPaths> {
@@ -213,7 +227,7 @@ impl Enricher {
             .victim_tgid
             .or_else(|| proc_tgid(r.victim_pid))
             .unwrap_or(r.victim_pid);
-        let context = self.take_context(tgid);
+        let context = self.context_for(&r, tgid);
         let ids = [
             r.victim_memcg_id,
             r.trigger_memcg_id,
@@ -501,5 +515,53 @@ mod tests {
         assert_eq!(k.seq, 2);
         assert_eq!(k.cgroup.and_then(|c| c.path).as_deref(), Some("/late"));
         assert!(k.snapshot.is_some());
+    }
+
+    /// A `memory.oom.group` kill: one oom_kill_process context (chosen pid 10, trigger 10),
+    /// then a victim record per task. The chosen task and the others of the group all get the
+    /// OOM's context; a victim of a later OOM by another trigger does not.
+    #[test]
+    fn a_group_kill_gives_every_victim_its_oom_context() {
+        use crate::kernel::records::KernelConstraint;
+
+        let mut e = Enricher::new(None, EnrichOptions::default());
+        let base = record();
+        e.note_context(OomContext {
+            ktime_boot_ns: base.ktime_boot_ns,
+            memcg_id: Some(5),
+            totalpages: 16_384,
+            chosen_points: 900,
+            gfp_mask: 0xcc0,
+            order: 0,
+            constraint: KernelConstraint::Memcg,
+            chosen_pid: 10,
+            chosen_tgid: 10,
+            trigger_tgid: 10,
+            read_error: false,
+        });
+        let victim = |pid: u32, trigger: u32, after_ns: u64| {
+            let mut r = base.clone();
+            (r.victim_pid, r.victim_tgid, r.trigger_tgid, r.trigger_pid) = (pid, Some(pid), trigger, trigger);
+            r.ktime_boot_ns += after_ns;
+            r
+        };
+        for (pid, after) in [(10, 1_000), (20, 2_000), (30, 3_000)] {
+            let k = e.enrich(victim(pid, 10, after)).kill;
+            let c = k
+                .context
+                .unwrap_or_else(|| panic!("pid {pid} has the OOM's context"));
+            assert_eq!((c.memcg_id, c.chosen_tgid), (Some(5), 10));
+        }
+        assert!(
+            e.enrich(victim(40, 99, 4_000)).kill.context.is_none(),
+            "another trigger's OOM"
+        );
+        assert!(
+            e.enrich(victim(50, 10, 2 * GROUP_KILL_WINDOW_NS))
+                .kill
+                .context
+                .is_none(),
+            "a later OOM by the same trigger whose context was lost"
+        );
     }
 }

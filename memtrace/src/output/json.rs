@@ -154,6 +154,7 @@ fn decision(o: &mut Obj, k: &OomKill) {
         o.put("memtrace.oom.constraint", json!(c.constraint))
             .put("memtrace.oom.totalpages", c.totalpages)
             .put("memtrace.oom.chosen_points", c.chosen_points)
+            .put("memtrace.oom.chosen_pid", c.chosen_tgid)
             .put("memtrace.oom.gfp_mask", format!("{:#x}", c.gfp_mask))
             .put("memtrace.oom.order", c.order)
             .opt("memtrace.oom.memcg_id", c.memcg_id);
