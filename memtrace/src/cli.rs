@@ -110,6 +110,10 @@ pub struct WatchArgs {
     /// How far back a kill's top charging stacks look, e.g. 10s.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub kill_context_window: Option<std::time::Duration>,
+    /// The longest a kill waits for its file reads (cgroup files, container names, survivors)
+    /// before it is sent without them, marked late, e.g. 50ms [config: watch.enrich_budget].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub enrich_budget: Option<std::time::Duration>,
     /// Warn when a cgroup's working set reaches this fraction of its limit.
     #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
     pub warn_ratio: Option<f64>,

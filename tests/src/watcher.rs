@@ -38,6 +38,9 @@ impl Watcher {
     pub fn command(extra: &[&str]) -> Command {
         let mut c = Command::new(crate::memtrace_bin());
         c.args(["watch", "--output", "json"]).args(extra);
+        if !extra.contains(&"--enrich-budget") {
+            c.args(budget_args());
+        }
         c
     }
 
@@ -263,5 +266,15 @@ impl Summary {
                 .map(|(_, v)| v.trim().to_owned())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// `--enrich-budget` for an emulated VM guest, where cgroup files read many times slower: the
+/// default 50 ms would send most kills late, without what the tests look for. Nothing on the
+/// host. For tests that build their own `memtrace watch` command line.
+pub fn budget_args() -> Vec<String> {
+    match crate::time_scale() {
+        1 => vec![],
+        scale => vec!["--enrich-budget".into(), format!("{}ms", 50 * scale.min(20))],
     }
 }

@@ -122,9 +122,10 @@ fn read_only_cgroup_mount_is_enough() {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         // `bind`: only this namespace's mount becomes read-only, never the superblock.
-        .arg("mount -o remount,bind,ro \"$1\" && exec \"$0\" watch --output json")
+        .arg("mount -o remount,bind,ro \"$1\" && shift && exec \"$0\" watch --output json \"$@\"")
         .arg(memtrace_bin())
-        .arg(&root);
+        .arg(&root)
+        .args(memtrace_tests::watcher::budget_args());
     let mut w = Watcher::spawn(cmd);
     let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", w.pid())).expect("mountinfo");
     let line = mountinfo

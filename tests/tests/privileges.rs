@@ -106,7 +106,10 @@ fn least_privilege_reports_a_real_kill() {
         return;
     }
     let minimum = minimum();
-    let mut w = Watcher::spawn(as_nobody_with(&minimum, &["watch", "--output", "json"]));
+    let budget = memtrace_tests::watcher::budget_args();
+    let mut args = vec!["watch", "--output", "json"];
+    args.extend(budget.iter().map(String::as_str));
+    let mut w = Watcher::spawn(as_nobody_with(&minimum, &args));
     let (eff, uid) = cap_eff_and_uid(w.pid());
     assert_eq!(uid, NOBODY, "memtrace runs as nobody");
     assert_eq!(

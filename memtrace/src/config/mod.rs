@@ -161,6 +161,9 @@ impl Config {
         if args.all_userspace_kills {
             self.watch.all_userspace_kills = true;
         }
+        if let Some(d) = args.enrich_budget {
+            self.watch.enrich_budget = d;
+        }
         if let Some(r) = args.ws_alert_ratio {
             self.watch.ws_alert_ratio = r;
         }
