@@ -299,7 +299,9 @@ fn memtrace_as_its_daemonset_reports_a_sibling_pod_kill() {
         .args(["/memtrace-alloc", "grow"]));
     let line = wait_log(&log, Duration::from_secs(30), |l| {
         l.starts_with('{')
-            && serde_json::from_str::<Value>(l).is_ok_and(|v| v["memtrace.cgroup.path"] == victim_cgroup)
+            && serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                v["event.name"] == "memtrace.oom_kill" && v["memtrace.cgroup.path"] == victim_cgroup
+            })
     });
     let ev: Value = serde_json::from_str(&line).unwrap();
     let field = |k: &str| {

@@ -47,7 +47,11 @@ fn watch_with(extra: &[String]) -> Watcher {
 
 /// The kill in `cgroup`; its container and Kubernetes keys are printed (README samples).
 fn kill_in(w: &mut Watcher, cgroup: &str) -> Value {
-    let ev = w.next_event(Duration::from_secs(30), |e| e["memtrace.cgroup.path"] == cgroup);
+    // The kill, not a pre-OOM warning for the same cgroup (the limit sweep finds containers
+    // filled between fault samples).
+    let ev = w.next_event(Duration::from_secs(30), |e| {
+        e["event.name"] == "memtrace.oom_kill" && e["memtrace.cgroup.path"] == cgroup
+    });
     let names: serde_json::Map<String, Value> = ev
         .as_object()
         .into_iter()

@@ -10,12 +10,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use crate::{
     cgroup::{
         CgroupVersion, MemoryHierarchy, MemoryStats, paths, paths::proc_memory_cgroup, read_memory_stats,
+        stats::parse_limit_v1,
     },
     enrich::at_kill::Breakdown,
     enrich::attribution::{Attribution, parse_cgroup_path},
     enrich::diagnosis::{self, Badness, Facts, Verdict},
     enrich::kill::{CgroupRef, OomCgroup, OomKill, PathSource, Snapshot},
-    enrich::memsw::{LimitKind, memsw_limit_hit},
+    enrich::memsw::{AncestorMemsw, LimitKind, ancestor_memsw, memsw_limit_hit},
     enrich::names::{self, NameSources},
     enrich::next_in_line::{self, NextInLine},
     kernel::clock,
@@ -106,6 +107,8 @@ struct Parts {
     badness: Option<Badness>,
     extra_limit_bytes: Option<u64>,
     next_in_line: Option<NextInLine>,
+    /// An ancestor's memory+swap limit that binds the victim's cgroup and may have been hit.
+    ancestor_memsw_limit: Option<u64>,
 }
 
 impl Builder<'_> {
@@ -150,6 +153,27 @@ impl Builder<'_> {
             path,
             source: PathSource::Procfs,
         })
+    }
+
+    /// cgroup v1: an ancestor's memory+swap limit, for a kill no OOM cgroup was found for.
+    fn ancestor_memsw(&self, victim: Option<&CgroupRef>, stats: Option<&MemoryStats>) -> AncestorMemsw {
+        let (Some(victim), Some(stats), Some(h)) = (victim, stats, self.hierarchy()) else {
+            return AncestorMemsw::NotBinding;
+        };
+        let limit_of = |path: &str| {
+            std::fs::read_to_string(h.dir(path).join("memory.memsw.limit_in_bytes"))
+                .ok()
+                .and_then(|t| parse_limit_v1(&t).ok().flatten())
+        };
+        let (r, page) = (&self.w.r, self.w.page_size);
+        let swap = r
+            .stats
+            .victim
+            .and_then(|p| Breakdown::at_kill(&p, page))
+            .and_then(|b| b.swap);
+        let usage = r.memcg_pages.map(|(u, _)| u.saturating_mul(page));
+        let memsw = usage.zip(swap).map(|(u, s)| u.saturating_add(s));
+        ancestor_memsw(victim, stats, memsw, limit_of)
     }
 
     fn snapshot(&self, path: &str) -> Option<Snapshot> {
@@ -229,6 +253,14 @@ impl Builder<'_> {
             page,
             kernel_memcg.is_some(),
         );
+        let mut ancestor_memsw_limit = None;
+        if oom_cgroup.is_none() && kernel_memcg.is_none() {
+            match self.ancestor_memsw(cgroup.as_ref(), stats) {
+                AncestorMemsw::Hit(o) => oom_cgroup = Some(o),
+                AncestorMemsw::MayHaveHit { limit_bytes } => ancestor_memsw_limit = Some(limit_bytes),
+                AncestorMemsw::NotBinding => {}
+            }
+        }
         let attribution = victim_path.as_deref().and_then(|p| self.attribution(p));
         let badness = self.badness(oom_cgroup.as_ref(), stats);
         let (extra_limit_bytes, next_in_line) = self.avoid(
@@ -245,6 +277,7 @@ impl Builder<'_> {
             badness,
             extra_limit_bytes,
             next_in_line,
+            ancestor_memsw_limit,
         };
         let verdict = self.verdict(&parts);
         assemble(&self.w, r, parts, verdict)
@@ -334,6 +367,7 @@ impl Builder<'_> {
                 && r.victim_memcg_id.is_none()
                 && context.is_none(),
             kernel_decision: context.map(|c| c.memcg_id.is_some()),
+            ancestor_memsw_limit: p.ancestor_memsw_limit,
         });
         if let Some(o) = &p.oom_cgroup {
             o.limit.name_in(&mut verdict.summary, o.limit_bytes);

@@ -137,6 +137,9 @@ pub struct Facts<'a> {
     pub memcg_unknown: bool,
     /// The OOM killer's own decision, where oom_kill_process is hooked: memcg OOM or not.
     pub kernel_decision: Option<bool>,
+    /// cgroup v1: an ancestor's memory+swap limit binds the victim's cgroup, and no OOM cgroup
+    /// was found: that limit may have been hit (by siblings' memory too), so not global.
+    pub ancestor_memsw_limit: Option<u64>,
 }
 
 /// Which numbers the verdict rests on.
@@ -210,7 +213,8 @@ fn filled_by(f: &Facts<'_>) -> (FilledBy, Basis) {
 }
 
 pub fn verdict(f: &Facts<'_>) -> Verdict {
-    let (constraint, constraint_source) = match (f.kernel_decision, f.oom_cgroup, f.memcg_unknown) {
+    let unknown = f.memcg_unknown || f.ancestor_memsw_limit.is_some();
+    let (constraint, constraint_source) = match (f.kernel_decision, f.oom_cgroup, unknown) {
         (Some(true), ..) => (Constraint::Memcg, ConstraintSource::Kernel),
         (Some(false), ..) => (Constraint::Global, ConstraintSource::Kernel),
         (None, Some(_), _) => (Constraint::Memcg, ConstraintSource::Limits),
@@ -237,6 +241,11 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
         None if constraint_source == ConstraintSource::Kernel => {
             "global OOM: the machine ran out of memory (the kernel's decision)".to_owned()
         }
+        None if f.ancestor_memsw_limit.is_some() && !f.memcg_unknown => format!(
+            "memcg or global OOM: not known (an ancestor's {} memory+swap limit binds this cgroup, \
+             which alone did not reach it: its siblings may have filled it)",
+            human_bytes(f.ancestor_memsw_limit.unwrap_or(0))
+        ),
         None if f.memcg_unknown => {
             "memcg or global OOM: not known (the kernel gave no memory cgroup data for this kill)".to_owned()
         }
@@ -414,6 +423,26 @@ mod tests {
         assert_eq!(v.constraint, Constraint::Global);
         assert!(v.summary.contains("bystander"));
         assert_eq!(v.working_set_ratio, None);
+    }
+
+    /// An ancestor's memory+swap limit binds and no OOM cgroup was found: not global.
+    #[test]
+    fn an_ancestors_memsw_limit_makes_it_unknown() {
+        let v = verdict(&Facts {
+            victim_is_trigger: true,
+            victim_anon: 1,
+            ancestor_memsw_limit: Some(96 << 20),
+            ..Facts::default()
+        });
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Unknown, ConstraintSource::None)
+        );
+        assert!(
+            v.summary.contains("96.0 MiB memory+swap limit binds"),
+            "{}",
+            v.summary
+        );
     }
 
     /// Without memcg data from the kernel (no BTF, or a tracepoint bystander) the absence of an

@@ -50,7 +50,8 @@ const MEMSW_SLACK_BYTES: u64 = 1 << 20;
 /// is the limit the failed charge hit. The in-kernel walk looks at the memory counter only: a
 /// cgroup whose memory was below its limit while swap filled the rest was not found at all,
 /// and the kill looked global. Judged on the OOM cgroup (or, when the walk found none, the
-/// victim's own cgroup) with numbers from the kill; ancestors' memsw limits are not checked.
+/// victim's own cgroup) with numbers from the kill; an ancestor's memsw limit is
+/// [`ancestor_memsw`]'s.
 /// Not when the kernel itself named no memcg (a global OOM it decided).
 pub fn memsw_limit_hit(
     oom: &mut Option<OomCgroup>,
@@ -107,6 +108,68 @@ fn judge(
                 depth: 0,
             });
         }
+    }
+}
+
+/// What an ancestor's memory+swap limit says about a kill for which no OOM cgroup was found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AncestorMemsw {
+    /// No ancestor's memsw limit is tighter than the victim's cgroup's own.
+    NotBinding,
+    /// This ancestor's memsw limit was hit: the victim's cgroup alone reached it.
+    Hit(OomCgroup),
+    /// An ancestor's limit binds, but the victim's cgroup's memory+swap did not reach it: its
+    /// siblings may have filled the rest, or the machine ran out. memtrace cannot tell.
+    MayHaveHit { limit_bytes: u64 },
+}
+
+/// cgroup v1: `hierarchical_memsw_limit` in the victim's memory.stat is the tightest memsw
+/// limit on its path; when an ancestor's is tighter than its own, the in-kernel walk (memory
+/// counters only) and [`memsw_limit_hit`] (the cgroup's own limit) both miss an OOM at it
+/// whenever the memory counter was not at its limit then, and the kill looked global.
+/// `victim_memsw`: the victim's cgroup's memory + swap at the kill (from the record);
+/// `memsw_limit_of(path)` reads an ancestor's own memsw limit.
+pub fn ancestor_memsw(
+    victim: &CgroupRef,
+    stats: &MemoryStats,
+    victim_memsw: Option<u64>,
+    mut memsw_limit_of: impl FnMut(&str) -> Option<u64>,
+) -> AncestorMemsw {
+    let Some(limit) = stats.hierarchical_memsw_limit else {
+        return AncestorMemsw::NotBinding;
+    };
+    if stats.memsw_limit.is_some_and(|own| own <= limit) {
+        return AncestorMemsw::NotBinding;
+    }
+    let reached = victim_memsw.is_some_and(|m| m.saturating_add(MEMSW_SLACK_BYTES) >= limit);
+    let holder = victim.path.as_deref().and_then(|path| {
+        let mut up = path.to_owned();
+        let mut depth = 0;
+        while let Some(i) = up.rfind('/') {
+            up.truncate(i.max(1));
+            depth += 1;
+            if memsw_limit_of(&up) == Some(limit) {
+                return Some((up, depth));
+            }
+            if up == "/" {
+                break;
+            }
+        }
+        None
+    });
+    match (reached, holder) {
+        (true, Some((path, depth))) => AncestorMemsw::Hit(OomCgroup {
+            cgroup: CgroupRef {
+                id: None,
+                path: Some(path),
+                source: victim.source,
+            },
+            usage_bytes: victim_memsw.unwrap_or(0),
+            limit_bytes: limit,
+            limit: LimitKind::MemorySwap,
+            depth,
+        }),
+        _ => AncestorMemsw::MayHaveHit { limit_bytes: limit },
     }
 }
 
@@ -192,5 +255,56 @@ mod tests {
             true,
         );
         assert!(oom.is_none());
+    }
+
+    #[test]
+    fn an_ancestors_memsw_limit_is_found_or_said_unknown() {
+        let victim = CgroupRef {
+            id: Some(9),
+            path: Some("/a/b/c".into()),
+            source: PathSource::Kernel,
+        };
+        let stats = MemoryStats {
+            hierarchical_memsw_limit: Some(96 * MIB),
+            ..MemoryStats::default()
+        };
+        let limits = |p: &str| (p == "/a").then_some(96 * MIB);
+        match ancestor_memsw(&victim, &stats, Some(96 * MIB - 4096), limits) {
+            AncestorMemsw::Hit(o) => {
+                assert_eq!(o.cgroup.path.as_deref(), Some("/a"));
+                assert_eq!(
+                    (o.depth, o.limit, o.limit_bytes),
+                    (2, LimitKind::MemorySwap, 96 * MIB)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Siblings may hold the rest: not known.
+        assert_eq!(
+            ancestor_memsw(&victim, &stats, Some(40 * MIB), limits),
+            AncestorMemsw::MayHaveHit {
+                limit_bytes: 96 * MIB
+            }
+        );
+        assert_eq!(
+            ancestor_memsw(&victim, &stats, None, limits),
+            AncestorMemsw::MayHaveHit {
+                limit_bytes: 96 * MIB
+            }
+        );
+        // Its own limit is the tightest: memsw_limit_hit's case, not this one.
+        let own = MemoryStats {
+            memsw_limit: Some(96 * MIB),
+            ..stats.clone()
+        };
+        assert_eq!(
+            ancestor_memsw(&victim, &own, Some(96 * MIB), limits),
+            AncestorMemsw::NotBinding
+        );
+        // No memsw limit anywhere.
+        assert_eq!(
+            ancestor_memsw(&victim, &MemoryStats::default(), Some(96 * MIB), limits),
+            AncestorMemsw::NotBinding
+        );
     }
 }

@@ -57,6 +57,8 @@ pub struct MemoryStats {
     pub limit: Option<u64>,
     /// v1 `hierarchical_memory_limit` from memory.stat: the tightest ancestor limit.
     pub hierarchical_limit: Option<u64>,
+    /// v1 `hierarchical_memsw_limit`: the tightest memory+swap limit, its own or an ancestor's.
+    pub hierarchical_memsw_limit: Option<u64>,
     /// v2 `memory.high`, `memory.low`, `memory.min`.
     pub high: Option<u64>,
     pub low: Option<u64>,

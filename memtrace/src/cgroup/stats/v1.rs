@@ -29,6 +29,7 @@ pub(super) fn read(dir: &Path) -> Result<MemoryStats, StatsError> {
         peak: optional(dir, "memory.max_usage_in_bytes", parse_u64_file)?,
         limit: optional(dir, "memory.limit_in_bytes", parse_limit_v1)?.flatten(),
         hierarchical_limit: get("hierarchical_memory_limit").filter(|&v| v < V1_UNLIMITED),
+        hierarchical_memsw_limit: get("hierarchical_memsw_limit").filter(|&v| v < V1_UNLIMITED),
         swap_usage: get("swap"),
         memsw_usage: optional(dir, "memory.memsw.usage_in_bytes", parse_u64_file)?,
         memsw_limit: optional(dir, "memory.memsw.limit_in_bytes", parse_limit_v1)?.flatten(),
