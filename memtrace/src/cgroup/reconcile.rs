@@ -134,6 +134,9 @@ pub struct Reconciler {
     /// Mismatches seen at the previous check: only one that persists is reported, since a
     /// kill can be counted by the kernel a moment before its record is read.
     pending: Vec<Mismatch>,
+    /// The counters just before the programs were detached at exit ([`Self::closing`]).
+    closing: HashMap<CgroupKey, u64>,
+    vmstat_closing: Option<u64>,
 }
 
 impl Reconciler {
@@ -154,7 +157,27 @@ impl Reconciler {
             vmstat_before,
             vmstat_after: vmstat_before,
             pending: vec![],
+            closing: HashMap::new(),
+            vmstat_closing: None,
         }
+    }
+
+    /// Reads the counters once more just before the programs are detached: the kernel counts
+    /// a kill (mm/oom_kill.c __oom_kill_process: count_vm_event(OOM_KILL), then
+    /// mark_oom_victim()) a moment before memtrace's hook sees it, so a kill counted from here
+    /// on may be marked after the detach, unseen. Those are not asked for; the kills counted
+    /// before this must all be reported. (The start is bracketed the same way, by
+    /// [`Self::new`] and [`Self::attached`].) Seen at exit while other processes kept being
+    /// killed: vmstat kernel=7, reported=6.
+    pub fn closing(&mut self, reported: &KillCounts) {
+        self.vmstat_closing = vmstat_oom_kills();
+        self.closing = reported
+            .by_cgroup
+            .keys()
+            .filter_map(|key| {
+                incarnation_oom_kills(&self.hierarchy, &key.path, key.id).map(|n| (key.clone(), n))
+            })
+            .collect();
     }
 
     /// Reads the baselines again, now that every kill is seen.
@@ -167,10 +190,13 @@ impl Reconciler {
         self.vmstat_after = vmstat_oom_kills();
     }
 
-    /// The kernel's kills since start, from a counter's value now: (certainly seen, possibly).
-    fn since_start(now: u64, before: Option<u64>, after: Option<u64>) -> (u64, u64) {
+    /// The kernel's kills since start, from a counter's value now (and, at exit, its value
+    /// before the detach): (certainly seen, possibly).
+    fn since_start(now: u64, closing: Option<u64>, before: Option<u64>, after: Option<u64>) -> (u64, u64) {
         (
-            now.saturating_sub(after.or(before).unwrap_or(0)),
+            closing
+                .unwrap_or(now)
+                .saturating_sub(after.or(before).unwrap_or(0)),
             now.saturating_sub(before.unwrap_or(0)),
         )
     }
@@ -191,7 +217,7 @@ impl Reconciler {
                     });
                     let before = id.and_then(|id| self.before.get(&id)).map(|(_, n)| *n);
                     let after = id.and_then(|id| self.after.get(&id)).copied();
-                    let range = Self::since_start(k, before, after);
+                    let range = Self::since_start(k, self.closing.get(key).copied(), before, after);
                     if let Some(kernel) = outside(n, range) {
                         r.mismatches.push(Mismatch {
                             cgroup: key.path.clone(),
@@ -207,7 +233,7 @@ impl Reconciler {
         r.vmstat_reported = reported.total;
         r.vmstat_kernel = vmstat_oom_kills()
             .filter(|_| self.vmstat_before.is_some())
-            .map(|now| Self::since_start(now, self.vmstat_before, self.vmstat_after));
+            .map(|now| Self::since_start(now, self.vmstat_closing, self.vmstat_before, self.vmstat_after));
         r
     }
 
@@ -348,5 +374,29 @@ mod tests {
         )
         .expect("write");
         assert_eq!(cgroup_oom_kills(&h1, "/a"), Some(7));
+    }
+
+    /// At exit the kills counted after the closing read may have been marked after the detach:
+    /// not asked for; those counted before it are.
+    #[test]
+    fn kills_during_the_detach_are_ambiguous_earlier_ones_are_not() {
+        // 2 before start, 3 once attached, 8 just before the detach, 10 at the check.
+        let range = Reconciler::since_start(10, Some(8), Some(2), Some(3));
+        assert_eq!(range, (5, 8));
+        assert_eq!(
+            outside(6, range),
+            None,
+            "one counted before the detach was seen in flight"
+        );
+        assert_eq!(
+            outside(4, range),
+            Some(5),
+            "one counted before the detach is missing"
+        );
+        assert_eq!(
+            Reconciler::since_start(10, None, Some(2), Some(3)),
+            (7, 8),
+            "during the run"
+        );
     }
 }

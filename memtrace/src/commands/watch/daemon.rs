@@ -148,6 +148,9 @@ impl Daemon {
     /// Records that arrived with the signal are still reported; nothing new is produced from
     /// here on, so the counters read below count exactly what the last drain can see.
     pub async fn finish(mut self, shutdown_timeout: Duration) {
+        if let Some(r) = self.router.reconcile.as_mut() {
+            r.closing();
+        }
         self.tracer.stop_producing();
         if let Some(r) = self.user_kill_ring.as_mut() {
             let signals = decode::user_kill_signals(r.get_mut());

@@ -68,6 +68,11 @@ impl Reconciliation {
         Some(self.reconciler.check_persistent(&self.reported))
     }
 
+    /// Just before the programs are detached at exit (see `Reconciler::closing`).
+    pub fn closing(&mut self) {
+        self.reconciler.closing(&self.reported);
+    }
+
     pub fn check(&self) -> Report {
         self.reconciler.check(&self.reported)
     }
