@@ -199,7 +199,8 @@ fn plain_containerd_kill_carries_namespace_and_id() {
 
 /// A plain Docker container (`docker run -m 64m --name ...`, image made by `docker import`):
 /// its kill carries `container.id`, and the name and image its user typed, which only
-/// dockerd's own record has (`<data-root>/containers/<id>/config.v2.json`).
+/// dockerd's own record has (`<data-root>/containers/<id>/config.v2.json`). Before it, a
+/// container held near its limit gets a pre-OOM warning with the same names.
 #[test]
 fn docker_kill_carries_name_and_image() {
     if !ready(
@@ -216,7 +217,34 @@ fn docker_kill_carries_name_and_image() {
     let dockerd = Dockerd::start(&ctrd, &parent);
     let image = format!("memtrace-test-alloc:{}", std::process::id());
     dockerd.import(rootfs.path(), &image);
-    let mut w = watch_with(&["--docker-root".into(), dockerd.data_root().display().to_string()]);
+    let mut w = watch_with(&[
+        "--docker-root".into(),
+        dockerd.data_root().display().to_string(),
+        "--warn-ratio".into(),
+        "0.75".into(),
+    ]);
+    // First a container that holds 52 MiB of its 64 and lives: its pre-OOM warning names it
+    // as its kill would (the charge worker's limit sweep finds it within about 5 s).
+    let held = format!("memtrace-full-{}", std::process::id());
+    let out = run(dockerd
+        .docker()
+        .args(["run", "-d", "--name", &held, "-m", "64m", "--memory-swap", "64m"])
+        .args(["--network", "none", "--cgroup-parent", &parent, &image])
+        .args(["/memtrace-alloc", "hold", "52"]));
+    let held_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let held_cgroup = format!("{parent}/{held_id}");
+    let warning = w.next_event(
+        Duration::from_secs((15 * memtrace_tests::time_scale()).max(30)),
+        |e| {
+            e["event.name"] == "memtrace.pre_oom_warning" && e["memtrace.cgroup.path"] == held_cgroup.as_str()
+        },
+    );
+    eprintln!("warning: {warning}");
+    assert_eq!(field(&warning, "container.id"), held_id, "{warning:#}");
+    assert_eq!(field(&warning, "container.name"), held);
+    assert_eq!(field(&warning, "container.image.name"), image);
+    assert_eq!(field(&warning, "container.runtime.name"), "docker");
+    run(dockerd.docker().args(["rm", "-f", &held_id]));
     let name = format!("memtrace-oomy-{}", std::process::id());
     let out = run(dockerd
         .docker()

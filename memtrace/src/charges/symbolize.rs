@@ -74,6 +74,8 @@ pub struct Symbols {
     kallsyms: Option<Kallsyms>,
     /// (pid, address) -> name, so a process that exits keeps the names already resolved.
     user: HashMap<(u32, u64), String>,
+    /// Addresses no lookup named yet, asked once more before their hex is cached.
+    retried: std::collections::HashSet<(u32, u64)>,
 }
 
 impl Default for Symbols {
@@ -93,6 +95,7 @@ impl Symbols {
             pids: Default::default(),
             kallsyms: None,
             user: HashMap::new(),
+            retried: Default::default(),
         }
     }
 
@@ -118,6 +121,7 @@ impl Symbols {
                 // Names of processes that are gone are not needed again.
                 self.user
                     .retain(|(p, _), _| std::path::Path::new(&format!("/proc/{p}")).exists());
+                self.retried.clear();
             }
             // By path, not through /proc/<pid>/map_files: blazesym caches an open file per
             // distinct path, and map_files paths are new for every process, which leaked an fd
@@ -125,24 +129,23 @@ impl Symbols {
             let mut process = Process::new(Pid::from(pid));
             process.map_files = false;
             let src = Source::Process(process);
-            let resolved: Vec<String> = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
-                Ok(syms) => missing
-                    .iter()
-                    .zip(syms)
-                    .map(|(a, s)| match s {
-                        Symbolized::Sym(s) => s.name.to_string(),
-                        Symbolized::Unknown(_) => hex(*a),
-                    })
-                    .collect(),
-                // The process is gone (or never readable): from its recorded mappings, else
-                // addresses; not an error.
-                Err(e) => {
-                    log::debug!("symbolizing pid {pid}: {e}");
-                    self.gone(pid, &missing)
-                }
-            };
-            self.user
-                .extend(missing.into_iter().map(|a| (pid, a)).zip(resolved));
+            let resolved: Vec<Option<String>> =
+                match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
+                    Ok(syms) => syms
+                        .into_iter()
+                        .map(|s| match s {
+                            Symbolized::Sym(s) => Some(s.name.to_string()),
+                            Symbolized::Unknown(_) => None,
+                        })
+                        .collect(),
+                    // The process is gone (or never readable): from its recorded mappings, else
+                    // addresses; not an error.
+                    Err(e) => {
+                        log::debug!("symbolizing pid {pid}: {e}");
+                        vec![None; missing.len()]
+                    }
+                };
+            self.keep_user(pid, &missing, resolved);
         }
         addrs
             .iter()
@@ -152,6 +155,37 @@ impl Symbols {
 }
 
 impl Symbols {
+    /// Caches what a lookup named. An address it could not name is looked up in the mappings
+    /// recorded while the process ran: a victim killed a moment ago is a zombie whose
+    /// /proc/<pid>/maps is already empty, so blazesym finds no file and says `Unknown`, not
+    /// an error. Still unnamed, it is asked once more at the next lookup (a sample taken
+    /// across an exec) before its address is kept for good.
+    fn keep_user(&mut self, pid: u32, addrs: &[u64], resolved: Vec<Option<String>>) {
+        let unknown: Vec<u64> = addrs
+            .iter()
+            .zip(&resolved)
+            .filter(|(_, r)| r.is_none())
+            .map(|(a, _)| *a)
+            .collect();
+        let mut recorded: HashMap<u64, String> = if unknown.is_empty() {
+            HashMap::new()
+        } else {
+            unknown.iter().copied().zip(self.gone(pid, &unknown)).collect()
+        };
+        for (a, r) in addrs.iter().zip(resolved) {
+            let name = r.or_else(|| recorded.remove(a).filter(|n| *n != hex(*a)));
+            match name {
+                Some(n) => {
+                    self.user.insert((pid, *a), n);
+                }
+                None if self.retried.insert((pid, *a)) => {}
+                None => {
+                    self.user.insert((pid, *a), hex(*a));
+                }
+            }
+        }
+    }
+
     /// Names for the frames of a process that has exited, from the executable mappings
     /// recorded while it ran: each address becomes an offset in its file, looked up there.
     fn gone(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
@@ -242,5 +276,42 @@ mod tests {
         );
         // pid 0x7fffffff does not exist.
         assert_eq!(s.user(0x7fff_ffff, &[0x1234]), vec!["0x1234".to_owned()]);
+    }
+
+    /// A victim just killed is a zombie until reaped: its /proc/<pid>/maps is empty, so
+    /// blazesym answers `Unknown`; the mappings recorded while it ran name it.
+    #[test]
+    fn a_zombie_is_named_from_its_recorded_mappings() {
+        let addr = marker_function_for_symbolization();
+        // SAFETY: the child only calls async-signal-safe functions before _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork");
+        if child == 0 {
+            // SAFETY: _exit ends the child without running the parent's destructors.
+            unsafe {
+                libc::usleep(200_000);
+                libc::_exit(0)
+            };
+        }
+        let pid = u32::try_from(child).expect("pid");
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+        task_maps::recorded()
+            .lock()
+            .expect("lock")
+            .insert(pid, task_maps::parse_maps(&maps));
+        // A zombie: exited, not yet waited for.
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")) {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let names = Symbols::new().user(pid, &[addr]);
+        // SAFETY: reaps the child forked above.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        assert!(
+            names[0].contains("marker_function_for_symbolization"),
+            "{names:?}"
+        );
     }
 }

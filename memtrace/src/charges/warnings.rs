@@ -10,7 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{charges::accounting::Row, kernel::clock};
+use crate::{charges::accounting::Row, enrich::attribution::Attribution, kernel::clock};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WarnOptions {
@@ -63,6 +63,10 @@ pub struct PreOomWarning {
     /// (limit - usage) / growth, when usage grows.
     pub seconds_to_limit: Option<f64>,
     pub reclaim_stalls_per_s: f64,
+    /// Whose cgroup it is (container, pod, unit), as a kill in it would say: set by the
+    /// charge worker, which looks names up off the event loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
 }
 
 /// How far back a warning's evidence is taken to go when there is no previous sample.
@@ -175,6 +179,7 @@ impl Warner {
                     .filter(|g| *g > 0.0)
                     .map(|g| limit.saturating_sub(usage) as f64 / g),
                 reclaim_stalls_per_s: r.rate.reclaim_stalls_per_s,
+                attribution: None,
             });
         }
         out

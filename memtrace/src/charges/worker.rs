@@ -24,6 +24,7 @@ use crate::{
     charges::symbolize::Symbols,
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
     enrich::kill::OomKill,
+    enrich::names::{NameSources, Namer},
     output::metrics::Metrics,
 };
 
@@ -66,6 +67,9 @@ struct Worker {
     near_ratio: f64,
     /// Finds cgroups near their limit that no sample showed.
     sweep: LimitSweep,
+    /// Container and pod names for the warnings (a few file reads per new cgroup, here off
+    /// the event loop).
+    namer: Namer,
 }
 
 impl Worker {
@@ -91,7 +95,8 @@ impl Worker {
             .collect();
         // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
         // guest), and a warning must not wait for it.
-        for warning in self.warner.check(&rows, Instant::now()) {
+        for mut warning in self.warner.check(&rows, Instant::now()) {
+            warning.attribution = self.namer.attribute(&warning.cgroup);
             if let Some(m) = &self.metrics {
                 m.record_warning(&warning);
             }
@@ -164,6 +169,7 @@ impl ChargeWatch {
         warn: WarnOptions,
         interval: Duration,
         metrics: Option<Arc<Metrics>>,
+        names: NameSources,
     ) -> std::io::Result<(Self, mpsc::Receiver<PreOomWarning>)> {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -184,6 +190,7 @@ impl ChargeWatch {
             metrics,
             near_ratio: warn.ratio,
             sweep: LimitSweep::new(SWEEP_EVERY),
+            namer: Namer::new(names),
         };
         let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()

@@ -212,6 +212,7 @@ mod tests {
                 usage_growth_bytes_per_s: Some(1.0),
                 seconds_to_limit: Some(10.0),
                 reclaim_stalls_per_s: 4.0,
+                attribution: None,
             })),
             Payload::Stall(Box::new(stall(None))),
             Payload::Stall(Box::new(stall(Some(Duration::from_secs(2))))),

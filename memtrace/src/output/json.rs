@@ -7,6 +7,7 @@ use crate::{
     cgroup::MemoryStats,
     cgroup::oom_stall::OomStall,
     charges::warnings::PreOomWarning,
+    enrich::attribution::Attribution,
     enrich::episodes::EpisodeSummary,
     enrich::kill::{OomKill, Snapshot},
     enrich::user_kill::UserKill,
@@ -38,7 +39,7 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
     next_in_line(&mut o, k);
     snapshot(&mut o, k.snapshot.as_ref());
     decision(&mut o, k);
-    attribution(&mut o, k);
+    attribution(&mut o, k.attribution.as_ref());
     charges_and_flags(&mut o, k);
     Value::Object(o.0)
 }
@@ -177,8 +178,9 @@ fn decision(o: &mut Obj, k: &OomKill) {
         .opt("memtrace.ws_alert_would_fire", v.ws_alert_would_fire);
 }
 
-fn attribution(o: &mut Obj, k: &OomKill) {
-    if let Some(a) = &k.attribution {
+/// The container, pod and unit keys, for kills and warnings alike.
+fn attribution(o: &mut Obj, a: Option<&Attribution>) {
+    if let Some(a) = a {
         let names = a.names.as_ref();
         o.opt("container.id", a.container_id.clone())
             .opt("container.name", a.container_name.clone())
@@ -326,6 +328,7 @@ pub fn warning(w: &PreOomWarning, host: &str) -> Value {
         )
         .opt("memtrace.warning.seconds_to_limit", w.seconds_to_limit)
         .put("memtrace.warning.reclaim_stalls_per_s", w.reclaim_stalls_per_s);
+    attribution(&mut o, w.attribution.as_ref());
     Value::Object(o.0)
 }
 
@@ -361,5 +364,44 @@ mod tests {
             v.get("memtrace.victim.swap_bytes").is_none(),
             "unknown fields are left out"
         );
+    }
+
+    /// A warning names the container as a kill in the same cgroup would, in JSON and text.
+    #[test]
+    fn a_warning_carries_its_container() {
+        let w = PreOomWarning {
+            time: std::time::UNIX_EPOCH,
+            evidence_since_boot_ns: 0,
+            cgroup: "/docker/abc".into(),
+            reason: crate::charges::warnings::Reason::WorkingSet,
+            usage_bytes: 95,
+            working_set_bytes: 95,
+            limit_bytes: 100,
+            working_set_ratio: 0.95,
+            usage_growth_bytes_per_s: None,
+            seconds_to_limit: None,
+            reclaim_stalls_per_s: 0.0,
+            attribution: Some(Attribution {
+                container_id: Some("abc".into()),
+                container_name: Some("web".into()),
+                image_name: Some("nginx:1".into()),
+                runtime: Some(crate::enrich::attribution::Runtime::Docker),
+                ..Attribution::default()
+            }),
+        };
+        let v = warning(&w, "h");
+        assert_eq!(v["container.name"], "web");
+        assert_eq!(v["container.image.name"], "nginx:1");
+        assert_eq!(v["container.runtime.name"], "docker");
+        assert!(
+            text::warning(&w).contains("| container web id abc"),
+            "{}",
+            text::warning(&w)
+        );
+        let bare = PreOomWarning {
+            attribution: None,
+            ..w
+        };
+        assert!(warning(&bare, "h").get("container.id").is_none());
     }
 }

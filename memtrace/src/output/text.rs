@@ -6,6 +6,7 @@ use super::human_bytes;
 use crate::{
     cgroup::oom_stall::OomStall,
     charges::warnings::{PreOomWarning, Reason},
+    enrich::attribution::Attribution,
     enrich::episodes::EpisodeSummary,
     enrich::kill::OomKill,
     kernel::clock,
@@ -40,11 +41,32 @@ pub fn warning_summary(w: &PreOomWarning) -> String {
 }
 
 pub fn warning(w: &PreOomWarning) -> String {
-    format!(
+    let mut s = format!(
         "{} PRE-OOM WARNING: {}",
         clock::rfc3339(w.time),
         warning_summary(w)
-    )
+    );
+    if let Some(a) = &w.attribution {
+        owner(&mut s, a);
+    }
+    s
+}
+
+/// Whose cgroup it is: the pod and container, or the engine's container name, and the id.
+fn owner(s: &mut String, a: &Attribution) {
+    let names = a.names.as_ref();
+    if let Some(pod) = names.and_then(|n| n.pod.as_deref()) {
+        let ns = names.and_then(|n| n.namespace.as_deref()).unwrap_or("?");
+        let ctr = names.and_then(|n| n.container.as_deref()).unwrap_or("?");
+        let _ = write!(s, " | pod {ns}/{pod} container {ctr}");
+    } else if let Some(uid) = &a.pod_uid {
+        let _ = write!(s, " | pod uid {uid}");
+    } else if let Some(name) = &a.container_name {
+        let _ = write!(s, " | container {name}");
+    }
+    if let Some(id) = &a.container_id {
+        let _ = write!(s, " id {}", &id[..id.len().min(12)]);
+    }
 }
 
 pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
@@ -74,17 +96,7 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
         );
     }
     if let Some(a) = &k.attribution {
-        let names = a.names.as_ref();
-        if let Some(pod) = names.and_then(|n| n.pod.as_deref()) {
-            let ns = names.and_then(|n| n.namespace.as_deref()).unwrap_or("?");
-            let ctr = names.and_then(|n| n.container.as_deref()).unwrap_or("?");
-            let _ = write!(s, " | pod {ns}/{pod} container {ctr}");
-        } else if let Some(uid) = &a.pod_uid {
-            let _ = write!(s, " | pod uid {uid}");
-        }
-        if let Some(id) = &a.container_id {
-            let _ = write!(s, " id {}", &id[..id.len().min(12)]);
-        }
+        owner(&mut s, a);
     }
     if let Some(c) = &k.context {
         let _ = write!(

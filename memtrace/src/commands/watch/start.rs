@@ -20,6 +20,7 @@ use crate::{
     enrich::attribution::BundleRoots,
     enrich::docker::DockerRoots,
     enrich::enricher::{EnrichOptions, Enricher},
+    enrich::names::NameSources,
     kernel::tracer::{ChargeOptions, Rings, Tracer, TracerOptions},
     output::metrics::{self, Metrics},
     sinks::Sinks,
@@ -71,6 +72,7 @@ fn charge_worker(
     maps: Option<ChargeMaps>,
     paths: Option<&CgroupPaths>,
     metrics: &Arc<Metrics>,
+    names: NameSources,
 ) -> anyhow::Result<Option<ChargeWorker>> {
     let (Some(maps), Some(paths)) = (maps, paths) else {
         return Ok(None);
@@ -86,6 +88,7 @@ fn charge_worker(
         warn,
         COUNTER_CHECK,
         Some(metrics.clone()),
+        names,
     )
     .context("starting the charge worker")?;
     Ok(Some(worker))
@@ -138,10 +141,17 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         user_kills,
     } = rings;
     let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups, cfg.metrics.forget_after));
-    let worker = charge_worker(cfg, tracer.take_charge_maps(), paths.as_ref(), &metrics)?;
+    let enrich_opts = enrich_options(cfg);
+    let worker = charge_worker(
+        cfg,
+        tracer.take_charge_maps(),
+        paths.as_ref(),
+        &metrics,
+        enrich_opts.names.clone(),
+    )?;
     let (charges, warnings) = worker.unzip();
     let mem_root = paths.as_ref().and_then(|p| p.hierarchy().hierarchy_id());
-    let enricher = Enricher::new(paths, enrich_options(cfg)).with_charges(charges);
+    let enricher = Enricher::new(paths, enrich_opts).with_charges(charges);
     let metrics_server = metrics_server(cfg, &metrics).await?;
     let host = cfg.watch.host_name.clone().unwrap_or_else(hostname);
     let sinks = Sinks::start(&cfg.sinks, metrics.clone(), &host)

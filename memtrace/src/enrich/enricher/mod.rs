@@ -7,9 +7,10 @@
 //! (commands/watch).
 //!
 //! The daemon never waits on the filesystem for longer than a budget per kill
-//! ([`Enricher::enrich_within`]): the file reads run on tokio's blocking pool, and a kill whose
-//! reads are not done in time goes out with what the record and the caches say, marked late
-//! (`memtrace.enrich.late`) and counted; what the reads still learn is kept for later kills.
+//! ([`Enricher::start`], [`Enricher::complete`]): the file reads run on tokio's blocking pool,
+//! those of kills that arrive together side by side, and a kill whose reads are not done in
+//! time goes out with what the record and the caches say, marked late (`memtrace.enrich.late`)
+//! and counted; what the reads still learn is kept for later kills.
 
 use std::{
     collections::HashMap,
@@ -85,6 +86,17 @@ pub struct Enricher {
     learned_rx: mpsc::Receiver<Learned>,
     /// File reads running now.
     reading: Arc<AtomicUsize>,
+    /// Kills started and not yet completed whose reads run.
+    pending: usize,
+}
+
+/// A kill whose file reads were started ([`Enricher::start`]).
+pub struct Pending {
+    /// The kill without its reads, should they be late.
+    fallback: Work,
+    /// `None`: too many earlier reads are still running; this kill reads nothing.
+    reads: Option<tokio::task::JoinHandle<OomKill>>,
+    deadline: tokio::time::Instant,
 }
 
 /// Counts a file read as running while it lives (a panic in it included).
@@ -120,6 +132,7 @@ impl Enricher {
             learned_tx,
             learned_rx,
             reading: Arc::new(AtomicUsize::new(0)),
+            pending: 0,
         }
     }
 
@@ -219,32 +232,64 @@ impl Enricher {
     /// `budget` the kill is not kept waiting: it is built from the record and the caches alone,
     /// marked late, and what the reads learn is kept when they end.
     pub async fn enrich_within(&mut self, r: VictimRecord, budget: Duration) -> Enriched {
+        let p = self.start(r, budget);
+        self.complete(p).await
+    }
+
+    /// Takes a kill as far as the record and the caches go, and starts its file reads on the
+    /// blocking pool, due `budget` from now. Kills that arrive together have their reads run
+    /// side by side: [`Self::complete`] them in the order they were started (contexts, group
+    /// kills and episodes are taken in the kernel's order), and a batch waits for its slowest
+    /// read, not for the sum of them.
+    pub fn start(&mut self, r: VictimRecord, budget: Duration) -> Pending {
         self.keep_learned();
         let work = self.prepare(r);
-        if self.reading.load(Ordering::Relaxed) >= MAX_LATE_READS {
+        let deadline = tokio::time::Instant::now() + budget;
+        // Reads running now that were not started by a kill still pending are late ones.
+        let late_reads = self.reading.load(Ordering::Relaxed).saturating_sub(self.pending);
+        if late_reads >= MAX_LATE_READS {
             log::warn!(
                 "cgroup and container files are slow to read: kill {} sent without them",
                 work.seq
             );
-            return self.late(work);
+            return Pending {
+                fallback: work,
+                reads: None,
+                deadline,
+            };
         }
         let fallback = work.clone();
         let (files, tx) = (Arc::clone(&self.files), self.learned_tx.clone());
         self.reading.fetch_add(1, Ordering::Relaxed);
+        self.pending += 1;
         let reading = Reading(Arc::clone(&self.reading));
-        let task = tokio::task::spawn_blocking(move || {
+        let reads = tokio::task::spawn_blocking(move || {
             let _reading = reading;
             let (kill, learned) = build::build(work, Some(&files));
             let _ = tx.send(learned);
             kill
         });
-        let kill = match tokio::time::timeout(budget, task).await {
+        Pending {
+            fallback,
+            reads: Some(reads),
+            deadline,
+        }
+    }
+
+    /// The kill event of a started kill: its reads if they end by its deadline, else late.
+    pub async fn complete(&mut self, p: Pending) -> Enriched {
+        let Some(reads) = p.reads else {
+            return self.late(p.fallback);
+        };
+        let done = tokio::time::timeout_at(p.deadline, reads).await;
+        self.pending = self.pending.saturating_sub(1);
+        let kill = match done {
             Ok(Ok(kill)) => kill,
             Ok(Err(e)) => {
-                log::error!("reading the files of kill {}: {e}", fallback.seq);
-                return self.late(fallback);
+                log::error!("reading the files of kill {}: {e}", p.fallback.seq);
+                return self.late(p.fallback);
             }
-            Err(_) => return self.late(fallback),
+            Err(_) => return self.late(p.fallback),
         };
         self.keep_learned();
         self.finish(kill)

@@ -286,3 +286,29 @@ fn depth_below_counts_levels_inside_only() {
     assert_eq!(depth_below("/a", "/ab"), None);
     assert_eq!(depth_below("/a/b", "/a"), None);
 }
+
+/// Kills that arrive together have their reads run side by side: two kills whose reads take
+/// 300 ms each are both complete, not late, in well under the 600 ms that one after the other
+/// would take; they keep the kernel's order.
+#[tokio::test(flavor = "current_thread")]
+async fn kills_started_together_read_side_by_side() {
+    let delay = Duration::from_millis(300);
+    let opts = EnrichOptions {
+        read_delay: Some(delay),
+        ..EnrichOptions::default()
+    };
+    let mut e = Enricher::new(None, opts);
+    let started = std::time::Instant::now();
+    let first = e.start(record(), Duration::from_secs(30));
+    let second = e.start(record(), Duration::from_secs(30));
+    let (a, b) = (e.complete(first).await.kill, e.complete(second).await.kill);
+    let took = started.elapsed();
+    assert!(!a.late && !b.late);
+    assert_eq!((a.seq, b.seq), (1, 2));
+    assert!(took >= delay, "{took:?}");
+    assert!(
+        took < delay * 2 - Duration::from_millis(100),
+        "one after the other: {took:?}"
+    );
+    assert_eq!(e.pending, 0);
+}

@@ -183,6 +183,7 @@ fn series_of_removed_cgroups_go_after_forget_after() {
         usage_growth_bytes_per_s: None,
         seconds_to_limit: None,
         reclaim_stalls_per_s: 0.0,
+        attribution: None,
     });
     m.record_charges(&[row("/alive", 60, 64, 5.0, 9)], 4096);
     let count = |t: &str| {
