@@ -76,6 +76,16 @@ mod tests {
         }
     }
 
+    /// A hierarchy of this version in a new temporary directory (gone when it drops).
+    fn hierarchy(version: CgroupVersion) -> (tempfile::TempDir, MemoryHierarchy) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let h = MemoryHierarchy {
+            version,
+            root: d.path().to_path_buf(),
+        };
+        (d, h)
+    }
+
     fn near(h: &MemoryHierarchy) -> Vec<String> {
         let mut s = LimitSweep::new(SWEEP_EVERY);
         let mut got: Vec<String> = s
@@ -91,11 +101,7 @@ mod tests {
 
     #[test]
     fn v1_cgroups_near_their_own_limit() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let h = MemoryHierarchy {
-            version: CgroupVersion::V1,
-            root: d.path().to_path_buf(),
-        };
+        let (d, h) = hierarchy(CgroupVersion::V1);
         cgroup(
             d.path(),
             "/",
@@ -132,11 +138,7 @@ mod tests {
 
     #[test]
     fn v2_cgroups_near_their_own_limit() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let h = MemoryHierarchy {
-            version: CgroupVersion::V2,
-            root: d.path().to_path_buf(),
-        };
+        let (d, h) = hierarchy(CgroupVersion::V2);
         cgroup(
             d.path(),
             "/a",

@@ -207,12 +207,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_warning_per_crossing() {
-        let mut w = Warner::new(WarnOptions {
+    /// Warns at 90 % of the limit, at most once a minute per cgroup.
+    fn warner() -> Warner {
+        Warner::new(WarnOptions {
             ratio: 0.9,
             every: Duration::from_secs(60),
-        });
+        })
+    }
+
+    #[test]
+    fn one_warning_per_crossing() {
+        let mut w = warner();
         let t0 = Instant::now();
         assert!(w.check(&[row(50, 0.0)], t0).is_empty());
         let first = w.check(&[row(92, 0.0)], t0 + Duration::from_secs(1));
@@ -232,10 +237,7 @@ mod tests {
     /// A warning whose evidence began before a kill in its cgroup (or below it) is late.
     #[test]
     fn a_kill_since_the_evidence_began_drops_the_warning() {
-        let mut w = Warner::new(WarnOptions {
-            ratio: 0.9,
-            every: Duration::from_secs(60),
-        });
+        let mut w = warner();
         let t0 = Instant::now();
         assert!(w.check(&[row(50, 0.0)], t0).is_empty());
         std::thread::sleep(Duration::from_millis(10));
@@ -256,10 +258,7 @@ mod tests {
 
     #[test]
     fn reclaim_stalls_warn_below_the_ratio() {
-        let mut w = Warner::new(WarnOptions {
-            ratio: 0.9,
-            every: Duration::from_secs(60),
-        });
+        let mut w = warner();
         let got = w.check(&[row(70, 2.0)], Instant::now());
         assert_eq!(
             got.iter().map(|w| w.reason).collect::<Vec<_>>(),

@@ -10,27 +10,15 @@ use crate::{
     charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     cli::HotspotsArgs,
-    kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
+    kernel::tracer::{ChargeOptions, Tracer},
     output::{Format, flamegraph},
 };
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
     let hierarchy = MemoryHierarchy::detect()?;
-    let opts = TracerOptions {
-        hierarchy: Some(hierarchy.clone()),
-        oom: false,
-        // Exact mode for a bounded session: stacks of every kind of charge, kernel path included.
-        charges: Some(ChargeOptions {
-            sample_every: args.sample_every,
-            exact: true,
-            ..ChargeOptions::default()
-        }),
-        ..TracerOptions::default()
-    };
-    let (mut tracer, _rings) = Tracer::start(&opts)?;
-    let Some(mut maps) = tracer.take_charge_maps() else {
-        anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
-    };
+    // Exact mode for a bounded session: stacks of every kind of charge, kernel path included.
+    let (tracer, _rings, mut maps) =
+        Tracer::start_charges(&hierarchy, ChargeOptions::exact_with_stacks(args.sample_every))?;
     let mut monitor = ChargeMonitor::new(args.duration + Duration::from_secs(5));
     let mut syms = Symbols::new();
     monitor.poll(&mut maps, 4096);

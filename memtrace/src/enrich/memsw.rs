@@ -202,21 +202,26 @@ mod tests {
         }
     }
 
+    /// [`judge`] on the victim's cgroup [`cg`] using 56 MiB of memory and `swapped` of swap,
+    /// no OOM cgroup found by the walk: the OOM cgroup it decides on, if any.
+    fn judge_victim(s: &MemoryStats, swapped: u64, kernel_decided: bool) -> Option<OomCgroup> {
+        let mut oom = None;
+        judge(
+            &mut oom,
+            Some(&cg()),
+            Some(s),
+            Some(swap(swapped)),
+            Some(56 * MIB),
+            kernel_decided,
+        );
+        oom
+    }
+
     /// Memory below its limit while swap filled the rest: the walk found no cgroup at its
     /// limit, and without this the kill read as global.
     #[test]
     fn memsw_full_with_memory_below_its_limit_is_the_victims_memcg_oom() {
-        let mut oom = None;
-        let s = stats(Some(96 * MIB));
-        judge(
-            &mut oom,
-            Some(&cg()),
-            Some(&s),
-            Some(swap(40 * MIB)),
-            Some(56 * MIB),
-            false,
-        );
-        let o = oom.expect("an OOM cgroup");
+        let o = judge_victim(&stats(Some(96 * MIB)), 40 * MIB, false).expect("an OOM cgroup");
         assert_eq!(
             (o.limit, o.usage_bytes, o.limit_bytes),
             (LimitKind::MemorySwap, 96 * MIB, 96 * MIB)
@@ -225,36 +230,11 @@ mod tests {
 
     #[test]
     fn room_left_under_memsw_changes_nothing() {
-        let mut oom = None;
         let s = stats(Some(96 * MIB));
-        judge(
-            &mut oom,
-            Some(&cg()),
-            Some(&s),
-            Some(swap(10 * MIB)),
-            Some(56 * MIB),
-            false,
-        );
-        assert!(oom.is_none());
+        assert!(judge_victim(&s, 10 * MIB, false).is_none());
         // Nor without a memsw limit, nor when the kernel decided it was global.
-        judge(
-            &mut oom,
-            Some(&cg()),
-            Some(&stats(None)),
-            Some(swap(40 * MIB)),
-            Some(56 * MIB),
-            false,
-        );
-        assert!(oom.is_none());
-        judge(
-            &mut oom,
-            Some(&cg()),
-            Some(&s),
-            Some(swap(40 * MIB)),
-            Some(56 * MIB),
-            true,
-        );
-        assert!(oom.is_none());
+        assert!(judge_victim(&stats(None), 40 * MIB, false).is_none());
+        assert!(judge_victim(&s, 40 * MIB, true).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use btf_rs::Type;
 use memtrace_common::{
     layout::ABSENT,
-    memcg_stat::{MEMCG_STAT_ITEMS, MemcgStatLayout, item},
+    memcg_stat::{MEMCG_STAT_ITEMS, MemcgStatLayout},
 };
 
 use super::btf::KernelBtf;
@@ -74,23 +74,22 @@ const MEMCG_NODE_ITEMS: &[&str] = &[
     "NR_HUGETLB",
 ];
 
-/// The kernel's name for each `memcg_stat::item`, in item order.
-const ITEM_NAMES: [&str; MEMCG_STAT_ITEMS] = {
-    let mut n = [""; MEMCG_STAT_ITEMS];
-    n[item::ANON] = "NR_ANON_MAPPED";
-    n[item::FILE] = "NR_FILE_PAGES";
-    n[item::SHMEM] = "NR_SHMEM";
-    n[item::ACTIVE_FILE] = "NR_ACTIVE_FILE";
-    n[item::INACTIVE_FILE] = "NR_INACTIVE_FILE";
-    n[item::SLAB_RECLAIMABLE] = "NR_SLAB_RECLAIMABLE_B";
-    n[item::SLAB_UNRECLAIMABLE] = "NR_SLAB_UNRECLAIMABLE_B";
-    n[item::KERNEL_STACK] = "NR_KERNEL_STACK_KB";
-    n[item::PAGETABLES] = "NR_PAGETABLE";
-    n[item::SWAP] = "MEMCG_SWAP";
-    n[item::KMEM] = "MEMCG_KMEM";
-    n[item::UNEVICTABLE] = "NR_UNEVICTABLE";
-    n
-};
+/// The kernel's name for each `memcg_stat::item`, in item order (`item` numbers them 0, 1, ...
+/// and names each one's kernel item); the length is checked against their count.
+const ITEM_NAMES: [&str; MEMCG_STAT_ITEMS] = [
+    "NR_ANON_MAPPED",
+    "NR_FILE_PAGES",
+    "NR_SHMEM",
+    "NR_ACTIVE_FILE",
+    "NR_INACTIVE_FILE",
+    "NR_SLAB_RECLAIMABLE_B",
+    "NR_SLAB_UNRECLAIMABLE_B",
+    "NR_KERNEL_STACK_KB",
+    "NR_PAGETABLE",
+    "MEMCG_SWAP",
+    "MEMCG_KMEM",
+    "NR_UNEVICTABLE",
+];
 
 /// An item's name -> its slot in `state[]`.
 type SlotOf<'a> = Box<dyn Fn(&str) -> Option<u32> + 'a>;
@@ -203,7 +202,23 @@ impl KernelBtf {
 
 #[cfg(test)]
 mod tests {
+    use memtrace_common::memcg_stat::item;
+
     use super::*;
+
+    /// `ITEM_NAMES` is indexed by `item`: its ends, and the items whose unit the name carries.
+    #[test]
+    fn item_names_follow_item_numbers() {
+        let pinned = [
+            (item::ANON, "NR_ANON_MAPPED"),
+            (item::SLAB_RECLAIMABLE, "NR_SLAB_RECLAIMABLE_B"),
+            (item::KERNEL_STACK, "NR_KERNEL_STACK_KB"),
+            (item::UNEVICTABLE, "NR_UNEVICTABLE"),
+        ];
+        for (i, name) in pinned {
+            assert_eq!(ITEM_NAMES[i], name);
+        }
+    }
 
     /// This machine's kernel: the table memtrace derives has exactly as many slots as BTF says,
     /// and the items sit where mm/memcontrol.c puts them (6.11+ compact order).

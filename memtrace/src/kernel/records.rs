@@ -13,6 +13,8 @@ use memtrace_common::{
 };
 use serde::Serialize;
 
+use crate::kernel::hooks::AttachKind;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("record of {got} bytes, expected {want}")]
@@ -23,29 +25,10 @@ pub enum DecodeError {
     Source(u32),
 }
 
-/// Which program produced a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HookSource {
-    TpBtf,
-    RawTp,
-    /// fentry / kprobe on `mark_oom_victim`: kernels whose tracepoint passes no task.
-    Fentry,
-    Kprobe,
-    Tracepoint,
-}
-
-impl HookSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TpBtf => "tp_btf",
-            Self::RawTp => "raw_tp",
-            Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
-            Self::Tracepoint => "tracepoint",
-        }
-    }
-}
+/// Which program produced a record: the attach kind of the OOM hook that wrote it (never
+/// perf_event). One enum with the hooks' own, so that a record and `memtrace probes` name a
+/// kind the same way.
+pub type HookSource = AttachKind;
 
 /// Sizes of the victim's address space at the kill, in kB (as the kernel log prints them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,23 +128,29 @@ pub(crate) fn comm(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// Checks a record's length and kind; returns its flags and the fields after them.
+pub(crate) fn record_header(raw: &[u8], len: usize, kind: u32) -> Result<(u32, &[u8]), DecodeError> {
+    if raw.len() != len {
+        return Err(DecodeError::Length {
+            got: raw.len(),
+            want: len,
+        });
+    }
+    let mut b = raw;
+    let got = b.get_u32_le();
+    if got != kind {
+        return Err(DecodeError::Kind(got));
+    }
+    let f = b.get_u32_le();
+    Ok((f, b))
+}
+
 impl TryFrom<&[u8]> for VictimRecord {
     type Error = DecodeError;
 
     fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
         // The ring buffer rounds records up to 8 bytes; ours is a multiple of 8 already.
-        if raw.len() != OOM_VICTIM_RECORD_LEN {
-            return Err(DecodeError::Length {
-                got: raw.len(),
-                want: OOM_VICTIM_RECORD_LEN,
-            });
-        }
-        let mut b = raw;
-        let kind = b.get_u32_le();
-        if kind != KIND_OOM_VICTIM {
-            return Err(DecodeError::Kind(kind));
-        }
-        let f = b.get_u32_le();
+        let (f, mut b) = record_header(raw, OOM_VICTIM_RECORD_LEN, KIND_OOM_VICTIM)?;
         let has = |bit: u32| f & bit != 0;
         let sources = flags::SRC_TP_BTF
             | flags::SRC_RAW_TP
@@ -278,18 +267,7 @@ impl TryFrom<&[u8]> for OomContext {
     type Error = DecodeError;
 
     fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
-        if raw.len() != OOM_CONTEXT_RECORD_LEN {
-            return Err(DecodeError::Length {
-                got: raw.len(),
-                want: OOM_CONTEXT_RECORD_LEN,
-            });
-        }
-        let mut b = raw;
-        let kind = b.get_u32_le();
-        if kind != KIND_OOM_CONTEXT {
-            return Err(DecodeError::Kind(kind));
-        }
-        let f = b.get_u32_le();
+        let (f, mut b) = record_header(raw, OOM_CONTEXT_RECORD_LEN, KIND_OOM_CONTEXT)?;
         if f & (ctx_flags::SRC_FENTRY | ctx_flags::SRC_KPROBE) == 0 {
             return Err(DecodeError::Source(f));
         }
@@ -344,18 +322,7 @@ impl TryFrom<&[u8]> for CgroupCreated {
     type Error = DecodeError;
 
     fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
-        if raw.len() != CGROUP_MKDIR_RECORD_LEN {
-            return Err(DecodeError::Length {
-                got: raw.len(),
-                want: CGROUP_MKDIR_RECORD_LEN,
-            });
-        }
-        let mut b = raw;
-        let kind = b.get_u32_le();
-        if kind != KIND_CGROUP_MKDIR {
-            return Err(DecodeError::Kind(kind));
-        }
-        let f = b.get_u32_le();
+        let (f, mut b) = record_header(raw, CGROUP_MKDIR_RECORD_LEN, KIND_CGROUP_MKDIR)?;
         let root = b.get_u32_le();
         let _level = b.get_u32_le();
         let id = b.get_u64_le();

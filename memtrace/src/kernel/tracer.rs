@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::{CgroupVersion, MemoryHierarchy},
+    charges::accounting::ChargeMaps,
     kernel::attach::{AttachEnv, AttachError, attach},
     kernel::btf::{BtfError, KernelBtf},
     kernel::hooks::{ForcedVariant, Group, HOOKS, HookId, HookStatus, Rejected, Variant},
@@ -51,6 +52,8 @@ pub enum TracerError {
     },
     #[error("registering the ring buffer with the runtime: {0}")]
     Poll(#[source] io::Error),
+    #[error("no charge-path hook could attach on this kernel (see `memtrace probes`)")]
+    NoChargeHook,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +102,18 @@ pub struct ChargeOptions {
     pub exact: bool,
     /// Sampled mode: page faults per sample, per CPU.
     pub fault_period: u32,
+}
+
+impl ChargeOptions {
+    /// Exact mode with a stack every `sample_every` charge events per CPU: the kernel's charge
+    /// path too, for the commands that show stacks (`top`'s drill-down, `hotspots`).
+    pub fn exact_with_stacks(sample_every: u32) -> Self {
+        Self {
+            sample_every,
+            exact: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// Sampled mode's default period: cheap enough to leave on (BENCHMARKS.md §1).
@@ -342,16 +357,34 @@ impl Tracer {
         ))
     }
 
+    /// Charge accounting alone, for the commands that poll the charge maps themselves (`top`,
+    /// `hotspots`): no OOM hooks, and an error when no charge-path hook attached. The rings are
+    /// handed back so that they live as long as the caller keeps them.
+    pub fn start_charges(
+        hierarchy: &MemoryHierarchy,
+        charges: ChargeOptions,
+    ) -> Result<(Self, Rings, ChargeMaps), TracerError> {
+        let opts = TracerOptions {
+            hierarchy: Some(hierarchy.clone()),
+            oom: false,
+            charges: Some(charges),
+            ..TracerOptions::default()
+        };
+        let (mut tracer, rings) = Self::start(&opts)?;
+        let maps = tracer.take_charge_maps().ok_or(TracerError::NoChargeHook)?;
+        Ok((tracer, rings, maps))
+    }
+
     /// The loaded object, for reading maps (charge accounting).
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
 
     /// The charge maps, for whoever polls them; `None` without charge accounting.
-    pub fn take_charge_maps(&mut self) -> Option<crate::charges::accounting::ChargeMaps> {
+    pub fn take_charge_maps(&mut self) -> Option<ChargeMaps> {
         self.selected(HookId::Charge)
             .or_else(|| self.selected(HookId::ChargeSample))?;
-        match crate::charges::accounting::ChargeMaps::take(&mut self.ebpf) {
+        match ChargeMaps::take(&mut self.ebpf) {
             Ok(m) => Some(m),
             Err(e) => {
                 log::warn!("charge maps: {e}");

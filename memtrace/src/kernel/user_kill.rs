@@ -7,7 +7,7 @@ use memtrace_common::{
     user_kill::{KIND_USER_KILL, USER_KILL_RECORD_LEN, flags},
 };
 
-use crate::kernel::records::{DecodeError, comm};
+use crate::kernel::records::{DecodeError, comm, record_header};
 
 /// A process, as the kernel named it at the signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,18 +36,7 @@ impl TryFrom<&[u8]> for UserKillSignal {
     type Error = DecodeError;
 
     fn try_from(raw: &[u8]) -> Result<Self, Self::Error> {
-        if raw.len() != USER_KILL_RECORD_LEN {
-            return Err(DecodeError::Length {
-                got: raw.len(),
-                want: USER_KILL_RECORD_LEN,
-            });
-        }
-        let mut b = raw;
-        let kind = b.get_u32_le();
-        if kind != KIND_USER_KILL {
-            return Err(DecodeError::Kind(kind));
-        }
-        let f = b.get_u32_le();
+        let (f, mut b) = record_header(raw, USER_KILL_RECORD_LEN, KIND_USER_KILL)?;
         let ktime_boot_ns = b.get_u64_le();
         let sender_memcg = b.get_u64_le();
         let target_memcg = b.get_u64_le();

@@ -1,6 +1,8 @@
 //! JSON lines. Flat keys after the OpenTelemetry semantic conventions (`process.pid`,
 //! `process.executable.name`, ...); memtrace's own fields under `memtrace.`. Sizes in bytes.
 
+use std::time::SystemTime;
+
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -24,6 +26,17 @@ impl Obj {
         self
     }
 
+    /// An event line's first fields, the same in every kind of event.
+    fn event(time: SystemTime, severity: &str, event: &str, body: String, host: &str) -> Self {
+        let mut o = Self(Map::new());
+        o.put("timestamp", clock::rfc3339(time))
+            .put("severity_text", severity)
+            .put("event.name", event)
+            .put("body", body)
+            .put("host.name", host);
+        o
+    }
+
     fn opt<T: Into<Value>>(&mut self, key: &str, value: Option<T>) -> &mut Self {
         if let Some(v) = value {
             self.0.insert(key.to_owned(), v.into());
@@ -33,8 +46,8 @@ impl Obj {
 }
 
 pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
-    let mut o = Obj(Map::new());
-    victim(&mut o, k, host, emit_delay_ns);
+    let mut o = Obj::event(k.time, "ERROR", name::OOM_KILL, text::kill_body(k), host);
+    victim(&mut o, k, emit_delay_ns);
     cgroups(&mut o, k);
     next_in_line(&mut o, k);
     snapshot(&mut o, k.snapshot.as_ref());
@@ -45,18 +58,13 @@ pub fn event(k: &OomKill, host: &str, emit_delay_ns: u64) -> Value {
 }
 
 /// The record: the victim, its cgroup and the task that triggered the OOM.
-fn victim(o: &mut Obj, k: &OomKill, host: &str, emit_delay_ns: u64) {
+fn victim(o: &mut Obj, k: &OomKill, emit_delay_ns: u64) {
     let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
-    o.put("timestamp", clock::rfc3339(k.time))
-        .put("severity_text", "ERROR")
-        .put("event.name", name::OOM_KILL)
-        .put("body", text::kill_body(k))
-        .put("host.name", host)
-        .put("process.pid", k.pid)
+    o.put("process.pid", k.pid)
         .opt("process.executable.name", k.comm.clone())
         .opt("process.owner.uid", k.uid)
         .put("memtrace.seq", k.seq)
-        .put("memtrace.hook", k.hook.as_str())
+        .put("memtrace.hook", k.hook.name())
         .put("memtrace.ktime_boot_ns", k.ktime_boot_ns)
         .put("memtrace.emit_delay_us", emit_delay_ns / 1000)
         .put("memtrace.victim.tid", k.tid)
@@ -243,13 +251,8 @@ fn memory_files<'o>(o: &'o mut Obj, s: &MemoryStats) -> &'o mut Obj {
 
 /// The summary of an ended OOM episode, as a JSON line.
 pub fn episode(e: &EpisodeSummary, host: &str) -> Value {
-    let mut o = Obj(Map::new());
-    o.put("timestamp", clock::rfc3339(e.time))
-        .put("severity_text", "INFO")
-        .put("event.name", name::OOM_EPISODE)
-        .put("body", text::episode_body(e))
-        .put("host.name", host)
-        .put("memtrace.episode.id", e.id.clone())
+    let mut o = Obj::event(e.time, "INFO", name::OOM_EPISODE, text::episode_body(e), host);
+    o.put("memtrace.episode.id", e.id.clone())
         .opt("memtrace.oom_cgroup.path", e.cgroup.clone())
         .put("memtrace.episode.victims", e.victims)
         .put("memtrace.episode.freed_bytes", e.freed_bytes)
@@ -260,13 +263,8 @@ pub fn episode(e: &EpisodeSummary, host: &str) -> Value {
 
 /// A userspace memory killer's kill (enrich/user_kill.rs).
 pub fn user_kill(k: &UserKill, host: &str) -> Value {
-    let mut o = Obj(Map::new());
-    o.put("timestamp", clock::rfc3339(k.time))
-        .put("severity_text", "ERROR")
-        .put("event.name", name::USERSPACE_KILL)
-        .put("body", k.summary())
-        .put("host.name", host)
-        .put("memtrace.killer", k.kind.as_str())
+    let mut o = Obj::event(k.time, "ERROR", name::USERSPACE_KILL, k.summary(), host);
+    o.put("memtrace.killer", k.kind.as_str())
         .put("memtrace.killer.pid", k.killer.task.tgid)
         .put("memtrace.killer.name", k.killer.task.comm.clone())
         .opt("memtrace.killer.cgroup.path", k.killer.cgroup.clone())
@@ -286,21 +284,12 @@ pub fn user_kill(k: &UserKill, host: &str) -> Value {
 
 /// An OOM without a victim, begun or ended, as a JSON line.
 pub fn stall(s: &OomStall, host: &str) -> Value {
-    let ended = s.duration.is_some();
-    let mut o = Obj(Map::new());
-    o.put("timestamp", clock::rfc3339(s.time))
-        .put("severity_text", if ended { "INFO" } else { "ERROR" })
-        .put(
-            "event.name",
-            if ended {
-                name::OOM_NO_VICTIM_END
-            } else {
-                name::OOM_NO_VICTIM
-            },
-        )
-        .put("body", text::stall_body(s))
-        .put("host.name", host)
-        .put("memtrace.cgroup.path", s.cgroup.clone())
+    let (severity, event) = match s.duration {
+        Some(_) => ("INFO", name::OOM_NO_VICTIM_END),
+        None => ("ERROR", name::OOM_NO_VICTIM),
+    };
+    let mut o = Obj::event(s.time, severity, event, text::stall_body(s), host);
+    o.put("memtrace.cgroup.path", s.cgroup.clone())
         .put("memtrace.stall.since", clock::rfc3339(s.since))
         .put("memtrace.stall.reason", json!(s.reason))
         .put("memtrace.stall.tasks", s.tasks)
@@ -310,13 +299,14 @@ pub fn stall(s: &OomStall, host: &str) -> Value {
 
 /// A pre-OOM warning as a JSON line.
 pub fn warning(w: &PreOomWarning, host: &str) -> Value {
-    let mut o = Obj(Map::new());
-    o.put("timestamp", clock::rfc3339(w.time))
-        .put("severity_text", "WARN")
-        .put("event.name", name::PRE_OOM_WARNING)
-        .put("body", text::warning_summary(w))
-        .put("host.name", host)
-        .put("memtrace.cgroup.path", w.cgroup.clone())
+    let mut o = Obj::event(
+        w.time,
+        "WARN",
+        name::PRE_OOM_WARNING,
+        text::warning_summary(w),
+        host,
+    );
+    o.put("memtrace.cgroup.path", w.cgroup.clone())
         .put("memtrace.warning.reason", w.reason.as_str())
         .put("memtrace.warning.usage_bytes", w.usage_bytes)
         .put("memtrace.warning.working_set_bytes", w.working_set_bytes)

@@ -108,7 +108,7 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
     if let Some(b) = &k.badness {
         let _ = write!(s, " | badness {} (totalpages {})", b.points, b.totalpages);
     }
-    let _ = write!(s, " | {} +{:.1}ms", k.hook.as_str(), emit_delay_ns as f64 / 1e6);
+    let _ = write!(s, " | {} +{:.1}ms", k.hook.name(), emit_delay_ns as f64 / 1e6);
     let _ = write!(s, "\n    why: {}", k.verdict.summary);
     if let Some(h) = k.hotspots.first() {
         let _ = write!(

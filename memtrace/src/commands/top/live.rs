@@ -23,7 +23,7 @@ use crate::{
     charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     cli::TopArgs,
-    kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
+    kernel::tracer::{ChargeOptions, Tracer},
 };
 
 /// Time given to user-stack symbolization per refresh.
@@ -169,25 +169,13 @@ impl Source {
 
 pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
     let hierarchy = MemoryHierarchy::detect()?;
-    let opts = TracerOptions {
-        hierarchy: Some(hierarchy.clone()),
-        oom: false,
-        // Exact mode: the drill-down shows the kernel's charge path too.
-        charges: Some(ChargeOptions {
-            sample_every: args.sample_every,
-            exact: true,
-            ..ChargeOptions::default()
-        }),
-        ..TracerOptions::default()
-    };
-    let (mut tracer, _rings) = Tracer::start(&opts)?;
+    // Exact mode: the drill-down shows the kernel's charge path too.
+    let (tracer, _rings, maps) =
+        Tracer::start_charges(&hierarchy, ChargeOptions::exact_with_stacks(args.sample_every))?;
     let hook = tracer.selected(crate::kernel::hooks::HookId::Charge).map_or_else(
         || "none".to_owned(),
         |v| format!("{} {}", v.attach.kind(), v.attach.target()),
     );
-    let Some(maps) = tracer.take_charge_maps() else {
-        anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
-    };
     let mut src = Source {
         maps,
         monitor: ChargeMonitor::new(args.window.max(args.interval)),
@@ -250,11 +238,6 @@ mod tests {
     use super::*;
     use crate::charges::accounting::SampleKey;
 
-    #[inline(never)]
-    fn memtrace_top_marker_frame() -> u64 {
-        memtrace_top_marker_frame as *const () as usize as u64
-    }
-
     fn sample(cgroup_id: u64, tgid: u32, user: Vec<u64>, count: u64) -> Sample {
         Sample {
             key: SampleKey {
@@ -270,6 +253,11 @@ mod tests {
 
     #[test]
     fn drill_down_takes_the_cgroup_and_its_descendants_symbolized() {
+        // A frame of this process, named by the symbolizer: a function of the test's own.
+        #[inline(never)]
+        fn memtrace_top_marker_frame() -> u64 {
+            memtrace_top_marker_frame as *const () as usize as u64
+        }
         let me = std::process::id();
         let marker = memtrace_top_marker_frame();
         let mut monitor = ChargeMonitor::new(Duration::from_secs(60));

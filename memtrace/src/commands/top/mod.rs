@@ -13,7 +13,7 @@ use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::accounting::{ChargeMonitor, Reads, Row, rows},
     cli::TopArgs,
-    kernel::tracer::{ChargeOptions, Tracer, TracerOptions},
+    kernel::tracer::{ChargeOptions, Tracer},
     output::Format,
 };
 
@@ -68,20 +68,12 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
 /// Text or JSON every interval, or once; no stack sampling.
 async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
     let hierarchy = MemoryHierarchy::detect()?;
-    let opts = TracerOptions {
-        hierarchy: Some(hierarchy.clone()),
-        oom: false,
-        // Sampled page faults, no stacks: a one-off look costs the host next to nothing.
-        charges: Some(ChargeOptions {
-            sample_every: 0,
-            ..ChargeOptions::default()
-        }),
-        ..TracerOptions::default()
+    // Sampled page faults, no stacks: a one-off look costs the host next to nothing.
+    let charges = ChargeOptions {
+        sample_every: 0,
+        ..ChargeOptions::default()
     };
-    let (mut tracer, _rings) = Tracer::start(&opts)?;
-    let Some(mut maps) = tracer.take_charge_maps() else {
-        anyhow::bail!("no charge-path hook could attach on this kernel (see `memtrace probes`)");
-    };
+    let (_tracer, _rings, mut maps) = Tracer::start_charges(&hierarchy, charges)?;
     let mut paths = CgroupPaths::new(hierarchy);
     let mut monitor = ChargeMonitor::new(Duration::from_secs(10));
     let page = page_size();

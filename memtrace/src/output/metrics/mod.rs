@@ -43,15 +43,15 @@ use std::{
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 pub use server::{bind, serve};
 pub use text::to_prometheus_text;
 
 use crate::{
-    cgroup::reconcile::Mismatch, charges::accounting::Row, charges::warnings::PreOomWarning,
-    enrich::kill::OomKill,
+    cgroup::MemoryStats, cgroup::reconcile::Mismatch, charges::accounting::Row,
+    charges::warnings::PreOomWarning, enrich::kill::OomKill,
 };
 use series::Tracker;
 
@@ -110,6 +110,126 @@ struct ChargeFamilies {
     reclaim_seconds: Family<CgroupLabels, SecondsCounter>,
 }
 
+impl ChargeFamilies {
+    fn register(&self, r: &mut Registry) {
+        // Registration order is the order of the exposition.
+        let counters = [
+            (
+                "cgroup_charges",
+                "Memory charge events of a busy or nearly full cgroup",
+                None,
+                &self.charges,
+            ),
+            (
+                "cgroup_charged",
+                "Memory charged to a busy or nearly full cgroup",
+                Some(Unit::Bytes),
+                &self.charged_bytes,
+            ),
+            (
+                "cgroup_page_faults",
+                "Page faults in a busy or nearly full cgroup",
+                None,
+                &self.faults,
+            ),
+            (
+                "cgroup_major_page_faults",
+                "Major page faults in a busy or nearly full cgroup",
+                None,
+                &self.major_faults,
+            ),
+            (
+                "cgroup_reclaim_stalls",
+                "Charges of a busy or nearly full cgroup that stalled in memcg direct reclaim",
+                None,
+                &self.reclaim_stalls,
+            ),
+        ];
+        for (name, help, unit, family) in counters {
+            register(r, name, help, unit, family.clone());
+        }
+        // Seconds are an f64 counter: not of the table's type.
+        r.register_with_unit(
+            "cgroup_reclaim_stall",
+            "Time tasks of a busy or nearly full cgroup spent in memcg direct reclaim",
+            Unit::Seconds,
+            self.reclaim_seconds.clone(),
+        );
+    }
+}
+
+fn register(r: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: impl Metric) {
+    match unit {
+        Some(unit) => r.register_with_unit(name, help, unit, metric),
+        None => r.register(name, help, metric),
+    }
+}
+
+/// A new metric, registered: `Metrics` keeps a handle (metrics are shared on clone).
+fn registered<M: Metric + Clone + Default>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+) -> M {
+    let m = M::default();
+    register(r, name, help, unit, m.clone());
+    m
+}
+
+/// The post-kill snapshot of the cgroup that hit its limit, `{cgroup}`.
+struct SnapshotGauges {
+    usage: Family<CgroupLabels, Gauge>,
+    working_set: Family<CgroupLabels, Gauge>,
+    limit: Family<CgroupLabels, Gauge>,
+}
+
+impl SnapshotGauges {
+    fn new(r: &mut Registry) -> Self {
+        let [usage, working_set, limit] = [
+            (
+                "cgroup_memory_usage",
+                "Memory usage of the cgroup that hit its limit, read just after its last OOM kill",
+            ),
+            (
+                "cgroup_memory_working_set",
+                "Working set (usage - inactive_file) of the cgroup that hit its limit, read just after its last OOM kill",
+            ),
+            (
+                "cgroup_memory_limit",
+                "Memory limit of the cgroup that hit it, read just after its last OOM kill",
+            ),
+        ]
+        .map(|(name, help)| registered(r, name, help, Some(Unit::Bytes)));
+        Self {
+            usage,
+            working_set,
+            limit,
+        }
+    }
+
+    fn set(&self, l: &CgroupLabels, stats: &MemoryStats) {
+        self.usage.get_or_create(l).set(gauge_bytes(stats.usage));
+        self.working_set
+            .get_or_create(l)
+            .set(gauge_bytes(stats.working_set()));
+        match stats.limit {
+            Some(lim) => {
+                self.limit.get_or_create(l).set(gauge_bytes(lim));
+            }
+            None => {
+                self.limit.remove(l);
+            }
+        }
+    }
+
+    fn remove(&self, l: &CgroupLabels) {
+        self.usage.remove(l);
+        self.working_set.remove(l);
+        self.limit.remove(l);
+    }
+}
+
 /// Which label sets exist per cgroup, so that all of a cgroup's series can go.
 #[derive(Debug)]
 struct State {
@@ -125,9 +245,7 @@ pub struct Metrics {
     lost: Family<LostLabels, Counter>,
     delivered: Family<SinkLabels, Counter>,
     failed: Family<SinkLabels, Counter>,
-    usage: Family<CgroupLabels, Gauge>,
-    working_set: Family<CgroupLabels, Gauge>,
-    limit: Family<CgroupLabels, Gauge>,
+    snapshot: SnapshotGauges,
     charge: ChargeFamilies,
     warnings: Family<WarningLabels, Counter>,
     mismatched_cgroups: Gauge,
@@ -161,25 +279,24 @@ impl Metrics {
     /// long a removed cgroup's series stay (so that scrapes and alerts see its last values).
     pub fn new(max_cgroups: usize, forget_after: Duration) -> Self {
         let mut r = Registry::with_prefix("memtrace");
-        let oom_kills = Family::<KillLabels, Counter>::default();
-        r.register(
+        let oom_kills = registered(
+            &mut r,
             "oom_kills",
             "Tasks killed by the OOM killer, by victim cgroup and container",
-            oom_kills.clone(),
+            None,
         );
-        let lost = Family::<LostLabels, Counter>::default();
-        r.register(
+        let lost = registered(
+            &mut r,
             "events_lost",
             "OOM events lost: ring buffer full or undecodable (kernel side), or dropped by a sink whose queue was full",
-            lost.clone(),
+            None,
         );
-        let delivered = Family::<SinkLabels, Counter>::default();
-        r.register("sink_deliveries", "Events a sink delivered", delivered.clone());
-        let failed = Family::<SinkLabels, Counter>::default();
-        r.register(
+        let delivered = registered(&mut r, "sink_deliveries", "Events a sink delivered", None);
+        let failed = registered(
+            &mut r,
             "sink_deliveries_failed",
             "Events a sink could not deliver, retries exhausted",
-            failed.clone(),
+            None,
         );
         r.register(
             "build",
@@ -188,83 +305,32 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").into(),
             }),
         );
-        let usage = Family::<CgroupLabels, Gauge>::default();
-        r.register_with_unit(
-            "cgroup_memory_usage",
-            "Memory usage of the cgroup that hit its limit, read just after its last OOM kill",
-            Unit::Bytes,
-            usage.clone(),
-        );
-        let working_set = Family::<CgroupLabels, Gauge>::default();
-        r.register_with_unit(
-            "cgroup_memory_working_set",
-            "Working set (usage - inactive_file) of the cgroup that hit its limit, read just after its last OOM kill",
-            Unit::Bytes,
-            working_set.clone(),
-        );
-        let limit = Family::<CgroupLabels, Gauge>::default();
-        r.register_with_unit(
-            "cgroup_memory_limit",
-            "Memory limit of the cgroup that hit it, read just after its last OOM kill",
-            Unit::Bytes,
-            limit.clone(),
-        );
+        let snapshot = SnapshotGauges::new(&mut r);
         let charge = ChargeFamilies::default();
-        r.register(
-            "cgroup_charges",
-            "Memory charge events of a busy or nearly full cgroup",
-            charge.charges.clone(),
-        );
-        r.register_with_unit(
-            "cgroup_charged",
-            "Memory charged to a busy or nearly full cgroup",
-            Unit::Bytes,
-            charge.charged_bytes.clone(),
-        );
-        r.register(
-            "cgroup_page_faults",
-            "Page faults in a busy or nearly full cgroup",
-            charge.faults.clone(),
-        );
-        r.register(
-            "cgroup_major_page_faults",
-            "Major page faults in a busy or nearly full cgroup",
-            charge.major_faults.clone(),
-        );
-        r.register(
-            "cgroup_reclaim_stalls",
-            "Charges of a busy or nearly full cgroup that stalled in memcg direct reclaim",
-            charge.reclaim_stalls.clone(),
-        );
-        r.register_with_unit(
-            "cgroup_reclaim_stall",
-            "Time tasks of a busy or nearly full cgroup spent in memcg direct reclaim",
-            Unit::Seconds,
-            charge.reclaim_seconds.clone(),
-        );
-        let warnings = Family::<WarningLabels, Counter>::default();
-        r.register(
+        charge.register(&mut r);
+        let warnings = registered(
+            &mut r,
             "pre_oom_warnings",
             "Pre-OOM warnings: a cgroup's working set near its limit, or its charges stalling in reclaim",
-            warnings.clone(),
+            None,
         );
-        let mismatched_cgroups = Gauge::default();
-        r.register(
+        let mismatched_cgroups = registered(
+            &mut r,
             "reconcile_mismatched_cgroups",
             "Cgroups whose OOM-kill count from the kernel (memory.oom_control / memory.events) differs from memtrace's, persistently",
-            mismatched_cgroups.clone(),
+            None,
         );
-        let unreported = Family::<CgroupLabels, Gauge>::default();
-        r.register(
+        let unreported = registered(
+            &mut r,
             "reconcile_unreported_kills",
             "The kernel's OOM-kill count minus memtrace's, for each cgroup where they differ",
-            unreported.clone(),
+            None,
         );
-        let late_kills = Counter::default();
-        r.register(
+        let late_kills = registered(
+            &mut r,
             "enrich_late_kills",
             "OOM kills sent before their file reads were done (the per-kill budget ran out)",
-            late_kills.clone(),
+            None,
         );
         let m = Self {
             registry: r,
@@ -272,9 +338,7 @@ impl Metrics {
             lost,
             delivered,
             failed,
-            usage,
-            working_set,
-            limit,
+            snapshot,
             charge,
             warnings,
             mismatched_cgroups,
@@ -365,18 +429,7 @@ impl Metrics {
             .or_else(|| k.cgroup.as_ref().and_then(|c| c.path.as_deref()));
         if let (Some(path), Some(stats)) = (path, k.snapshot.as_ref().and_then(|s| s.stats())) {
             let l = CgroupLabels { cgroup: path.into() };
-            self.usage.get_or_create(&l).set(gauge_bytes(stats.usage));
-            self.working_set
-                .get_or_create(&l)
-                .set(gauge_bytes(stats.working_set()));
-            match stats.limit {
-                Some(lim) => {
-                    self.limit.get_or_create(&l).set(gauge_bytes(lim));
-                }
-                None => {
-                    self.limit.remove(&l);
-                }
-            }
+            self.snapshot.set(&l, stats);
             self.touch(&mut st, path, true, now);
         }
     }
@@ -502,9 +555,7 @@ impl Metrics {
         let l = CgroupLabels {
             cgroup: cgroup.to_owned(),
         };
-        self.usage.remove(&l);
-        self.working_set.remove(&l);
-        self.limit.remove(&l);
+        self.snapshot.remove(&l);
         let c = &self.charge;
         c.charges.remove(&l);
         c.charged_bytes.remove(&l);

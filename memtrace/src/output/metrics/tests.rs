@@ -7,6 +7,18 @@ use crate::{
     sinks::tests::kill,
 };
 
+/// Asserts that the exposition `t` has `needle`, showing `t` when it has not.
+#[track_caller]
+fn assert_has(t: &str, needle: &str) {
+    assert!(t.contains(needle), "{t}");
+}
+
+/// The opposite of [`assert_has`].
+#[track_caller]
+fn assert_lacks(t: &str, needle: &str) {
+    assert!(!t.contains(needle), "{t}");
+}
+
 #[test]
 fn kill_counter_and_gauges() {
     let m = Metrics::new(1, Duration::from_secs(3600));
@@ -21,21 +33,21 @@ fn kill_counter_and_gauges() {
     m.record_kill(&k);
     m.record_kill(&k);
     let t = m.encode_prometheus_text();
-    assert!(
-        t.contains(r#"memtrace_oom_kills_total{namespace="",pod="",container="",container_id="",cgroup="/kubepods.slice/x",constraint="global"} 2"#),
-        "{t}"
+    assert_has(
+        &t,
+        r#"memtrace_oom_kills_total{namespace="",pod="",container="",container_id="",cgroup="/kubepods.slice/x",constraint="global"} 2"#,
     );
-    assert!(
-        t.contains(r#"memtrace_cgroup_memory_working_set_bytes{cgroup="/kubepods.slice/x"} 52428800"#),
-        "{t}"
+    assert_has(
+        &t,
+        r#"memtrace_cgroup_memory_working_set_bytes{cgroup="/kubepods.slice/x"} 52428800"#,
     );
-    assert!(
-        t.contains(r#"memtrace_cgroup_memory_limit_bytes{cgroup="/kubepods.slice/x"} 67108864"#),
-        "{t}"
+    assert_has(
+        &t,
+        r#"memtrace_cgroup_memory_limit_bytes{cgroup="/kubepods.slice/x"} 67108864"#,
     );
-    assert!(t.contains(r#"memtrace_build_info{version=""#), "{t}");
-    assert!(t.contains("# TYPE memtrace_oom_kills_total counter"), "{t}");
-    assert!(t.contains("# TYPE memtrace_build_info gauge"), "{t}");
+    assert_has(&t, r#"memtrace_build_info{version=""#);
+    assert_has(&t, "# TYPE memtrace_oom_kills_total counter");
+    assert_has(&t, "# TYPE memtrace_build_info gauge");
     assert!(!t.contains("# EOF") && !t.contains("# UNIT"), "{t}");
 
     // Exiting victims are not kills; a second cgroup pushes out the first (max 1).
@@ -53,14 +65,11 @@ fn kill_counter_and_gauges() {
     });
     m.record_kill(&k);
     let t = m.encode_prometheus_text();
-    assert!(t.contains(r#"constraint="global"} 2"#), "{t}");
-    assert!(
-        t.contains(r#"memtrace_cgroup_memory_usage_bytes{cgroup="/other"}"#),
-        "{t}"
-    );
-    assert!(
-        !t.contains(r#"memtrace_cgroup_memory_usage_bytes{cgroup="/kubepods.slice/x"}"#),
-        "{t}"
+    assert_has(&t, r#"constraint="global"} 2"#);
+    assert_has(&t, r#"memtrace_cgroup_memory_usage_bytes{cgroup="/other"}"#);
+    assert_lacks(
+        &t,
+        r#"memtrace_cgroup_memory_usage_bytes{cgroup="/kubepods.slice/x"}"#,
     );
 }
 
@@ -71,13 +80,13 @@ fn ringbuf_totals_become_increments() {
     m.ringbuf_full_total(3);
     m.ringbuf_full_total(5);
     let t = m.encode_prometheus_text();
-    assert!(
-        t.contains(r#"memtrace_events_lost_total{cause="ringbuf_full",sink=""} 5"#),
-        "{t}"
+    assert_has(
+        &t,
+        r#"memtrace_events_lost_total{cause="ringbuf_full",sink=""} 5"#,
     );
-    assert!(
-        t.contains(r#"memtrace_events_lost_total{cause="decode_error",sink=""} 0"#),
-        "{t}"
+    assert_has(
+        &t,
+        r#"memtrace_events_lost_total{cause="decode_error",sink=""} 0"#,
     );
 }
 
@@ -118,31 +127,16 @@ fn charge_counters_only_for_busy_or_nearly_full_cgroups() {
     rows.push(row("/idle", 1, 64, 0.0, 5));
     m.record_charges(&rows, 4096);
     let t = m.encode_prometheus_text();
-    assert!(
-        t.contains(r#"memtrace_cgroup_charges_total{cgroup="/busy00"} 10"#),
-        "{t}"
-    );
-    assert!(
-        t.contains(r#"memtrace_cgroup_charges_total{cgroup="/busy09"} 10"#),
-        "{t}"
-    );
-    assert!(!t.contains(r#"cgroup="/busy10""#), "{t}");
-    assert!(!t.contains(r#"cgroup="/idle""#), "{t}");
-    assert!(
-        t.contains(r#"memtrace_cgroup_charged_bytes_total{cgroup="/full"} 28672"#),
-        "{t}"
-    );
-    assert!(
-        t.contains(r#"memtrace_cgroup_page_faults_total{cgroup="/full"} 14"#),
-        "{t}"
-    );
-    assert!(
-        t.contains(r#"memtrace_cgroup_reclaim_stalls_total{cgroup="/full"} 3"#),
-        "{t}"
-    );
-    assert!(
-        t.contains(r#"memtrace_cgroup_reclaim_stall_seconds_total{cgroup="/full"} 1.5"#),
-        "{t}"
+    assert_has(&t, r#"memtrace_cgroup_charges_total{cgroup="/busy00"} 10"#);
+    assert_has(&t, r#"memtrace_cgroup_charges_total{cgroup="/busy09"} 10"#);
+    assert_lacks(&t, r#"cgroup="/busy10""#);
+    assert_lacks(&t, r#"cgroup="/idle""#);
+    assert_has(&t, r#"memtrace_cgroup_charged_bytes_total{cgroup="/full"} 28672"#);
+    assert_has(&t, r#"memtrace_cgroup_page_faults_total{cgroup="/full"} 14"#);
+    assert_has(&t, r#"memtrace_cgroup_reclaim_stalls_total{cgroup="/full"} 3"#);
+    assert_has(
+        &t,
+        r#"memtrace_cgroup_reclaim_stall_seconds_total{cgroup="/full"} 1.5"#,
     );
     // Once counted, a cgroup keeps being counted when it goes quiet; totals only go up.
     m.record_charges(
@@ -150,14 +144,8 @@ fn charge_counters_only_for_busy_or_nearly_full_cgroups() {
         4096,
     );
     let t = m.encode_prometheus_text();
-    assert!(
-        t.contains(r#"memtrace_cgroup_charges_total{cgroup="/busy00"} 12"#),
-        "{t}"
-    );
-    assert!(
-        t.contains(r#"memtrace_cgroup_charges_total{cgroup="/full"} 7"#),
-        "{t}"
-    );
+    assert_has(&t, r#"memtrace_cgroup_charges_total{cgroup="/busy00"} 12"#);
+    assert_has(&t, r#"memtrace_cgroup_charges_total{cgroup="/full"} 7"#);
 }
 
 #[test]
@@ -192,9 +180,9 @@ fn series_of_removed_cgroups_go_after_forget_after() {
             .count()
     };
     let t = m.encode_prometheus_text();
-    assert!(
-        t.contains(r#"memtrace_pre_oom_warnings_total{cgroup="/kubepods.slice/x",reason="working_set"} 1"#),
-        "{t}"
+    assert_has(
+        &t,
+        r#"memtrace_pre_oom_warnings_total{cgroup="/kubepods.slice/x",reason="working_set"} 1"#,
     );
     assert_eq!(
         count(&t),
@@ -216,10 +204,7 @@ fn series_of_removed_cgroups_go_after_forget_after() {
     m.sweep_at(t0 + Duration::from_secs(74), alive);
     let t = m.encode_prometheus_text();
     assert_eq!(count(&t), 0, "{t}");
-    assert!(
-        t.contains(r#"memtrace_cgroup_charges_total{cgroup="/alive"} 9"#),
-        "{t}"
-    );
+    assert_has(&t, r#"memtrace_cgroup_charges_total{cgroup="/alive"} 9"#);
     // A new kill in a cgroup of the same path starts from scratch.
     m.record_kill(&k);
     assert!(
@@ -232,7 +217,7 @@ fn series_of_removed_cgroups_go_after_forget_after() {
 fn reconcile_state() {
     let m = Metrics::new(10, Duration::from_secs(3600));
     let t = m.encode_prometheus_text();
-    assert!(t.contains("memtrace_reconcile_mismatched_cgroups 0\n"), "{t}");
+    assert_has(&t, "memtrace_reconcile_mismatched_cgroups 0\n");
     let mm = |c: &str, kernel, reported| Mismatch {
         cgroup: c.into(),
         kernel,
@@ -240,17 +225,11 @@ fn reconcile_state() {
     };
     m.reconciled(&[mm("/a", 3, 1), mm("/b", 1, 2)]);
     let t = m.encode_prometheus_text();
-    assert!(t.contains("memtrace_reconcile_mismatched_cgroups 2\n"), "{t}");
-    assert!(
-        t.contains(r#"memtrace_reconcile_unreported_kills{cgroup="/a"} 2"#),
-        "{t}"
-    );
-    assert!(
-        t.contains(r#"memtrace_reconcile_unreported_kills{cgroup="/b"} -1"#),
-        "{t}"
-    );
+    assert_has(&t, "memtrace_reconcile_mismatched_cgroups 2\n");
+    assert_has(&t, r#"memtrace_reconcile_unreported_kills{cgroup="/a"} 2"#);
+    assert_has(&t, r#"memtrace_reconcile_unreported_kills{cgroup="/b"} -1"#);
     m.reconciled(&[]);
     let t = m.encode_prometheus_text();
-    assert!(t.contains("memtrace_reconcile_mismatched_cgroups 0\n"), "{t}");
-    assert!(!t.contains("memtrace_reconcile_unreported_kills{"), "{t}");
+    assert_has(&t, "memtrace_reconcile_mismatched_cgroups 0\n");
+    assert_lacks(&t, "memtrace_reconcile_unreported_kills{");
 }
