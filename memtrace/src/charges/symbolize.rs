@@ -16,49 +16,89 @@ use blazesym::{
 
 use crate::charges::task_maps;
 
-/// /proc/kallsyms, sorted by address.
+/// Kernel addresses named from /proc/kallsyms. The table is not kept: its 120,000 symbols
+/// took about 8 MiB of the daemon's memory, and a charge stack's kernel frames are few and
+/// repeat. Addresses not named yet are looked up in one pass over the file (about 30 ms
+/// here), and every name found is kept.
 #[derive(Debug, Default)]
 pub struct Kallsyms {
-    /// Data symbols are kept, unnamed, as boundaries: code is never named after them.
-    syms: Vec<(u64, Option<String>)>,
+    /// Address -> its function; `None`: in no function kallsyms knows.
+    names: HashMap<u64, Option<String>>,
 }
 
+/// A kernel function is rarely larger: kallsyms has no sizes, and an address past the last
+/// symbol of a region (a BPF program when bpf_jit_kallsyms is off) would otherwise take the
+/// name of whatever precedes it.
+const MAX_FUNCTION: u64 = 128 * 1024;
+/// Kernel addresses kept named at most; past that the cache starts again.
+const MAX_KERNEL_NAMES: usize = 16_384;
+
 impl Kallsyms {
-    pub fn load() -> Self {
-        std::fs::read_to_string("/proc/kallsyms")
-            .map(|t| Self::parse(&t))
-            .unwrap_or_default()
-    }
-
-    /// Lines like `ffffffff81000000 T _stext [module]`; zero addresses (hidden by kptr_restrict)
-    /// are useless and dropped.
-    pub fn parse(text: &str) -> Self {
-        let mut syms: Vec<(u64, Option<String>)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let addr = u64::from_str_radix(f.next()?, 16).ok().filter(|a| *a != 0)?;
-                let kind = f.next()?;
-                let name = f.next()?;
-                // T/t text, W/w weak: code. A stack address falling after a data symbol (R, D,
-                // B...) is in no function kallsyms knows (a BPF program without
-                // bpf_jit_kallsyms): it once came out as `__stop_runtime_ptr_USER_PTR_MAX`.
-                let code = matches!(kind, "T" | "t" | "W" | "w");
-                Some((addr, code.then(|| name.to_owned())))
-            })
+    /// The function of each address (`None`: none), from the cache or one pass over
+    /// /proc/kallsyms.
+    pub fn names(&mut self, addrs: &[u64]) -> Vec<Option<String>> {
+        let mut missing: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.names.contains_key(a))
             .collect();
-        syms.sort_unstable_by_key(|(a, _)| *a);
-        Self { syms }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let found = match std::fs::File::open("/proc/kallsyms") {
+                Ok(f) => Self::find(
+                    std::io::BufRead::lines(std::io::BufReader::new(f)).map_while(Result::ok),
+                    &missing,
+                ),
+                Err(e) => {
+                    log::debug!("/proc/kallsyms: {e}");
+                    vec![None; missing.len()]
+                }
+            };
+            if self.names.len() + missing.len() > MAX_KERNEL_NAMES {
+                self.names.clear();
+            }
+            self.names.extend(missing.into_iter().zip(found));
+        }
+        addrs
+            .iter()
+            .map(|a| self.names.get(a).cloned().flatten())
+            .collect()
     }
 
-    /// The symbol at or below `addr`, if `addr` is plausibly inside it: kallsyms has no
-    /// sizes, and an address past the last symbol of a region (a BPF program when
-    /// bpf_jit_kallsyms is off) would otherwise take the name of whatever precedes it.
-    pub fn find(&self, addr: u64) -> Option<&str> {
-        const MAX_FUNCTION: u64 = 128 * 1024;
-        let i = self.syms.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
-        let (start, name) = &self.syms[i];
-        (addr - start < MAX_FUNCTION).then_some(name.as_deref()?)
+    /// For each of `addrs` (sorted), the symbol at or below it, if the address is plausibly
+    /// inside it, from lines like `ffffffff81000000 T _stext [module]` in any order. Zero
+    /// addresses (hidden by kptr_restrict) are useless and skipped.
+    pub fn find(lines: impl Iterator<Item = impl AsRef<str>>, addrs: &[u64]) -> Vec<Option<String>> {
+        // The nearest symbol at or below each address so far: its address, and its name if
+        // it is code.
+        let mut best: Vec<Option<(u64, Option<String>)>> = vec![None; addrs.len()];
+        for line in lines {
+            let mut f = line.as_ref().split_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Some(addr) = u64::from_str_radix(addr, 16).ok().filter(|a| *a != 0) else {
+                continue;
+            };
+            // T/t text, W/w weak: code. A stack address falling after a data symbol (R, D,
+            // B...) is in no function kallsyms knows (a BPF program without
+            // bpf_jit_kallsyms): it once came out as `__stop_runtime_ptr_USER_PTR_MAX`.
+            let code = matches!(kind, "T" | "t" | "W" | "w");
+            // The addresses this symbol may hold: from it up to MAX_FUNCTION past it.
+            let from = addrs.partition_point(|a| *a < addr);
+            let to = addrs.partition_point(|a| *a < addr.saturating_add(MAX_FUNCTION));
+            for b in best.iter_mut().take(to).skip(from) {
+                let better = match b {
+                    None => true,
+                    Some((at, named)) => addr > *at || (addr == *at && named.is_none() && code),
+                };
+                if better {
+                    *b = Some((addr, code.then(|| name.to_owned())));
+                }
+            }
+        }
+        best.into_iter().map(|b| b.and_then(|(_, name)| name)).collect()
     }
 }
 
@@ -71,7 +111,7 @@ pub struct Symbols {
     symbolizer: Symbolizer,
     /// Processes read by the current symbolizer.
     pids: std::collections::HashSet<u32>,
-    kallsyms: Option<Kallsyms>,
+    kallsyms: Kallsyms,
     /// (pid, address) -> name, so a process that exits keeps the names already resolved.
     user: HashMap<(u32, u64), String>,
     /// Addresses no lookup named yet, asked once more before their hex is cached.
@@ -93,17 +133,18 @@ impl Symbols {
         Self {
             symbolizer: Symbolizer::new(),
             pids: Default::default(),
-            kallsyms: None,
+            kallsyms: Kallsyms::default(),
             user: HashMap::new(),
             retried: Default::default(),
         }
     }
 
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<String> {
-        let k = self.kallsyms.get_or_insert_with(Kallsyms::load);
-        addrs
-            .iter()
-            .map(|a| k.find(*a).map_or_else(|| hex(*a), str::to_owned))
+        self.kallsyms
+            .names(addrs)
+            .into_iter()
+            .zip(addrs)
+            .map(|(n, a)| n.unwrap_or_else(|| hex(*a)))
             .collect()
     }
 
@@ -249,20 +290,43 @@ mod tests {
 
     #[test]
     fn kallsyms_lookup() {
-        let k =
-            Kallsyms::parse("0000000000000000 A hidden\nffffffff81000100 T b\nffffffff81000000 T a\nbad\n");
-        assert_eq!(k.find(0xffffffff81000000), Some("a"));
-        assert_eq!(k.find(0xffffffff810000ff), Some("a"));
-        assert_eq!(k.find(0xffffffff81000200), Some("b"));
-        assert_eq!(k.find(0x1000), None);
-        assert_eq!(
-            k.find(0xffffffff81000100 + (1 << 20)),
-            None,
-            "far past the last symbol"
-        );
-        let k = Kallsyms::parse("ffffffff81000000 T a\nffffffff82000000 R __stop_runtime_ptr_X\n");
-        assert_eq!(k.find(0xffffffff81000010), Some("a"));
-        assert_eq!(k.find(0xffffffff82000010), None, "code is not named after data");
+        let find = |text: &str, addrs: &[u64]| Kallsyms::find(text.lines(), addrs);
+        let text = "0000000000000000 A hidden\nffffffff81000100 T b\nffffffff81000000 T a\nbad\n";
+        let addrs = [
+            0x1000,
+            0xffffffff81000000,
+            0xffffffff810000ff,
+            0xffffffff81000200,
+            0xffffffff81000100 + (1 << 20),
+        ];
+        let named = find(text, &addrs);
+        assert_eq!(named[0], None);
+        assert_eq!(named[1].as_deref(), Some("a"));
+        assert_eq!(named[2].as_deref(), Some("a"));
+        assert_eq!(named[3].as_deref(), Some("b"));
+        assert_eq!(named[4], None, "far past the last symbol");
+        let text = "ffffffff81000000 T a\nffffffff82000000 R __stop_runtime_ptr_X\n";
+        let named = find(text, &[0xffffffff81000010, 0xffffffff82000010]);
+        assert_eq!(named[0].as_deref(), Some("a"));
+        assert_eq!(named[1], None, "code is not named after data");
+    }
+
+    #[test]
+    fn this_kernels_own_symbols_are_named() {
+        let text = std::fs::read_to_string("/proc/kallsyms").expect("kallsyms");
+        let Some((addr, name)) = text.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let a = u64::from_str_radix(f.next()?, 16).ok().filter(|a| *a != 0)?;
+            (f.next()? == "T").then(|| (a, f.next().map(str::to_owned)))
+        }) else {
+            eprintln!("kallsyms addresses hidden (kptr_restrict): nothing to check");
+            return;
+        };
+        let mut s = Symbols::new();
+        let got = s.kernel(&[addr, addr]);
+        assert_eq!(got[0], name.clone().unwrap_or_default());
+        assert_eq!(got[0], got[1]);
+        assert_eq!(s.kallsyms.names.len(), 1, "one entry per address");
     }
 
     #[test]

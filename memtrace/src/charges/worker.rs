@@ -196,12 +196,8 @@ impl ChargeWatch {
         let thread = std::thread::Builder::new()
             .name("memtrace-charges".into())
             .spawn(move || {
-                // blazesym's symbolizer is not Send: it lives on this thread. Parse /proc/kallsyms
-                // now, not when the first samples are waiting.
-                let parse = Instant::now();
+                // blazesym's symbolizer is not Send: it lives on this thread.
                 let mut symbols = Symbols::new();
-                let _ = symbols.kernel(&[0]);
-                log::debug!("kernel symbols read in {:?}", parse.elapsed());
                 let mut next = Instant::now();
                 while !stop_flag.load(Ordering::Relaxed) {
                     if Instant::now() >= next {
