@@ -153,7 +153,9 @@ impl Daemon {
             self.router.episode(e);
         }
         if let Some(p) = self.enricher.paths() {
-            for s in self.stalls.poll(p.hierarchy()) {
+            // The path cache is current while the cgroup_mkdir hook feeds it: no walk then.
+            let known = self.cgroup_ring.is_some().then(|| p.iter());
+            for s in self.stalls.poll(p.hierarchy(), known) {
                 self.router.stall(s);
             }
             let h = p.hierarchy();
