@@ -16,7 +16,7 @@
 //! (v2), or when the cgroup is removed.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::Path,
     time::{Duration, Instant, SystemTime},
 };

@@ -90,6 +90,14 @@ pub struct Enricher {
     pending: usize,
 }
 
+impl Pending {
+    /// Its reads walk the hierarchy for a cgroup the path cache does not know: the kills
+    /// after it should wait for what the walk learns rather than walk again side by side.
+    pub fn walks(&self) -> bool {
+        self.reads.is_some() && !self.fallback.unknown.is_empty()
+    }
+}
+
 /// A kill whose file reads were started ([`Enricher::start`]).
 pub struct Pending {
     /// The kill without its reads, should they be late.
