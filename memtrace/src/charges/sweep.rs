@@ -52,7 +52,7 @@ impl LimitSweep {
 
 /// A cgroup's usage and own limit; `None` when it has no limit (most cgroups: one read) or a
 /// file cannot be read (the cgroup is gone, or is the v2 root, which has neither file).
-fn usage_and_limit(dir: &Path, version: CgroupVersion) -> Option<(u64, u64)> {
+pub(crate) fn usage_and_limit(dir: &Path, version: CgroupVersion) -> Option<(u64, u64)> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let (limit, usage) = match version {
         CgroupVersion::V1 => (
