@@ -78,6 +78,28 @@ pub struct StackKey {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A process the sampler saw for the first time since the last drain (`STACK_TASKS` ring):
+/// userspace records its executable mappings unless it has them for this same process already.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackTask {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The group leader's `start_time`; 0 when the kernel layout lacks it.
+    pub start_ns: u64,
+    /// The `mm_struct` address, an identity only (exec gives a process a new one); 0 when
+    /// unknown.
+    pub mm: u64,
+}
+
+impl StackTask {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// A process still charging is sent to `STACK_TASKS` again this often, so that userspace,
+/// which forgets the oldest processes first, keeps its mappings.
+pub const STACK_TASK_RESEND_NS: u64 = 30_000_000_000;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: #[repr(C)] plain integers and byte arrays, no padding left implicit.
@@ -88,3 +110,4 @@ mod user {
 
 const _: () = assert!(core::mem::size_of::<StackKey>() == 8 + 4 * 4 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ChargeCounters>() == 12 * 8);
+const _: () = assert!(core::mem::size_of::<StackTask>() == 24);

@@ -73,6 +73,10 @@ pub struct KernelLayout {
     /// the hook does not pass it (fentry/kprobe on mark_oom_victim).
     pub task_real_cred: u32,
     pub cred_uid: u32,
+    /// `task_struct.start_time` (CLOCK_MONOTONIC ns): with the group leader's and the `mm`
+    /// pointer, which exec replaces, it tells a process recorded already from a new one that
+    /// reused its pid (the charge sampler's `STACK_TASKS` records).
+    pub task_start_time: u32,
 }
 
 impl KernelLayout {
@@ -115,6 +119,7 @@ impl KernelLayout {
             task_group_leader: ABSENT,
             task_real_cred: ABSENT,
             cred_uid: ABSENT,
+            task_start_time: ABSENT,
         }
     }
 }

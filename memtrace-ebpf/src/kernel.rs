@@ -156,6 +156,17 @@ pub fn task_exiting(task: *const u8) -> bool {
     read::<u32>(task, off!(task_flags)).is_ok_and(|pf| pf & PF_EXITING != 0)
 }
 
+/// Who `task`'s process is, beyond its tgid: the group leader's `start_time` and the `mm`
+/// (exec replaces it); 0 for what the layout lacks. A pid reused, or a process that exec'd,
+/// reads differently, so userspace records its mappings again.
+#[inline(always)]
+pub fn process_identity(task: *const u8) -> (u64, u64) {
+    let leader = read::<*const u8>(task, off!(task_group_leader)).unwrap_or(task);
+    let start = read::<u64>(leader, off!(task_start_time)).unwrap_or(0);
+    let mm = read::<u64>(task, off!(task_mm)).unwrap_or(0);
+    (start, mm)
+}
+
 /// `task_uid(task)`: `task->real_cred->uid.val` (include/linux/cred.h), what the 6.8+
 /// mark_victim tracepoint passes as its `uid` (from_kuid in the initial namespace, the identity).
 #[inline(always)]

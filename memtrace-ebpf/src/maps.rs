@@ -31,11 +31,17 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 pub static KILL_SIGNALS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 
-/// The tgid of a task whose stack was sampled under a new key: userspace reads its
+/// A task whose stack was sampled under a new key ([`StackTask`]): userspace reads its
 /// /proc/<tgid>/maps at once, while the task is surely alive, so its frames can still be named
-/// (by file offset) after it exits. Rare: once per new (task, stack) pair.
+/// (by file offset) after it exits. Once per process (`TASKS_SENT`), and again every
+/// `STACK_TASK_RESEND_NS` so that userspace keeps a process still charging.
 #[map]
 pub static STACK_TASKS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
+/// tgid -> [group leader start time, mm, when sent]: what `STACK_TASKS` said last. Without
+/// it, every busy process was sent after every drain of the counts (80 records and wake-ups a
+/// second with 500 busy cgroups).
+#[map]
+pub static TASKS_SENT: LruHashMap<u32, [u64; 3]> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 pub static STACK_COUNTS: LruPerCpuHashMap<StackKey, u64> = LruPerCpuHashMap::with_max_entries(16384, 0);
 

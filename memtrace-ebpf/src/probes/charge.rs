@@ -7,18 +7,18 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
     programs::{
         BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
         tracing::StackIdContext,
     },
 };
-use memtrace_common::charge::{ChargeConfig, ChargeCounters, StackKey};
+use memtrace_common::charge::{ChargeConfig, ChargeCounters, STACK_TASK_RESEND_NS, StackKey, StackTask};
 
 use crate::{
     kernel::{self, read},
-    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACK_TASKS, STACKS, bump},
+    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACK_TASKS, STACKS, TASKS_SENT, bump},
 };
 
 #[unsafe(no_mangle)]
@@ -147,8 +147,26 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
         Some(n) => unsafe { *n += 1 },
         None => {
             let _ = STACK_COUNTS.insert(&key, &1, 0);
-            if STACK_TASKS.output(&tgid, 0).is_err() {
-                bump(memtrace_common::counters::STACK_TASKS_RINGBUF_FULL);
+            // SAFETY: the current task, valid for the duration of the program.
+            let (start_ns, mm) = kernel::process_identity(unsafe { bpf_get_current_task() } as *const u8);
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            // SAFETY: a map value, read by value.
+            let sent = unsafe { TASKS_SENT.get(&tgid) }.copied();
+            let known = (start_ns != 0 || mm != 0)
+                && sent.is_some_and(|[s, m, at]| {
+                    s == start_ns && m == mm && now.saturating_sub(at) < STACK_TASK_RESEND_NS
+                });
+            if !known {
+                let _ = TASKS_SENT.insert(&tgid, &[start_ns, mm, now], 0);
+                let task = StackTask {
+                    tgid,
+                    _pad: 0,
+                    start_ns,
+                    mm,
+                };
+                if STACK_TASKS.output(&task, 0).is_err() {
+                    bump(memtrace_common::counters::STACK_TASKS_RINGBUF_FULL);
+                }
             }
         }
     }

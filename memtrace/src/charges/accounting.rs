@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     cgroup::{CgroupPaths, read_memory_stats},
-    charges::{sweep::usage_and_limit, task_maps},
+    charges::{sweep::usage, task_maps},
 };
 
 /// One cgroup's counters, summed over CPUs (and over memcg keys with the same id).
@@ -425,13 +425,16 @@ pub fn rows(monitor: &mut ChargeMonitor, paths: &mut CgroupPaths, reads: Reads, 
                 (Reads::All, _) | (_, None) => true,
                 (Reads::NearLimit(ratio), Some(s)) => {
                     // A cgroup that just went quiet: its snapshot may predate the burst's
-                    // last charges, so its usage is read again (one or two small files), and
-                    // its memory files only if that reading is near the limit. Reading them
-                    // for every cgroup that paused cost 1.8 % of a CPU at 500 bursty cgroups.
+                    // last charges, so its usage is read again (one small file; the limit is
+                    // the kernel's), and its memory files only if that reading is near the
+                    // limit. Reading them for every cgroup that paused cost 1.8 % of a CPU at
+                    // 500 bursty cgroups.
                     monitor.near.contains(id)
                         || (monitor.went_quiet.contains(id)
-                            && usage_and_limit(&h.dir(&cgroup), h.version)
-                                .is_some_and(|(u, l)| u as f64 >= ratio * l as f64))
+                            && s.limit_bytes(page_size).is_some_and(|l| {
+                                usage(&h.dir(&cgroup), h.version)
+                                    .is_some_and(|u| u as f64 >= ratio * l as f64)
+                            }))
                         || rate.reclaim_stalls_per_s > 0.0
                         || s.limit_bytes(page_size)
                             .is_some_and(|l| (s.usage_pages * page_size) as f64 >= ratio * l as f64)
@@ -558,7 +561,11 @@ mod tests {
             m.went_quiet.insert(id);
         }
         let rows = rows(&mut m, &mut paths, Reads::NearLimit(0.9), 4096);
-        let ws = |id| rows.iter().find(|r| r.cgroup_id == id).map(|r| r.working_set_bytes);
+        let ws = |id| {
+            rows.iter()
+                .find(|r| r.cgroup_id == id)
+                .map(|r| r.working_set_bytes)
+        };
         assert_eq!(ws(far), Some(None), "far from its limit: no memory.stat read");
         assert_eq!(ws(close), Some(Some(98566144)), "near its limit: read in full");
         let near: Vec<u64> = m.near.iter().copied().collect();

@@ -4,12 +4,15 @@
 //! faults there), by page cache written with write(2), or by kernel memory, can have no sample
 //! at all, and the warnings, which look at sampled cgroups, never see it near its limit.
 //!
-//! Every few seconds the charge worker walks the hierarchy and reads each cgroup's own limit,
-//! and the usage of those that have one: one or two small files per cgroup, never
-//! `memory.stat`. The ones within reach of the warning threshold are handed to `rows`, which
-//! reads their files in full while they stay there, as it does for sampled cgroups.
+//! Every few seconds the charge worker walks the hierarchy and reads the usage of each cgroup
+//! that has a limit of its own: one small file per cgroup, never `memory.stat`. Limits change
+//! rarely (a `docker update`, a resize), so each is read once in [`LIMIT_FOR`]; a cgroup whose
+//! usage the sampler read from the kernel since the last sweep needs no file at all. The ones
+//! within reach of the warning threshold are handed to `rows`, which reads their files in full
+//! while they stay there, as it does for sampled cgroups.
 
 use std::{
+    collections::HashMap,
     path::Path,
     time::{Duration, Instant},
 };
@@ -23,45 +26,122 @@ use crate::cgroup::{
 /// How often the hierarchy is swept: a cgroup filled without samples is seen within this.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a cgroup's own limit, once read, is taken as it is.
+pub const LIMIT_FOR: Duration = Duration::from_secs(30);
+
+/// How often the hierarchy is walked while new cgroups are learnt from the cgroup_mkdir hook
+/// ([`LimitSweep::learn`]); without the hook, every sweep walks it.
+pub const WALK_EVERY: Duration = Duration::from_secs(60);
+
 pub struct LimitSweep {
     every: Duration,
     last: Option<Instant>,
+    /// Each cgroup's own limit (`None`: unlimited) and when it was read.
+    limits: HashMap<u64, (Option<u64>, Instant)>,
+    /// The cgroups swept (id -> path), from the last walk and what was learnt since.
+    cgroups: HashMap<u64, String>,
+    walked: Option<Instant>,
+    /// New cgroups are learnt ([`Self::learn`]): walk only every [`WALK_EVERY`].
+    fed: bool,
 }
 
 impl LimitSweep {
     pub fn new(every: Duration) -> Self {
-        Self { every, last: None }
+        Self {
+            every,
+            last: None,
+            limits: HashMap::new(),
+            cgroups: HashMap::new(),
+            walked: None,
+            fed: false,
+        }
+    }
+
+    /// Cgroups created since the last call (the cgroup_mkdir hook's records).
+    pub fn learn(&mut self, created: Vec<(u64, String)>) {
+        self.fed = true;
+        self.cgroups.extend(created);
     }
 
     /// When a sweep is due at `now`: every cgroup (id, path) whose usage is at least `ratio` of
-    /// its own limit. Cgroups that vanish mid-sweep are skipped.
-    pub fn poll(&mut self, h: &MemoryHierarchy, ratio: f64, now: Instant) -> Option<Vec<(u64, String)>> {
+    /// its own limit. `sampled(id)`: the (usage, limit) bytes the kernel gave for `id` since the
+    /// last sweep, if any. Cgroups that vanish mid-sweep are skipped.
+    pub fn poll(
+        &mut self,
+        h: &MemoryHierarchy,
+        ratio: f64,
+        now: Instant,
+        sampled: impl Fn(u64) -> Option<(u64, Option<u64>)>,
+    ) -> Option<Vec<(u64, String)>> {
         if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
             return None;
         }
         self.last = Some(now);
-        let near = walk(h)
-            .into_iter()
-            .filter(|(_, rel)| {
-                usage_and_limit(&h.dir(rel), h.version).is_some_and(|(u, l)| u as f64 >= ratio * l as f64)
+        if !self.fed || self.walked.is_none_or(|t| now.duration_since(t) >= WALK_EVERY) {
+            self.cgroups = walk(h);
+            self.walked = Some(now);
+        }
+        let cgroups = &mut self.cgroups;
+        self.limits
+            .retain(|id, (_, at)| cgroups.contains_key(id) && now.duration_since(*at) < LIMIT_FOR);
+        let mut gone = Vec::new();
+        let near = cgroups
+            .iter()
+            .filter(|(id, rel)| {
+                let (usage, limit) = match sampled(**id) {
+                    Some(reading) => reading,
+                    None => {
+                        let dir = h.dir(rel);
+                        let limit = match self.limits.get(id) {
+                            Some((l, _)) => *l,
+                            None => {
+                                let Some(l) = own_limit(&dir, h.version) else {
+                                    gone.push(**id);
+                                    return false;
+                                };
+                                self.limits.insert(**id, (l, now));
+                                l
+                            }
+                        };
+                        if limit.is_none() {
+                            return false;
+                        }
+                        let Some(u) = usage(&dir, h.version) else {
+                            gone.push(**id);
+                            return false;
+                        };
+                        (u, limit)
+                    }
+                };
+                limit.is_some_and(|l| usage as f64 >= ratio * l as f64)
             })
+            .map(|(id, rel)| (*id, rel.clone()))
             .collect();
+        // Removed (or the v2 root, which has no files): not read again until the next walk.
+        for id in gone {
+            self.cgroups.remove(&id);
+        }
         Some(near)
     }
 }
 
-/// A cgroup's usage and own limit; `None` when it has no limit (most cgroups: one read) or a
-/// file cannot be read (the cgroup is gone, or is the v2 root, which has neither file).
-pub(crate) fn usage_and_limit(dir: &Path, version: CgroupVersion) -> Option<(u64, u64)> {
+/// A cgroup's own limit (`Some(None)`: unlimited); `None` when the file cannot be read (the
+/// cgroup is gone, or is the v2 root, which has none).
+fn own_limit(dir: &Path, version: CgroupVersion) -> Option<Option<u64>> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let (limit, usage) = match version {
-        CgroupVersion::V1 => (
-            parse_limit_v1(&read("memory.limit_in_bytes")?).ok()??,
-            read("memory.usage_in_bytes")?,
-        ),
-        CgroupVersion::V2 => (parse_max_v2(&read("memory.max")?).ok()??, read("memory.current")?),
+    match version {
+        CgroupVersion::V1 => parse_limit_v1(&read("memory.limit_in_bytes")?).ok(),
+        CgroupVersion::V2 => parse_max_v2(&read("memory.max")?).ok(),
+    }
+}
+
+/// A cgroup's usage, if its file can be read.
+pub(crate) fn usage(dir: &Path, version: CgroupVersion) -> Option<u64> {
+    let name = match version {
+        CgroupVersion::V1 => "memory.usage_in_bytes",
+        CgroupVersion::V2 => "memory.current",
     };
-    Some((parse_u64_file(&usage).ok()?, limit))
+    parse_u64_file(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
 }
 
 #[cfg(test)]
@@ -89,13 +169,16 @@ mod tests {
     fn near(h: &MemoryHierarchy) -> Vec<String> {
         let mut s = LimitSweep::new(SWEEP_EVERY);
         let mut got: Vec<String> = s
-            .poll(h, 0.8, Instant::now())
+            .poll(h, 0.8, Instant::now(), |_| None)
             .expect("the first poll sweeps")
             .into_iter()
             .map(|(_, p)| p)
             .collect();
         got.sort();
-        assert!(s.poll(h, 0.8, Instant::now()).is_none(), "not due again at once");
+        assert!(
+            s.poll(h, 0.8, Instant::now(), |_| None).is_none(),
+            "not due again at once"
+        );
         got
     }
 
@@ -155,5 +238,100 @@ mod tests {
             &[("memory.max", "1000\n"), ("memory.current", "799\n")],
         );
         assert_eq!(near(&h), ["/a/b"]);
+    }
+
+    /// A cgroup the sampler read since the last sweep is judged by the kernel's reading, with
+    /// no file read; the others read their limit once in LIMIT_FOR and their usage each sweep.
+    #[test]
+    fn kernel_readings_stand_for_files_and_limits_are_kept() {
+        let (d, h) = hierarchy(CgroupVersion::V1);
+        let files = |usage: &str| {
+            [
+                ("memory.limit_in_bytes", "100\n".to_owned()),
+                ("memory.usage_in_bytes", usage.to_owned()),
+            ]
+        };
+        let write = |rel: &str, usage: &str| {
+            let f = files(usage);
+            cgroup(
+                d.path(),
+                rel,
+                &f.iter().map(|(n, t)| (*n, t.as_str())).collect::<Vec<_>>(),
+            );
+        };
+        write("/sampled", "10\n");
+        write("/unsampled", "10\n");
+        let ids = walk(&h);
+        let id = |rel: &str| {
+            ids.iter()
+                .find(|(_, p)| p.as_str() == rel)
+                .map(|(id, _)| *id)
+                .expect("walked")
+        };
+        let sampled_id = id("/sampled");
+        let mut s = LimitSweep::new(Duration::ZERO);
+        let t0 = Instant::now();
+        // The files say 10 of 100; the kernel, since the last sweep, said 95 of 100.
+        let got = s
+            .poll(&h, 0.8, t0, |i| (i == sampled_id).then_some((95, Some(100))))
+            .expect("due");
+        assert_eq!(got.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), ["/sampled"]);
+        // The unsampled cgroup fills up; its limit is raised, which the sweep sees only after
+        // LIMIT_FOR: until then 90 of the kept 100 is near.
+        write("/unsampled", "90\n");
+        std::fs::write(d.path().join("unsampled/memory.limit_in_bytes"), "1000\n").expect("write");
+        let got = s
+            .poll(&h, 0.8, t0 + Duration::from_secs(1), |_| None)
+            .expect("due");
+        assert_eq!(
+            got.into_iter().map(|(_, p)| p).collect::<Vec<_>>(),
+            ["/unsampled"]
+        );
+        let got = s
+            .poll(&h, 0.8, t0 + LIMIT_FOR + Duration::from_secs(1), |_| None)
+            .expect("due");
+        assert!(got.is_empty(), "the new limit read after LIMIT_FOR: {got:?}");
+    }
+
+    /// Fed by the cgroup_mkdir hook, the sweep walks once a minute: a cgroup created since is
+    /// swept because it was learnt, and one removed is dropped when its files are gone.
+    #[test]
+    fn learnt_cgroups_are_swept_between_walks() {
+        let (d, h) = hierarchy(CgroupVersion::V2);
+        let full = [("memory.max", "100\n"), ("memory.current", "90\n")];
+        cgroup(d.path(), "/old", &full);
+        let mut s = LimitSweep::new(Duration::ZERO);
+        s.learn(vec![]);
+        let t0 = Instant::now();
+        let paths = |v: Vec<(u64, String)>| v.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
+        assert_eq!(paths(s.poll(&h, 0.8, t0, |_| None).expect("due")), ["/old"]);
+        // Created after the walk: not seen by a walk, but learnt.
+        cgroup(d.path(), "/new", &full);
+        let new_id = walk(&h)
+            .into_iter()
+            .find(|(_, p)| p == "/new")
+            .map(|(id, _)| id)
+            .expect("walked");
+        let unlearnt = s
+            .poll(&h, 0.8, t0 + Duration::from_secs(1), |_| None)
+            .expect("due");
+        assert_eq!(paths(unlearnt), ["/old"], "no walk within WALK_EVERY");
+        s.learn(vec![(new_id, "/new".into())]);
+        let mut got = paths(
+            s.poll(&h, 0.8, t0 + Duration::from_secs(2), |_| None)
+                .expect("due"),
+        );
+        got.sort();
+        assert_eq!(got, ["/new", "/old"]);
+        std::fs::remove_dir_all(d.path().join("old")).expect("rm");
+        let got = paths(
+            s.poll(&h, 0.8, t0 + Duration::from_secs(3), |_| None)
+                .expect("due"),
+        );
+        assert_eq!(got, ["/new"]);
+        assert!(
+            !s.cgroups.values().any(|p| p == "/old"),
+            "a removed cgroup is dropped"
+        );
     }
 }

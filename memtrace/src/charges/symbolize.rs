@@ -362,7 +362,7 @@ mod tests {
         task_maps::recorded()
             .lock()
             .expect("lock")
-            .insert(pid, task_maps::parse_maps(&maps));
+            .insert(pid, None, task_maps::parse_maps(&maps));
         // A zombie: exited, not yet waited for.
         let stat = format!("/proc/{pid}/stat");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -3,9 +3,12 @@
 //! second is gone before `hotspots`, `top` or a kill event symbolizes its stacks, but its
 //! binary is usually still on disk. A frame is then named from the file at its file offset.
 //!
-//! The eBPF side writes a task's tgid to the `STACK_TASKS` ring when it first samples one of
-//! its stacks; a thread here reads `/proc/<tgid>/maps` at once (the task was faulting a moment
-//! ago) and keeps the file-backed executable ranges of the last [`MAX_TASKS`] processes.
+//! The eBPF side writes a task's tgid, start time and `mm` to the `STACK_TASKS` ring when it
+//! first samples one of its stacks, and again every 30 s while it charges; a thread here reads
+//! `/proc/<tgid>/maps` at once (the task was faulting a moment ago) and keeps the file-backed
+//! executable ranges of the [`MAX_TASKS`] processes seen last. A process recorded already
+//! (same tgid, start time and mm) is not read again, only kept: with 500 busy processes,
+//! re-reading their maps at every drain of the counts was most of the daemon's CPU at rest.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,6 +23,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use memtrace_common::charge::StackTask;
 
 /// Processes remembered; the oldest is forgotten first.
 const MAX_TASKS: usize = 4096;
@@ -68,27 +72,96 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
-/// The mappings of the last [`MAX_TASKS`] processes recorded, by tgid.
+/// Which process a tgid is: the group leader's start time and its `mm` (exec replaces it).
+/// `None` when the kernel layout gave neither, and then the process is always read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub start_ns: u64,
+    pub mm: u64,
+}
+
+impl Identity {
+    pub fn new(start_ns: u64, mm: u64) -> Option<Self> {
+        (start_ns != 0 || mm != 0).then_some(Self { start_ns, mm })
+    }
+}
+
+/// One `STACK_TASKS` record (memtrace_common::charge::StackTask, native endian), decoded
+/// field by field: the tgid and who it is.
+pub fn decode(b: &[u8]) -> Option<(u32, Option<Identity>)> {
+    if b.len() != StackTask::SIZE {
+        return None;
+    }
+    let u64_at = |at: usize| b.get(at..at + 8)?.try_into().ok().map(u64::from_ne_bytes);
+    let tgid = u32::from_ne_bytes(b.get(0..4)?.try_into().ok()?);
+    Some((tgid, Identity::new(u64_at(8)?, u64_at(16)?)))
+}
+
+#[derive(Debug)]
+struct Recorded {
+    who: Option<Identity>,
+    maps: Arc<[Mapping]>,
+    /// When it was last seen (a counter): `order` entries with an older one are stale.
+    seen: u64,
+}
+
+/// The mappings of the [`MAX_TASKS`] processes seen last, by tgid.
 #[derive(Debug, Default)]
 pub struct TaskMaps {
-    by_pid: HashMap<u32, Arc<[Mapping]>>,
-    order: VecDeque<u32>,
+    by_pid: HashMap<u32, Recorded>,
+    /// (pid, seen), oldest first; an entry is stale when the pid was seen again since.
+    order: VecDeque<(u32, u64)>,
+    next: u64,
 }
 
 impl TaskMaps {
-    pub fn insert(&mut self, pid: u32, maps: Vec<Mapping>) {
-        if self.by_pid.insert(pid, maps.into()).is_none() {
-            self.order.push_back(pid);
+    /// Whether `pid`'s mappings are recorded for this same process; if so, it is kept as
+    /// if recorded now.
+    pub fn keep(&mut self, pid: u32, who: Option<Identity>) -> bool {
+        let seen = self.next;
+        match self.by_pid.get_mut(&pid) {
+            Some(r) if who.is_some() && r.who == who => r.seen = seen,
+            _ => return false,
         }
-        while self.order.len() > MAX_TASKS {
-            if let Some(old) = self.order.pop_front() {
-                self.by_pid.remove(&old);
+        self.next += 1;
+        self.order.push_back((pid, seen));
+        self.forget_oldest();
+        true
+    }
+
+    pub fn insert(&mut self, pid: u32, who: Option<Identity>, maps: Vec<Mapping>) {
+        let seen = self.next;
+        self.next += 1;
+        self.by_pid.insert(
+            pid,
+            Recorded {
+                who,
+                maps: maps.into(),
+                seen,
+            },
+        );
+        self.order.push_back((pid, seen));
+        self.forget_oldest();
+    }
+
+    fn forget_oldest(&mut self) {
+        while self.by_pid.len() > MAX_TASKS {
+            let Some((pid, seen)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_pid.get(&pid).is_some_and(|r| r.seen == seen) {
+                self.by_pid.remove(&pid);
             }
+        }
+        if self.order.len() > 4 * MAX_TASKS {
+            let by_pid = &self.by_pid;
+            self.order
+                .retain(|(pid, seen)| by_pid.get(pid).is_some_and(|r| r.seen == *seen));
         }
     }
 
     pub fn get(&self, pid: u32) -> Option<Arc<[Mapping]>> {
-        self.by_pid.get(&pid).cloned()
+        self.by_pid.get(&pid).map(|r| r.maps.clone())
     }
 }
 
@@ -149,19 +222,26 @@ fn record(mut ring: RingBuf<MapData>, stop: &AtomicBool) {
             log::warn!("polling the stack task ring: {}", std::io::Error::last_os_error());
             return;
         }
-        let mut pids = Vec::new();
+        let mut tasks = Vec::new();
         while let Some(item) = ring.next() {
-            match <[u8; 4]>::try_from(&*item) {
-                Ok(b) => pids.push(u32::from_ne_bytes(b)),
-                Err(_) => log::debug!("stack task record of {} bytes, not 4", item.len()),
+            match decode(&item) {
+                Some(t) => tasks.push(t),
+                None => log::debug!(
+                    "stack task record of {} bytes, not {}",
+                    item.len(),
+                    StackTask::SIZE
+                ),
             }
         }
-        for pid in pids {
+        for (pid, who) in tasks {
+            if recorded().lock().is_ok_and(|mut m| m.keep(pid, who)) {
+                continue;
+            }
             // A process that exited already has no maps: its frames stay addresses.
             if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps"))
                 && let Ok(mut m) = recorded().lock()
             {
-                m.insert(pid, parse_maps(&text));
+                m.insert(pid, who, parse_maps(&text));
             }
         }
     }
@@ -195,10 +275,46 @@ mod tests {
     }
 
     #[test]
+    fn a_process_recorded_already_is_known_by_pid_start_and_mm() {
+        let mut b = [0u8; StackTask::SIZE];
+        b[0..4].copy_from_slice(&42u32.to_ne_bytes());
+        b[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        b[16..24].copy_from_slice(&0xffff_8880_0000_1000u64.to_ne_bytes());
+        let (pid, who) = decode(&b).expect("24 bytes");
+        assert_eq!((pid, who), (42, Identity::new(7, 0xffff_8880_0000_1000)));
+        assert!(decode(&b[..4]).is_none(), "the old 4-byte record is refused");
+        let mut t = TaskMaps::default();
+        assert!(!t.keep(pid, who));
+        t.insert(pid, who, vec![]);
+        assert!(t.keep(pid, who), "same process: not read again");
+        assert!(
+            !t.keep(pid, Identity::new(8, 0xffff_8880_0000_1000)),
+            "pid reused"
+        );
+        assert!(!t.keep(pid, Identity::new(7, 0xffff_8880_0000_2000)), "exec'd");
+        t.insert(9, None, vec![]);
+        assert!(!t.keep(9, None), "no identity: always read again");
+    }
+
+    #[test]
+    fn a_process_seen_again_is_kept_while_older_ones_go() {
+        let mut t = TaskMaps::default();
+        let who = Identity::new(1, 1);
+        t.insert(0, who, vec![]);
+        for pid in 1..=(3 * MAX_TASKS) as u32 {
+            t.insert(pid, None, vec![]);
+            assert!(t.keep(0, who), "pid 0 still charging: kept at {pid}");
+        }
+        assert!(t.get(0).is_some());
+        assert!(t.get(1).is_none() && t.get(3 * MAX_TASKS as u32).is_some());
+        assert!(t.order.len() <= 4 * MAX_TASKS + 1, "stale entries are dropped");
+    }
+
+    #[test]
     fn the_oldest_process_is_forgotten_first() {
         let mut t = TaskMaps::default();
         for pid in 0..=MAX_TASKS as u32 {
-            t.insert(pid, vec![]);
+            t.insert(pid, None, vec![]);
         }
         assert!(t.get(0).is_none());
         assert!(t.get(1).is_some() && t.get(MAX_TASKS as u32).is_some());

@@ -43,11 +43,17 @@ type Window = VecDeque<(Instant, Vec<HotStack>)>;
 /// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
 type StackId<'a> = (u64, u32, &'a str, &'a [String], &'a [String]);
 
+/// Cgroups (id, path) the daemon learnt and the worker has not yet taken; `None` until the
+/// daemon feeds any.
+type Inbox = Arc<Mutex<Option<Vec<(u64, String)>>>>;
+
 pub struct ChargeWatch {
     window: Arc<Mutex<Window>>,
     span: Duration,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Cgroups created since the worker's last poll (see [`Self::cgroups_created`]).
+    created: Inbox,
 }
 
 struct Worker {
@@ -67,6 +73,8 @@ struct Worker {
     near_ratio: f64,
     /// Finds cgroups near their limit that no sample showed.
     sweep: LimitSweep,
+    /// Cgroups the daemon learnt from the cgroup_mkdir hook; `None` until it feeds any.
+    created: Inbox,
     /// Container and pod names for the warnings (a few file reads per new cgroup, here off
     /// the event loop).
     namer: Namer,
@@ -80,7 +88,22 @@ impl Worker {
         // the limit below the threshold, or stalling in reclaim): cost follows them, not the
         // number of busy cgroups.
         let near_ratio = (self.near_ratio - 0.1).max(0.0);
-        if let Some(found) = self.sweep.poll(self.paths.hierarchy(), near_ratio, t0) {
+        if let Some(created) = self
+            .created
+            .lock()
+            .ok()
+            .and_then(|mut c| c.as_mut().map(std::mem::take))
+        {
+            self.sweep.learn(created);
+        }
+        // The kernel's reading at a sample since the last sweep stands for the files.
+        let since = crate::kernel::clock::boot_ns().saturating_sub(SWEEP_EVERY.as_nanos() as u64);
+        let (snapshots, page_size) = (&self.monitor.snapshots, self.page_size);
+        let sampled = |id| {
+            let s = snapshots.get(&id).filter(|s| s.seen_ns >= since)?;
+            Some((s.usage_pages * page_size, s.limit_bytes(page_size)))
+        };
+        if let Some(found) = self.sweep.poll(self.paths.hierarchy(), near_ratio, t0, sampled) {
             let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
             for (id, path) in found {
                 self.paths.remember(id, path);
@@ -176,6 +199,7 @@ impl ChargeWatch {
         let shared = Arc::new(Mutex::new(Window::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(WARNING_QUEUE);
+        let created = Arc::new(Mutex::new(None));
         let keep = window + interval;
         let mut worker = Worker {
             maps,
@@ -190,6 +214,7 @@ impl ChargeWatch {
             metrics,
             near_ratio: warn.ratio,
             sweep: LimitSweep::new(SWEEP_EVERY),
+            created: Arc::clone(&created),
             namer: Namer::new(names),
         };
         let stop_flag = Arc::clone(&stop);
@@ -212,8 +237,17 @@ impl ChargeWatch {
             span: window,
             stop,
             thread: Some(thread),
+            created,
         };
         Ok((watch, rx))
+    }
+
+    /// Cgroups the cgroup_mkdir hook reported. Once fed, the limit sweep walks the hierarchy
+    /// only once a minute (as a safety net) and learns new cgroups from here in between.
+    pub fn cgroups_created(&self, cgroups: Vec<(u64, String)>) {
+        if let Ok(mut c) = self.created.lock() {
+            c.get_or_insert_with(Vec::new).extend(cgroups);
+        }
     }
 
     /// The top charging stacks of the kill's OOM cgroup (and everything under it) over the

@@ -345,6 +345,7 @@ impl KernelBtf {
             ),
             task_real_cred: get("task_struct.real_cred", self.offset("task_struct", "real_cred")),
             cred_uid: get("cred.uid", self.offset("cred", "uid")),
+            task_start_time: get("task_struct.start_time", self.offset("task_struct", "start_time")),
         };
         Resolved { layout, missing }
     }

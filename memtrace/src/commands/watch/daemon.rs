@@ -98,11 +98,7 @@ impl Daemon {
     /// run side by side, so that a burst is not delayed by the sum of its reads. Kills are
     /// routed in the kernel's order.
     async fn kills(&mut self, records: Vec<OomRecord>) {
-        decode::learn_cgroups(
-            self.cgroup_ring.as_mut(),
-            self.enricher.paths_mut(),
-            self.mem_root,
-        );
+        self.learn_cgroups();
         let mut reading = VecDeque::with_capacity(READS_AT_ONCE);
         for r in records {
             match r {
@@ -152,14 +148,24 @@ impl Daemon {
         }
     }
 
-    /// Once a second: new cgroups, losses, ended episodes, stalls, stale metrics, and the
-    /// reconciliation with the kernel's counters.
-    fn tick(&mut self) {
-        decode::learn_cgroups(
+    /// New cgroups from the cgroup_mkdir ring, for the path cache and the charge worker.
+    fn learn_cgroups(&mut self) {
+        let learned = decode::learn_cgroups(
             self.cgroup_ring.as_mut(),
             self.enricher.paths_mut(),
             self.mem_root,
         );
+        if self.cgroup_ring.is_some()
+            && let Some(c) = self.enricher.charges()
+        {
+            c.cgroups_created(learned);
+        }
+    }
+
+    /// Once a second: new cgroups, losses, ended episodes, stalls, stale metrics, and the
+    /// reconciliation with the kernel's counters.
+    fn tick(&mut self) {
+        self.learn_cgroups();
         self.reported_lost = summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
         for e in self.enricher.ended_episodes(clock::boot_ns()) {
             self.router.episode(e);

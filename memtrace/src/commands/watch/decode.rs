@@ -47,23 +47,31 @@ pub fn user_kill_signals(ring: &mut RingBuf<MapData>) -> Vec<UserKillSignal> {
     out
 }
 
-/// Records the paths of cgroups created in the memory hierarchy. Read without waiting: the
-/// records only matter when a kill needs them, and every kill reads them first.
-pub fn learn_cgroups(ring: Option<&mut AsyncRing>, paths: Option<&mut CgroupPaths>, mem_root: Option<u32>) {
+/// Records the paths of cgroups created in the memory hierarchy, and returns them (the charge
+/// worker's limit sweep learns them too). Read without waiting: the records only matter when
+/// a kill needs them, and every kill reads them first.
+pub fn learn_cgroups(
+    ring: Option<&mut AsyncRing>,
+    paths: Option<&mut CgroupPaths>,
+    mem_root: Option<u32>,
+) -> Vec<(u64, String)> {
+    let mut learned = Vec::new();
     let (Some(ring), Some(paths)) = (ring, paths) else {
-        return;
+        return learned;
     };
     while let Some(item) = ring.get_mut().next() {
         match CgroupCreated::try_from(&*item) {
             Ok(c) if Some(c.root) == mem_root => {
                 if let Some(path) = c.path {
-                    paths.remember(c.id, path);
+                    paths.remember(c.id, path.clone());
+                    learned.push((c.id, path));
                 }
             }
             Ok(_) => {}
             Err(e) => log::warn!("undecodable cgroup record: {e}"),
         }
     }
+    learned
 }
 
 /// Readiness of an optional ring; never, without one.

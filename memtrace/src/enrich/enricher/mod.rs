@@ -150,6 +150,11 @@ impl Enricher {
         self
     }
 
+    /// The charge worker, if charges are watched.
+    pub fn charges(&self) -> Option<&ChargeWatch> {
+        self.charges.as_ref()
+    }
+
     /// Keeps an oom_kill_process record until the victim it chose is reported.
     pub fn note_context(&mut self, c: OomContext) {
         // A context's victim follows it within the same OOM invocation; older ones are stale.
