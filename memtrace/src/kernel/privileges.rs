@@ -126,9 +126,11 @@ impl Privileges {
     }
 }
 
-/// Opens (and closes) a disabled software dummy event on this thread: what a tracepoint attach
-/// or the page-fault sampler will ask of perf_event_open. True when it is refused with EACCES,
-/// the answer of the perf_event_paranoid >= 3 restriction.
+/// Opens (and closes) a disabled software dummy event on this CPU, for every task: what a
+/// tracepoint attach or the page-fault sampler will ask of perf_event_open. True when it is
+/// refused with EACCES, the answer of the perf_event_paranoid >= 3 restriction. Not a per-task
+/// event: the first one in a process costs ~15 ms (the kernel turns on its context-switch
+/// hooks), which `memtrace top --once` paid at every start.
 fn perf_event_open_refused() -> bool {
     const PERF_TYPE_SOFTWARE: u32 = 1;
     const PERF_COUNT_SW_DUMMY: u64 = 9;
@@ -139,14 +141,16 @@ fn perf_event_open_refused() -> bool {
     attr[0] = u64::from(PERF_TYPE_SOFTWARE) | (128u64 << 32);
     attr[1] = PERF_COUNT_SW_DUMMY;
     attr[5] = 1 | 1 << 5 | 1 << 6;
-    // SAFETY: a valid, fully initialised attr of the size it declares; pid 0 (this thread),
-    // cpu -1, no group, no flags. The fd, if any, is closed at once.
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() }.max(0);
+    // SAFETY: a valid, fully initialised attr of the size it declares; pid -1 (every task),
+    // this CPU, no group, no flags. The fd, if any, is closed at once.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
             attr.as_ptr(),
-            0 as libc::pid_t,
-            -1 as libc::c_int,
+            -1 as libc::pid_t,
+            cpu as libc::c_int,
             -1 as libc::c_int,
             0 as libc::c_ulong,
         )
