@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::{charges::accounting::Sample, charges::symbolize::Symbols};
+use crate::charges::{
+    accounting::Sample,
+    symbolize::{Frame, Symbols},
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HotStack {
@@ -12,9 +15,9 @@ pub struct HotStack {
     pub pid: u32,
     pub comm: String,
     /// Innermost first.
-    pub user: Vec<String>,
+    pub user: Vec<Frame>,
     /// Innermost first.
-    pub kernel: Vec<String>,
+    pub kernel: Vec<Frame>,
     /// Processes whose samples this row sums ([`merge_pids`]); `pid` is one of them.
     pub pids: u32,
 }
@@ -25,7 +28,7 @@ pub struct HotStack {
 /// the most samples. Most samples first.
 pub fn merge_pids(stacks: Vec<HotStack>, prefer: Option<u32>) -> Vec<HotStack> {
     let mut out: Vec<HotStack> = Vec::with_capacity(stacks.len());
-    let mut index: std::collections::HashMap<(u64, String, Vec<String>, Vec<String>), usize> =
+    let mut index: std::collections::HashMap<(u64, String, Vec<Frame>, Vec<Frame>), usize> =
         std::collections::HashMap::new();
     for h in stacks {
         let key = (h.cgroup_id, h.comm.clone(), h.user.clone(), h.kernel.clone());
@@ -83,7 +86,11 @@ impl HotStack {
 
     /// As [`Self::resolve`], with user frames left as addresses (no time to symbolize).
     pub fn resolve_kernel_only(syms: &mut Symbols, s: &Sample) -> Self {
-        let user = s.user_ips.iter().map(|a| format!("0x{a:x}")).collect();
+        let user = s
+            .user_ips
+            .iter()
+            .map(|a| Frame::from(format!("0x{a:x}")))
+            .collect();
         Self {
             user,
             ..Self::resolve(
@@ -99,7 +106,7 @@ impl HotStack {
     /// `comm;user outermost..innermost;kernel outermost..innermost count`.
     pub fn folded(&self) -> String {
         let mut parts = vec![self.comm.replace(';', "_")];
-        parts.extend(self.user.iter().rev().cloned());
+        parts.extend(self.user.iter().rev().map(|f| f.to_string()));
         parts.extend(self.kernel.iter().rev().map(|k| format!("{k}_[k]")));
         format!("{} {}", parts.join(";"), self.count)
     }
@@ -107,7 +114,7 @@ impl HotStack {
     /// The innermost user frame as sampled (allocator frames included: the allocation site
     /// is often one frame out), for tables.
     pub fn top_user_frame(&self) -> &str {
-        self.user.first().map_or("?", String::as_str)
+        self.user.first().map_or("?", |f| f)
     }
 }
 

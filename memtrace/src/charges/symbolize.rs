@@ -4,7 +4,10 @@
 //! from the mappings recorded while it ran ([`task_maps`]), by file offset; without them it
 //! degrades to raw addresses, never an error.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use blazesym::{
     Pid,
@@ -16,6 +19,33 @@ use blazesym::{
 
 use crate::charges::task_maps;
 
+/// A frame's name, shared: every sample of a stack names the same few functions, and a
+/// storm's 11 s window held them as separate strings (tens of MB at 400 samples a second).
+pub type Frame = Arc<str>;
+
+/// Names kept as one allocation each; cleared past this many.
+const MAX_INTERNED: usize = 65_536;
+
+/// One shared allocation per distinct name.
+#[derive(Debug, Default)]
+struct Interner {
+    names: HashSet<Frame>,
+}
+
+impl Interner {
+    fn get(&mut self, name: &str) -> Frame {
+        if let Some(f) = self.names.get(name) {
+            return Arc::clone(f);
+        }
+        if self.names.len() >= MAX_INTERNED {
+            self.names.clear();
+        }
+        let f: Frame = Arc::from(name);
+        self.names.insert(Arc::clone(&f));
+        f
+    }
+}
+
 /// Kernel addresses named from /proc/kallsyms. The table is not kept: its 120,000 symbols
 /// took about 8 MiB of the daemon's memory, and a charge stack's kernel frames are few and
 /// repeat. Addresses not named yet are looked up in one pass over the file (about 30 ms
@@ -23,7 +53,7 @@ use crate::charges::task_maps;
 #[derive(Debug, Default)]
 pub struct Kallsyms {
     /// Address -> its function; `None`: in no function kallsyms knows.
-    names: HashMap<u64, Option<String>>,
+    names: HashMap<u64, Option<Frame>>,
 }
 
 /// A kernel function is rarely larger: kallsyms has no sizes, and an address past the last
@@ -36,7 +66,7 @@ const MAX_KERNEL_NAMES: usize = 16_384;
 impl Kallsyms {
     /// The function of each address (`None`: none), from the cache or one pass over
     /// /proc/kallsyms.
-    pub fn names(&mut self, addrs: &[u64]) -> Vec<Option<String>> {
+    pub fn names(&mut self, addrs: &[u64]) -> Vec<Option<Frame>> {
         let mut missing: Vec<u64> = addrs
             .iter()
             .copied()
@@ -58,7 +88,11 @@ impl Kallsyms {
             if self.names.len() + missing.len() > MAX_KERNEL_NAMES {
                 self.names.clear();
             }
-            self.names.extend(missing.into_iter().zip(found));
+            self.names.extend(
+                missing
+                    .into_iter()
+                    .zip(found.into_iter().map(|n| n.map(Frame::from))),
+            );
         }
         addrs
             .iter()
@@ -113,7 +147,9 @@ pub struct Symbols {
     pids: std::collections::HashSet<u32>,
     kallsyms: Kallsyms,
     /// (pid, address) -> name, so a process that exits keeps the names already resolved.
-    user: HashMap<(u32, u64), String>,
+    user: HashMap<(u32, u64), Frame>,
+    /// User function names, shared between the processes of one binary.
+    interned: Interner,
     /// Addresses no lookup named yet, asked once more before their hex is cached.
     retried: std::collections::HashSet<(u32, u64)>,
 }
@@ -135,20 +171,21 @@ impl Symbols {
             pids: Default::default(),
             kallsyms: Kallsyms::default(),
             user: HashMap::new(),
+            interned: Interner::default(),
             retried: Default::default(),
         }
     }
 
-    pub fn kernel(&mut self, addrs: &[u64]) -> Vec<String> {
+    pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
         self.kallsyms
             .names(addrs)
             .into_iter()
             .zip(addrs)
-            .map(|(n, a)| n.unwrap_or_else(|| hex(*a)))
+            .map(|(n, a)| n.unwrap_or_else(|| hex(*a).into()))
             .collect()
     }
 
-    pub fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+    pub fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         let missing: Vec<u64> = addrs
             .iter()
             .copied()
@@ -190,7 +227,12 @@ impl Symbols {
         }
         addrs
             .iter()
-            .map(|a| self.user.get(&(pid, *a)).cloned().unwrap_or_else(|| hex(*a)))
+            .map(|a| {
+                self.user
+                    .get(&(pid, *a))
+                    .cloned()
+                    .unwrap_or_else(|| hex(*a).into())
+            })
             .collect()
     }
 }
@@ -217,11 +259,12 @@ impl Symbols {
             let name = r.or_else(|| recorded.remove(a).filter(|n| *n != hex(*a)));
             match name {
                 Some(n) => {
-                    self.user.insert((pid, *a), n);
+                    let f = self.interned.get(&n);
+                    self.user.insert((pid, *a), f);
                 }
                 None if self.retried.insert((pid, *a)) => {}
                 None => {
-                    self.user.insert((pid, *a), hex(*a));
+                    self.user.insert((pid, *a), hex(*a).into());
                 }
             }
         }
@@ -324,7 +367,7 @@ mod tests {
         };
         let mut s = Symbols::new();
         let got = s.kernel(&[addr, addr]);
-        assert_eq!(got[0], name.clone().unwrap_or_default());
+        assert_eq!(&*got[0], name.clone().unwrap_or_default());
         assert_eq!(got[0], got[1]);
         assert_eq!(s.kallsyms.names.len(), 1, "one entry per address");
     }
@@ -339,7 +382,7 @@ mod tests {
             "{names:?}"
         );
         // pid 0x7fffffff does not exist.
-        assert_eq!(s.user(0x7fff_ffff, &[0x1234]), vec!["0x1234".to_owned()]);
+        assert_eq!(s.user(0x7fff_ffff, &[0x1234]), vec![Frame::from("0x1234")]);
     }
 
     /// A victim just killed is a zombie until reaped: its /proc/<pid>/maps is empty, so

@@ -21,7 +21,7 @@ use crate::{
     charges::accounting::{ChargeMaps, ChargeMonitor, Reads, rows},
     charges::stacks::{HotStack, merge_pids},
     charges::sweep::{LimitSweep, SWEEP_EVERY},
-    charges::symbolize::Symbols,
+    charges::symbolize::{Frame, Symbols},
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
     enrich::kill::OomKill,
     enrich::names::{NameSources, Namer},
@@ -41,7 +41,7 @@ const WARNING_QUEUE: usize = 256;
 
 type Window = VecDeque<(Instant, Vec<HotStack>)>;
 /// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
-type StackId<'a> = (u64, u32, &'a str, &'a [String], &'a [String]);
+type StackId<'a> = (u64, u32, &'a str, &'a [Frame], &'a [Frame]);
 
 /// Cgroups (id, path) the daemon learnt and the worker has not yet taken; `None` until the
 /// daemon feeds any.
@@ -203,7 +203,8 @@ impl ChargeWatch {
         let keep = window + interval;
         let mut worker = Worker {
             maps,
-            monitor: ChargeMonitor::new(keep),
+            // Only the latest poll's samples: the window kept is of symbolized stacks.
+            monitor: ChargeMonitor::new(Duration::ZERO),
             warner: Warner::new(warn),
             paths,
             window: Arc::clone(&shared),

@@ -120,7 +120,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
                     h.comm,
                     pid_cell(h),
                     h.top_user_frame(),
-                    h.kernel.first().map_or("?", String::as_str)
+                    h.kernel.first().map_or("?", |f| f)
                 );
             }
             if top.is_empty() {

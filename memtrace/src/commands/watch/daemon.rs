@@ -10,7 +10,7 @@ use tokio::{
     time::{Duration, interval},
 };
 
-use super::{COUNTER_CHECK, Signals, decode, route::Router, summary};
+use super::{COUNTER_CHECK, Signals, decode, heap::HeapTrim, route::Router, summary};
 use crate::{
     cgroup::oom_stall::StallWatch,
     charges::warnings::PreOomWarning,
@@ -45,6 +45,8 @@ pub struct Daemon {
     pub exit_after: Option<u64>,
     /// How long a kill waits for its file reads (`watch.enrich_budget`).
     pub enrich_budget: Duration,
+    /// Gives freed heap back every few seconds.
+    pub heap: HeapTrim,
 }
 
 /// The next pre-OOM warning from the charge worker; never, without one.
@@ -181,6 +183,7 @@ impl Daemon {
         }
         self.enricher.keep_learned();
         self.router.reconcile_now(self.enricher.paths());
+        self.heap.tick(std::time::Instant::now());
     }
 
     /// Records that arrived with the signal are still reported; nothing new is produced from

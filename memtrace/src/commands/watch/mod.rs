@@ -8,6 +8,7 @@
 
 mod daemon;
 mod decode;
+mod heap;
 mod reconcile;
 mod route;
 mod start;

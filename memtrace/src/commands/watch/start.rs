@@ -179,6 +179,8 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         all_userspace_kills: cfg.watch.all_userspace_kills,
         exit_after: args.exit_after,
         enrich_budget: cfg.watch.enrich_budget,
+        // Start-up's BTF parses are freed by now.
+        heap: super::heap::HeapTrim::start(),
     })
 }
 

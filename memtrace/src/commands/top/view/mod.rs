@@ -71,7 +71,7 @@ pub fn stack_cells(h: &HotStack, total: u64) -> [String; 6] {
             h.pid.to_string()
         },
         h.top_user_frame().to_owned(),
-        h.kernel.first().map_or("?", String::as_str).to_owned(),
+        h.kernel.first().map_or("?", |f| f).to_owned(),
     ]
 }
 

@@ -34,7 +34,7 @@ fn stack(pid: u32, count: u64) -> HotStack {
             "memtrace_alloc::memtrace_test_trickle_chunk".into(),
             "memtrace_alloc::main".into(),
         ],
-        kernel: (0..12).map(|i| format!("kframe{i}")).collect(),
+        kernel: (0..12).map(|i| format!("kframe{i}").into()).collect(),
         pids: 1,
     }
 }
