@@ -14,7 +14,7 @@ use super::{COUNTER_CHECK, Signals, decode, heap::HeapTrim, route::Router, summa
 use crate::{
     cgroup::oom_stall::StallWatch,
     charges::warnings::PreOomWarning,
-    enrich::enricher::Enricher,
+    enrich::enricher::{Enricher, Pending},
     enrich::user_kill::UserKill,
     kernel::clock,
     kernel::records::OomRecord,
@@ -105,12 +105,7 @@ impl Daemon {
         for r in records {
             match r {
                 OomRecord::Victim(v) => {
-                    if reading.len() == READS_AT_ONCE
-                        && let Some(p) = reading.pop_front()
-                    {
-                        let enriched = self.enricher.complete(p).await;
-                        self.router.kill(enriched);
-                    }
+                    self.route_oldest(&mut reading, READS_AT_ONCE - 1).await;
                     let p = self.enricher.start(v, self.enrich_budget);
                     let walks = p.walks();
                     reading.push_back(p);
@@ -119,16 +114,20 @@ impl Daemon {
                     // hierarchy, ran late and went without their paths (a storm benchmark
                     // round: 45 of 2,874 kills).
                     if walks {
-                        while let Some(p) = reading.pop_front() {
-                            let enriched = self.enricher.complete(p).await;
-                            self.router.kill(enriched);
-                        }
+                        self.route_oldest(&mut reading, 0).await;
                     }
                 }
                 OomRecord::Context(c) => self.enricher.note_context(c),
             }
         }
-        for p in reading {
+        self.route_oldest(&mut reading, 0).await;
+    }
+
+    /// Completes and routes the oldest kills in flight, in order, until at most `keep` remain.
+    async fn route_oldest(&mut self, reading: &mut VecDeque<Pending>, keep: usize) {
+        while reading.len() > keep
+            && let Some(p) = reading.pop_front()
+        {
             let enriched = self.enricher.complete(p).await;
             self.router.kill(enriched);
         }
