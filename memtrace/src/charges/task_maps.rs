@@ -238,8 +238,15 @@ fn record(mut ring: RingBuf<MapData>, stop: &AtomicBool, wake: Option<&OwnedFd>)
                 revents: 0,
             },
         ];
+        // With the eventfd, only records or the drop wake the thread (a 100 ms timeout cost
+        // ten wake-ups a second at rest); without it, the poll period bounds the drop.
+        let timeout = if wake.is_some() {
+            -1
+        } else {
+            POLL.as_millis() as i32
+        };
         // SAFETY: two valid pollfds (a negative fd is ignored), for the duration of the call.
-        let ready = unsafe { libc::poll(pfds.as_mut_ptr(), 2, POLL.as_millis() as i32) };
+        let ready = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
         if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             log::warn!("polling the stack task ring: {}", std::io::Error::last_os_error());
             return;

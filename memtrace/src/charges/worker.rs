@@ -6,10 +6,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -38,6 +35,9 @@ const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(200);
 const SYMBOLIZE_HEADROOM_PCT: f64 = 50.0;
 /// Warnings waiting for the event loop; past this they are dropped (and logged).
 const WARNING_QUEUE: usize = 256;
+/// A cgroup with at most this much headroom (% of its limit), or that reclaimed, is pressed:
+/// the OOM-stall poll reads it every second (see `cgroup::oom_stall`).
+const PRESSED_HEADROOM_PCT: f64 = 5.0;
 
 type Window = VecDeque<(Instant, Vec<HotStack>)>;
 /// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
@@ -50,10 +50,13 @@ type Inbox = Arc<Mutex<Option<Vec<(u64, String)>>>>;
 pub struct ChargeWatch {
     window: Arc<Mutex<Window>>,
     span: Duration,
-    stop: Arc<AtomicBool>,
+    /// Its drop wakes and stops the thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     /// Cgroups created since the worker's last poll (see [`Self::cgroups_created`]).
     created: Inbox,
+    /// Cgroups that reclaimed or came near their limit since the last [`Self::take_pressed`].
+    pressed: Arc<Mutex<Vec<String>>>,
 }
 
 struct Worker {
@@ -75,6 +78,8 @@ struct Worker {
     sweep: LimitSweep,
     /// Cgroups the daemon learnt from the cgroup_mkdir hook; `None` until it feeds any.
     created: Inbox,
+    /// Where the pressed cgroups of each poll are left for the daemon.
+    pressed: Arc<Mutex<Vec<String>>>,
     /// Container and pod names for the warnings (a few file reads per new cgroup, here off
     /// the event loop).
     namer: Namer,
@@ -116,6 +121,12 @@ impl Worker {
             .iter()
             .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
             .collect();
+        let pressed = rows.iter().filter(|r| {
+            r.rate.reclaim_stalls_per_s > 0.0 || r.headroom_pct.is_some_and(|h| h <= PRESSED_HEADROOM_PCT)
+        });
+        if let Ok(mut p) = self.pressed.lock() {
+            p.extend(pressed.map(|r| r.cgroup.clone()));
+        }
         // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
         // guest), and a warning must not wait for it.
         for mut warning in self.warner.check(&rows, Instant::now()) {
@@ -197,9 +208,11 @@ impl ChargeWatch {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let shared = Arc::new(Mutex::new(Window::new()));
-        let stop = Arc::new(AtomicBool::new(false));
+        // Dropped (or sent on) to stop the thread: it sleeps until its next poll or this.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (tx, rx) = mpsc::channel(WARNING_QUEUE);
         let created = Arc::new(Mutex::new(None));
+        let pressed = Arc::new(Mutex::new(Vec::new()));
         let keep = window + interval;
         let mut worker = Worker {
             maps,
@@ -216,29 +229,37 @@ impl ChargeWatch {
             near_ratio: warn.ratio,
             sweep: LimitSweep::new(SWEEP_EVERY),
             created: Arc::clone(&created),
+            pressed: Arc::clone(&pressed),
             namer: Namer::new(names),
         };
-        let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("memtrace-charges".into())
             .spawn(move || {
                 // blazesym's symbolizer is not Send: it lives on this thread.
                 let mut symbols = Symbols::new();
                 let mut next = Instant::now();
-                while !stop_flag.load(Ordering::Relaxed) {
-                    if Instant::now() >= next {
+                // One wake-up per poll: a 50 ms nap loop cost more at rest than some polls.
+                loop {
+                    let now = Instant::now();
+                    if now >= next {
                         worker.poll(&mut symbols);
-                        next += interval;
+                        // A poll that overran its interval does not queue up polls behind it.
+                        next = (next + interval).max(Instant::now());
+                        continue;
                     }
-                    std::thread::sleep(Duration::from_millis(50).min(interval));
+                    match stopped.recv_timeout(next - now) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             })?;
         let watch = Self {
             window: shared,
             span: window,
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
             created,
+            pressed,
         };
         Ok((watch, rx))
     }
@@ -249,6 +270,15 @@ impl ChargeWatch {
         if let Ok(mut c) = self.created.lock() {
             c.get_or_insert_with(Vec::new).extend(cgroups);
         }
+    }
+
+    /// Cgroups that reclaimed or came within a few % of their limit at the worker's polls
+    /// since the last call: where an OOM stall can begin.
+    pub fn take_pressed(&self) -> Vec<String> {
+        self.pressed
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
     }
 
     /// The top charging stacks of the kill's OOM cgroup (and everything under it) over the
@@ -305,7 +335,7 @@ impl ChargeWatch {
 
 impl Drop for ChargeWatch {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -17,6 +17,7 @@ use crate::{
     enrich::enricher::{Enricher, Pending},
     enrich::user_kill::UserKill,
     kernel::clock,
+    kernel::hooks::HookId,
     kernel::records::OomRecord,
     kernel::tracer::{AsyncRing, Tracer},
 };
@@ -170,6 +171,13 @@ impl Daemon {
         self.reported_lost = summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
         for e in self.enricher.ended_episodes(clock::boot_ns()) {
             self.router.episode(e);
+        }
+        // Cgroups at their limit reclaim first: with the reclaim hook, the charge worker names
+        // where a stall can begin, and the rest are polled rarely.
+        if self.tracer.selected(HookId::ReclaimEnd).is_some()
+            && let Some(c) = self.enricher.charges()
+        {
+            self.stalls.pressed(c.take_pressed(), std::time::Instant::now());
         }
         if let Some(p) = self.enricher.paths() {
             // The path cache is current while the cgroup_mkdir hook feeds it: no walk then.
