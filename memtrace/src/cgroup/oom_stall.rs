@@ -341,6 +341,16 @@ fn exempt_reason(dir: &Path) -> StallReason {
 mod tests {
     use super::*;
 
+    /// An empty v1 hierarchy in a new temporary directory (gone when it drops).
+    fn v1_tree() -> (tempfile::TempDir, MemoryHierarchy) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let h = MemoryHierarchy {
+            version: CgroupVersion::V1,
+            root: d.path().to_path_buf(),
+        };
+        (d, h)
+    }
+
     #[test]
     fn parses_the_kernel_files() {
         let text = "oom_kill_disable 1\nunder_oom 1\noom_kill 0\n";
@@ -360,11 +370,7 @@ mod tests {
     /// its end is seen at the next; a removed one ends its stall at the next walk.
     #[test]
     fn cgroups_are_read_in_turn_and_stalls_every_poll() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let h = MemoryHierarchy {
-            version: CgroupVersion::V1,
-            root: d.path().to_path_buf(),
-        };
+        let (d, h) = v1_tree();
         let oom = |rel: &str, under: u8| {
             let dir = d.path().join(rel);
             std::fs::create_dir_all(&dir).expect("mkdir");
@@ -466,11 +472,7 @@ mod tests {
     /// without waiting for the list to be renewed.
     #[test]
     fn a_stall_from_the_path_cache_ends_with_its_cgroup() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let h = MemoryHierarchy {
-            version: CgroupVersion::V1,
-            root: d.path().to_path_buf(),
-        };
+        let (d, h) = v1_tree();
         let dir = d.path().join("c5");
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     cgroup::CgroupPaths,
-    charges::accounting::{ChargeMaps, ChargeMonitor, Reads, rows},
+    charges::accounting::{ChargeMaps, ChargeMonitor, Reads, Row, Sample, rows},
     charges::stacks::{HotStack, merge_pids},
     charges::sweep::{LimitSweep, SWEEP_EVERY},
     charges::symbolize::{Frame, Symbols},
@@ -93,6 +93,47 @@ impl Worker {
         // the limit below the threshold, or stalling in reclaim): cost follows them, not the
         // number of busy cgroups.
         let near_ratio = (self.near_ratio - 0.1).max(0.0);
+        self.sweep_limits(near_ratio, t0);
+        let near = Reads::NearLimit(near_ratio);
+        let rows = rows(&mut self.monitor, &mut self.paths, near, self.page_size);
+        self.headroom = rows
+            .iter()
+            .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
+            .collect();
+        let pressed = rows.iter().filter(|r| {
+            r.rate.reclaim_stalls_per_s > 0.0 || r.headroom_pct.is_some_and(|h| h <= PRESSED_HEADROOM_PCT)
+        });
+        if let Ok(mut p) = self.pressed.lock() {
+            p.extend(pressed.map(|r| r.cgroup.clone()));
+        }
+        // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
+        // guest), and a warning must not wait for it.
+        self.warn(&rows);
+        self.publish_stacks(symbols);
+        log::debug!(
+            "charge poll: {} cgroups charging, {} active, {} samples, {:?}",
+            self.monitor.rates.len(),
+            rows.len(),
+            self.monitor.latest().len(),
+            t0.elapsed()
+        );
+        for r in &rows {
+            log::trace!(
+                "row {} usage {:?} ws {:?} limit {:?}",
+                r.cgroup,
+                r.usage_bytes,
+                r.working_set_bytes,
+                r.limit_bytes
+            );
+        }
+        if let Some(m) = &self.metrics {
+            m.record_charges(&rows, self.page_size);
+        }
+    }
+
+    /// Cgroups near their limit that no sample showed (see `sweep`), with what the daemon
+    /// learnt of new cgroups; they are read in full by `rows` while they stay near.
+    fn sweep_limits(&mut self, near_ratio: f64, now: Instant) {
         if let Some(created) = self
             .created
             .lock()
@@ -108,28 +149,18 @@ impl Worker {
             let s = snapshots.get(&id).filter(|s| s.seen_ns >= since)?;
             Some((s.usage_pages * page_size, s.limit_bytes(page_size)))
         };
-        if let Some(found) = self.sweep.poll(self.paths.hierarchy(), near_ratio, t0, sampled) {
+        if let Some(found) = self.sweep.poll(self.paths.hierarchy(), near_ratio, now, sampled) {
             let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
             for (id, path) in found {
                 self.paths.remember(id, path);
             }
             self.monitor.mark_near(ids);
         }
-        let near = Reads::NearLimit(near_ratio);
-        let rows = rows(&mut self.monitor, &mut self.paths, near, self.page_size);
-        self.headroom = rows
-            .iter()
-            .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
-            .collect();
-        let pressed = rows.iter().filter(|r| {
-            r.rate.reclaim_stalls_per_s > 0.0 || r.headroom_pct.is_some_and(|h| h <= PRESSED_HEADROOM_PCT)
-        });
-        if let Ok(mut p) = self.pressed.lock() {
-            p.extend(pressed.map(|r| r.cgroup.clone()));
-        }
-        // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
-        // guest), and a warning must not wait for it.
-        for mut warning in self.warner.check(&rows, Instant::now()) {
+    }
+
+    /// Pre-OOM warnings, named, counted and sent to the event loop (never blocking it).
+    fn warn(&mut self, rows: &[Row]) {
+        for mut warning in self.warner.check(rows, Instant::now()) {
             warning.attribution = self.namer.attribute(&warning.cgroup);
             if let Some(m) = &self.metrics {
                 m.record_warning(&warning);
@@ -138,21 +169,20 @@ impl Worker {
                 log::warn!("pre-OOM warning dropped: the event loop is behind");
             }
         }
+    }
+
+    /// This poll's samples, resolved within the time budget, into the window kills read.
+    fn publish_stacks(&mut self, symbols: &mut Symbols) {
         let started = Instant::now();
+        let room = |s: &Sample| self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
         // The time budget goes first to the cgroups closest to their limit: the ones whose
         // stacks a kill will ask for.
-        let mut latest: Vec<&crate::charges::accounting::Sample> = self.monitor.latest().iter().collect();
-        latest.sort_by(|a, b| {
-            let room = |s: &crate::charges::accounting::Sample| {
-                self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX)
-            };
-            room(a).total_cmp(&room(b))
-        });
+        let mut latest: Vec<&Sample> = self.monitor.latest().iter().collect();
+        latest.sort_by(|a, b| room(a).total_cmp(&room(b)));
         let resolved: Vec<HotStack> = latest
             .into_iter()
             .map(|s| {
-                let room = self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
-                if room <= SYMBOLIZE_HEADROOM_PCT && started.elapsed() < SYMBOLIZE_BUDGET {
+                if room(s) <= SYMBOLIZE_HEADROOM_PCT && started.elapsed() < SYMBOLIZE_BUDGET {
                     HotStack::resolve(symbols, s)
                 } else {
                     HotStack::resolve_kernel_only(symbols, s)
@@ -165,29 +195,6 @@ impl Worker {
             while w.front().is_some_and(|(t, _)| now.duration_since(*t) > self.keep) {
                 w.pop_front();
             }
-        }
-        log::debug!(
-            "charge poll: {} cgroups charging, {} active, {} samples, {:?}",
-            self.monitor.rates.len(),
-            rows.len(),
-            self.monitor.latest().len(),
-            t0.elapsed()
-        );
-        log::trace!(
-            "charging cgroup ids: {:?}",
-            self.monitor.rates.keys().collect::<Vec<_>>()
-        );
-        for r in &rows {
-            log::trace!(
-                "row {} usage {:?} ws {:?} limit {:?}",
-                r.cgroup,
-                r.usage_bytes,
-                r.working_set_bytes,
-                r.limit_bytes
-            );
-        }
-        if let Some(m) = &self.metrics {
-            m.record_charges(&rows, self.page_size);
         }
     }
 }
