@@ -61,16 +61,25 @@ impl Privileges {
         let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown")
             .ok()
             .and_then(|s| selected_lockdown(&s));
+        let cap_perfmon = eff & (1 << CAP_PERFMON) != 0;
+        let cap_sys_admin = eff & (1 << CAP_SYS_ADMIN) != 0;
         Self {
             // SAFETY: geteuid has no preconditions and cannot fail.
             euid: unsafe { libc::geteuid() },
             cap_bpf: eff & (1 << CAP_BPF) != 0,
-            cap_perfmon: eff & (1 << CAP_PERFMON) != 0,
-            cap_sys_admin: eff & (1 << CAP_SYS_ADMIN) != 0,
+            cap_perfmon,
+            cap_sys_admin,
             cap_dac_read_search: eff & (1 << CAP_DAC_READ_SEARCH | 1 << CAP_DAC_OVERRIDE) != 0,
             cap_sys_resource: eff & (1 << CAP_SYS_RESOURCE) != 0,
             memlock_limit: memlock_limit(),
-            perf_event_open_refused: perf_event_open_refused(),
+            // Only CAP_PERFMON without CAP_SYS_ADMIN at paranoid 3 or more can be told apart
+            // by the probe: without CAP_PERFMON a CPU-wide event is refused at any paranoid
+            // level above 0 (and CAP_PERFMON is named missing anyway); with CAP_SYS_ADMIN
+            // nothing is refused, and root skips the probe.
+            perf_event_open_refused: cap_perfmon
+                && !cap_sys_admin
+                && perf_event_paranoid().is_some_and(|p| p >= 3)
+                && perf_event_open_refused(),
             tracefs_readable: crate::kernel::tracefs::readable(),
             lockdown,
         }
@@ -161,6 +170,15 @@ fn perf_event_open_refused() -> bool {
         return false;
     }
     std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
+}
+
+/// kernel.perf_event_paranoid, if readable.
+fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// RLIMIT_MEMLOCK's hard limit where the running kernel charges BPF maps to it (before 5.11)
