@@ -35,6 +35,7 @@ fn record() -> VictimRecord {
             limit_pages: 16_384,
             depth: 0,
         }),
+        call_path: None,
         victim_exiting: false,
         read_error: false,
         stats: Box::default(),
