@@ -157,14 +157,18 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
                     s == start_ns && m == mm && now.saturating_sub(at) < STACK_TASK_RESEND_NS
                 });
             if !known {
-                let _ = TASKS_SENT.insert(&tgid, &[start_ns, mm, now], 0);
                 let task = StackTask {
                     tgid,
                     _pad: 0,
                     start_ns,
                     mm,
                 };
-                if STACK_TASKS.output(&task, 0).is_err() {
+                // Marked sent only once it is: a record lost to a full ring is sent again
+                // with the next new stack (it was marked before, and the process's maps were
+                // then not read for 30 s, its frames left as addresses).
+                if STACK_TASKS.output(&task, 0).is_ok() {
+                    let _ = TASKS_SENT.insert(&tgid, &[start_ns, mm, now], 0);
+                } else {
                     bump(memtrace_common::counters::STACK_TASKS_RINGBUF_FULL);
                 }
             }

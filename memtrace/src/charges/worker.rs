@@ -38,6 +38,8 @@ const WARNING_QUEUE: usize = 256;
 /// A cgroup with at most this much headroom (% of its limit), or that reclaimed, is pressed:
 /// the OOM-stall poll reads it every second (see `cgroup::oom_stall`).
 const PRESSED_HEADROOM_PCT: f64 = 5.0;
+/// Pressed cgroups kept for the daemon between its takes, at most.
+const MAX_PRESSED: usize = 4096;
 
 type Window = VecDeque<(Instant, Vec<HotStack>)>;
 /// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
@@ -104,7 +106,9 @@ impl Worker {
             r.rate.reclaim_stalls_per_s > 0.0 || r.headroom_pct.is_some_and(|h| h <= PRESSED_HEADROOM_PCT)
         });
         if let Ok(mut p) = self.pressed.lock() {
-            p.extend(pressed.map(|r| r.cgroup.clone()));
+            // Bounded should nobody take them (the stall poll's slow round still covers all).
+            let room = MAX_PRESSED.saturating_sub(p.len());
+            p.extend(pressed.take(room).map(|r| r.cgroup.clone()));
         }
         // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
         // guest), and a warning must not wait for it.

@@ -77,9 +77,11 @@ pub fn from_kallsyms(lines: impl Iterator<Item = impl AsRef<str>>) -> OomPathRan
 /// This kernel's ranges; none (and the constraint comes from elsewhere) when kallsyms is
 /// unreadable or its addresses are hidden.
 pub fn ranges() -> OomPathRanges {
-    match std::fs::read_to_string("/proc/kallsyms") {
-        Ok(text) => {
-            let r = from_kallsyms(text.lines());
+    // Streamed: the file is over 5 MB of text (5.4 MB on this 6.18 build).
+    match std::fs::File::open("/proc/kallsyms") {
+        Ok(f) => {
+            let lines = std::io::BufRead::lines(std::io::BufReader::new(f)).map_while(Result::ok);
+            let r = from_kallsyms(lines);
             if r.memcg[0][0] == 0 {
                 log::info!(
                     "/proc/kallsyms names no memcg OOM function (addresses hidden?): the constraint of a kill comes from oom_kill_process or the page counters"

@@ -173,11 +173,13 @@ impl Daemon {
             self.router.episode(e);
         }
         // Cgroups at their limit reclaim first: with the reclaim hook, the charge worker names
-        // where a stall can begin, and the rest are polled rarely.
-        if self.tracer.selected(HookId::ReclaimEnd).is_some()
-            && let Some(c) = self.enricher.charges()
-        {
-            self.stalls.pressed(c.take_pressed(), std::time::Instant::now());
+        // where a stall can begin, and the rest are polled rarely. Taken every tick either way,
+        // so that what the worker leaves does not pile up.
+        if let Some(c) = self.enricher.charges() {
+            let pressed = c.take_pressed();
+            if self.tracer.selected(HookId::ReclaimEnd).is_some() {
+                self.stalls.pressed(pressed, std::time::Instant::now());
+            }
         }
         if let Some(p) = self.enricher.paths() {
             // The path cache is current while the cgroup_mkdir hook feeds it: no walk then.
