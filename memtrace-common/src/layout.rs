@@ -124,31 +124,6 @@ impl KernelLayout {
     }
 }
 
-/// Kernel text ranges, `[start, end)` from /proc/kallsyms, whose presence in the OOM's call
-/// stack tells a memcg OOM from a global one where `oom_kill_process` cannot be hooked. An
-/// unused slot is `[0, 0]`. Functions the compiler inlined into a caller are absent from
-/// kallsyms and from stacks: each side lists that caller too (mm/memcontrol.c
-/// `mem_cgroup_out_of_memory` <- `mem_cgroup_oom` <- `try_charge_memcg`; mm/page_alloc.c
-/// `__alloc_pages_may_oom` <- `__alloc_pages_slowpath`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OomPathRanges {
-    pub memcg: [[u64; 2]; OOM_PATH_SLOTS],
-    pub global: [[u64; 2]; OOM_PATH_SLOTS],
-}
-
-/// Ranges per side.
-pub const OOM_PATH_SLOTS: usize = 6;
-
-impl OomPathRanges {
-    pub const fn absent() -> Self {
-        Self {
-            memcg: [[0; 2]; OOM_PATH_SLOTS],
-            global: [[0; 2]; OOM_PATH_SLOTS],
-        }
-    }
-}
-
 /// Field offsets of the `oom:mark_victim` tracepoint record, from
 /// `/sys/kernel/tracing/events/oom/mark_victim/format`. Kernels before 6.8 have `pid` only.
 #[repr(C)]
@@ -209,6 +184,5 @@ mod user {
     // SAFETY: both are #[repr(C)] structs of u32 only: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::MarkVictimTpLayout {}
-    unsafe impl aya::Pod for super::OomPathRanges {}
     unsafe impl aya::Pod for super::CgroupMkdirTpLayout {}
 }

@@ -41,11 +41,6 @@ pub mod flags {
     /// tracepoint passes no task (before 6.8).
     pub const SRC_FENTRY: u32 = 1 << 18;
     pub const SRC_KPROBE: u32 = 1 << 19;
-    /// The OOM's kernel call path, read at the kill (see [`crate::layout::OomPathRanges`]),
-    /// runs through the memcg OOM (`mem_cgroup_out_of_memory` or its callers).
-    pub const PATH_MEMCG: u32 = 1 << 20;
-    /// The call path runs through the page allocator's (or sysrq's) OOM and no memcg code.
-    pub const PATH_GLOBAL: u32 = 1 << 21;
 }
 
 pub const COMM_LEN: usize = 16;

@@ -6,7 +6,6 @@
 mod kernel;
 mod maps;
 mod memcg_stat;
-mod oom_path;
 mod probes;
 
 #[cfg(not(test))]

@@ -30,7 +30,7 @@ use memtrace_common::{
 use crate::{
     kernel::{self, off, read},
     maps::{OOM_EVENTS, bump},
-    memcg_stat, oom_path,
+    memcg_stat,
 };
 
 /// Tracepoint field offsets, from tracefs; patched by userspace.
@@ -204,7 +204,6 @@ fn try_oom_victim_task<C: EbpfContext>(
     let mut entry = start_record(src)?;
     // SAFETY: start_record initialised the entry.
     let rec = unsafe { entry.assume_init_mut() };
-    rec.flags |= oom_path::classify(ctx);
     if !fill_from_task(rec, task, uid) {
         read_failed(ctx, rec);
     }
@@ -301,7 +300,6 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     let mut entry = start_record(flags::SRC_TRACEPOINT)?;
     // SAFETY: start_record initialised the entry.
     let rec = unsafe { entry.assume_init_mut() };
-    rec.flags |= oom_path::classify(ctx);
     let base = ctx.as_ptr() as *const u8;
     let mut ok = true;
 

@@ -91,15 +91,6 @@ pub struct RecordStats {
     pub oom: Option<StatPages>,
 }
 
-/// Which OOM the kernel was in when it marked the victim, from its call stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OomCallPath {
-    /// Through mm/memcontrol.c (`mem_cgroup_out_of_memory` or its callers).
-    Memcg,
-    /// Through the page allocator's OOM (or sysrq-f), and no memcg code.
-    Global,
-}
-
 /// One decoded `mark_victim` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VictimRecord {
@@ -122,9 +113,6 @@ pub struct VictimRecord {
     pub memcg_pages: Option<(u64, u64)>,
     /// The memcg that was at its limit at the kill (none: a global OOM, or not known).
     pub oom_memcg: Option<OomMemcg>,
-    /// Where the OOM came from, by the kernel stack at the kill (memcg or the page allocator),
-    /// where the kernel's text addresses were known.
-    pub call_path: Option<OomCallPath>,
     /// The victim was already exiting: marked, not killed.
     pub victim_exiting: bool,
     /// A kernel read failed while the record was filled: some fields may be missing.
@@ -225,13 +213,6 @@ impl TryFrom<&[u8]> for VictimRecord {
             oom_score_adj: has(flags::HAS_OOM_SCORE_ADJ).then_some(oom_score_adj),
             memcg_pages: has(flags::HAS_MEMCG_COUNTERS).then_some((memcg_usage, memcg_limit)),
             oom_memcg: has(flags::HAS_OOM_MEMCG).then_some(oom_memcg),
-            call_path: if has(flags::PATH_MEMCG) {
-                Some(OomCallPath::Memcg)
-            } else if has(flags::PATH_GLOBAL) {
-                Some(OomCallPath::Global)
-            } else {
-                None
-            },
             victim_exiting: has(flags::VICTIM_EXITING),
             read_error: has(flags::READ_ERROR),
             stats: Box::new(RecordStats {

@@ -13,7 +13,7 @@ use aya::{
 use memtrace_common::{
     charge::ChargeConfig,
     counters,
-    layout::{CgroupMkdirTpLayout, KernelLayout, OomPathRanges},
+    layout::{CgroupMkdirTpLayout, KernelLayout},
     memcg_stat::MemcgStatLayout,
 };
 use tokio::io::unix::AsyncFd;
@@ -24,7 +24,6 @@ use crate::{
     kernel::attach::{AttachEnv, AttachError, attach},
     kernel::btf::{BtfError, KernelBtf},
     kernel::hooks::{ForcedVariant, Group, HOOKS, HookId, HookStatus, Rejected, Variant},
-    kernel::oom_path,
     kernel::privileges::{MissingCapabilities, Privileges},
     kernel::tracefs::{Tracefs, TracefsError},
 };
@@ -228,17 +227,9 @@ impl Tracer {
             None => MemcgStatLayout::absent(),
         };
 
-        // The OOM's call path tells memcg from global where oom_kill_process is not hooked;
-        // only the OOM hooks use it (top and hotspots skip the pass over kallsyms).
-        let oom_path = if opts.oom {
-            oom_path::ranges()
-        } else {
-            OomPathRanges::absent()
-        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global("KERNEL_LAYOUT", &layout, true)
-            .override_global("OOM_PATH_RANGES", &oom_path, true)
             .override_global("MARK_VICTIM_TP", &tp_layout, true)
             .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true)

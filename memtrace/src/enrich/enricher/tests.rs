@@ -35,7 +35,6 @@ fn record() -> VictimRecord {
             limit_pages: 16_384,
             depth: 0,
         }),
-        call_path: None,
         victim_exiting: false,
         read_error: false,
         stats: Box::default(),
