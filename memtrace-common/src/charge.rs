@@ -65,6 +65,10 @@ impl ChargeConfig {
     }
 }
 
+/// Set in a `StackKey` stack id that lives in `STACKS_SPILL`, not `STACKS` (ids there are
+/// below 16,384).
+pub const STACK_SPILLED: i32 = 1 << 30;
+
 /// Key of the sampled-stack counts: who charged, from where.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,13 +88,22 @@ pub struct StackKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackTask {
     pub tgid: u32,
-    pub _pad: u32,
+    /// Why it was sent: [`STACK_TASK_SAMPLED`] or [`STACK_TASK_EXEC`].
+    pub kind: u32,
     /// The group leader's `start_time`; 0 when the kernel layout lacks it.
     pub start_ns: u64,
     /// The `mm_struct` address, an identity only (exec gives a process a new one); 0 when
     /// unknown.
     pub mm: u64,
 }
+
+/// Sent because one of its stacks was sampled: its mappings are complete.
+pub const STACK_TASK_SAMPLED: u32 = 0;
+/// Sent at exec (a cgroup in `EXEC_CGROUPS`): the binary and ld.so are mapped, the shared
+/// libraries not yet, so a later sample is read again.
+pub const STACK_TASK_EXEC: u32 = 1;
+/// Entries of the `EXEC_CGROUPS` map; userspace keeps at most this many cgroups there.
+pub const EXEC_CGROUPS_MAX: u32 = 1024;
 
 impl StackTask {
     pub const SIZE: usize = core::mem::size_of::<Self>();

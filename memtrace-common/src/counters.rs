@@ -25,4 +25,8 @@ pub const STACK_TASKS_RINGBUF_FULL: u32 = 6;
 pub const USER_KILL_SEEN: u32 = 7;
 pub const USER_KILL_RINGBUF_FULL: u32 = 8;
 
+/// Sampled stacks lost because their bucket held another stack in `STACKS` and in
+/// `STACKS_SPILL` (`-EEXIST` from bpf_get_stackid): that sample's frames are missing.
+pub const STACKS_COLLIDED: u32 = 9;
+
 pub const COUNTERS_LEN: u32 = 10;

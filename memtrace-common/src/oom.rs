@@ -77,7 +77,8 @@ pub struct OomVictimRecord {
     pub oom_memcg_limit_pages: u64,
     /// Levels above the victim's memcg (0 = the victim's own).
     pub oom_memcg_depth: u32,
-    pub _pad: u32,
+    /// The kernel stack at the kill, an id in the `OOM_STACKS` map; negative: none.
+    pub kernel_stack: i32,
     /// Victim thread id (`task->pid`) and process id (`task->tgid`).
     pub victim_pid: u32,
     pub victim_tgid: u32,
@@ -116,7 +117,7 @@ impl OomVictimRecord {
             oom_memcg_usage_pages: 0,
             oom_memcg_limit_pages: 0,
             oom_memcg_depth: 0,
-            _pad: 0,
+            kernel_stack: -1,
             victim_pid: 0,
             victim_tgid: 0,
             victim_uid: 0,

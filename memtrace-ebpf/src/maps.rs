@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use memtrace_common::{
-    charge::{ChargeCounters, StackKey},
+    charge::{ChargeCounters, EXEC_CGROUPS_MAX, StackKey},
     counters::COUNTERS_LEN,
 };
 
@@ -13,6 +13,11 @@ use memtrace_common::{
 /// neither delay nor crowd out a kill. Userspace may resize it at load time.
 #[map]
 pub static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// The kernel stack of each OOM kill (`OomVictimRecord::kernel_stack`), read and deleted by
+/// userspace as it decodes the record. Kills are serialised by oom_lock: few at once.
+#[map]
+pub static OOM_STACKS: StackTrace = StackTrace::with_max_entries(256, 0);
 
 /// cgroup creation records (rare, small): id -> path before any kill needs it.
 #[map]
@@ -26,6 +31,11 @@ pub static CHARGES: LruPerCpuHashMap<u64, ChargeCounters> = LruPerCpuHashMap::wi
 /// Sampled stacks of charging tasks, and how often each (cgroup, task, stacks) was seen.
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+/// A stack whose bucket in `STACKS` holds another stack goes here instead (its id then has
+/// `STACK_SPILLED` set): without it, every sample of a run whose one hot stack collided lost
+/// its frames (kernel/bpf/stackmap.c: one stack per bucket, -EEXIST).
+#[map]
+pub static STACKS_SPILL: StackTrace = StackTrace::with_max_entries(4096, 0);
 /// SIGKILLs sent from userspace (`signal_generate`): rare, and kept out of the OOM ring so
 /// that ring's produced == delivered stays about kernel OOM kills alone.
 #[map]
@@ -42,6 +52,10 @@ pub static STACK_TASKS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 /// second with 500 busy cgroups).
 #[map]
 pub static TASKS_SENT: LruHashMap<u32, [u64; 3]> = LruHashMap::with_max_entries(4096, 0);
+/// Cgroup ids whose processes are sent to `STACK_TASKS` when they exec (`probes/exec.rs`),
+/// kept by userspace: cgroups near their limit in `watch`, the sampled ones in `hotspots`.
+#[map]
+pub static EXEC_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(EXEC_CGROUPS_MAX, 0);
 #[map]
 pub static STACK_COUNTS: LruPerCpuHashMap<StackKey, u64> = LruPerCpuHashMap::with_max_entries(16384, 0);
 

@@ -54,7 +54,8 @@ pub struct WatchArgs {
     /// Output format on stdout [default: text]. Enables stdout if the config disabled it.
     #[arg(short, long, value_enum)]
     pub output: Option<Format>,
-    /// Use only this variant of a hook, e.g. `oom_victim=tracepoint` (repeatable).
+    /// Use only this variant of a hook, e.g. `oom_victim=tracepoint`, or `HOOK=none` to leave an
+    /// optional hook out (repeatable).
     #[arg(long = "variant", value_name = "HOOK=KIND")]
     pub variants: Vec<ForcedVariant>,
     /// Report every SIGKILL sent from userspace as `memtrace.userspace_kill` (killer `other`),

@@ -30,6 +30,7 @@ fn probes_report_is_complete_and_as_expected() {
         "charge",
         "reclaim_begin",
         "reclaim_end",
+        "exec",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }

@@ -35,6 +35,9 @@ fn global_oom_bystander_then_grower() {
     // This test and the memtrace it starts are exempt; the allocators say 0 and 1000 themselves.
     std::fs::write("/proc/self/oom_score_adj", "-1000").expect("oom_score_adj");
     let mut w = Watcher::start(&[]);
+    // A second memtrace without oom_kill_process, as on hosts where it cannot be hooked (no
+    // kprobes, fentry refused): the kernel's call stack at the kill must say global too.
+    let mut by_path = Watcher::start(&["--variant", "oom_context=none"]);
     // No limits: cgroups only to keep the allocators apart (and named).
     let unlimited = u64::MAX / 2;
     let by = TestCgroup::new("global-bystander", unlimited);
@@ -47,10 +50,17 @@ fn global_oom_bystander_then_grower() {
     let st = grower.wait().expect("wait grower");
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     for (pid, cg, bystander_kill) in [(bystander.id(), &by, true), (grower.id(), &grow, false)] {
+        let ev = by_path.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
+        eprintln!("event without oom_kill_process: {ev}");
+        assert_eq!(ev["memtrace.constraint"], "global", "{ev}");
+        assert_eq!(ev["memtrace.constraint_source"], "call_path", "{ev}");
         let ev = w.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
         eprintln!("event: {ev}");
         assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str(), "{ev}");
         assert_eq!(ev["memtrace.constraint"], "global", "{ev}");
+        let context = w.stderr_lines.iter().any(|l| l.contains("oom_context via"));
+        let source = if context { "kernel" } else { "call_path" };
+        assert_eq!(ev["memtrace.constraint_source"], source, "{ev}");
         assert!(ev.get("memtrace.oom_cgroup.path").is_none(), "{ev}");
         if bystander_kill {
             // It sleeps: someone else's allocation (the grower's, or any task's: in a global OOM
@@ -59,8 +69,10 @@ fn global_oom_bystander_then_grower() {
         }
     }
     let s = w.stop();
+    let s2 = by_path.stop();
     drop(grow);
     drop(by);
     eprintln!("{s:?}");
     assert!(s.reconciled.starts_with("ok"), "{s:?}");
+    assert!(s2.reconciled.starts_with("ok"), "{s2:?}");
 }

@@ -14,11 +14,14 @@ use aya_ebpf::{
         tracing::StackIdContext,
     },
 };
-use memtrace_common::charge::{ChargeConfig, ChargeCounters, STACK_TASK_RESEND_NS, StackKey, StackTask};
+use memtrace_common::charge::{
+    ChargeConfig, ChargeCounters, STACK_SPILLED, STACK_TASK_RESEND_NS, STACK_TASK_SAMPLED, StackKey,
+    StackTask,
+};
 
 use crate::{
     kernel::{self, read},
-    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACK_TASKS, STACKS, TASKS_SENT, bump},
+    maps::{CHARGES, SAMPLE_TICK, STACK_COUNTS, STACK_TASKS, STACKS, STACKS_SPILL, TASKS_SENT, bump},
 };
 
 #[unsafe(no_mangle)]
@@ -127,12 +130,30 @@ fn tick() -> bool {
     false
 }
 
+/// A stack id in `STACKS`, else in `STACKS_SPILL` (with `STACK_SPILLED` set), else -1. A bucket
+/// held by another stack gives -EEXIST (kernel/bpf/stackmap.c `__bpf_get_stackid`); memtrace
+/// does not pass BPF_F_REUSE_STACKID, which would replace a stack that keys counted earlier
+/// still point to. A stack lost in both maps is counted.
+#[inline(always)]
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    const EEXIST: i32 = 17;
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(e) if e == -EEXIST => match ctx.get_stackid(&STACKS_SPILL, flags) {
+            Ok(id) => id as i32 | STACK_SPILLED,
+            Err(_) => {
+                bump(memtrace_common::counters::STACKS_COLLIDED);
+                -1
+            }
+        },
+        Err(_) => -1,
+    }
+}
+
 #[inline(always)]
 pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
-    let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    let user_stack = ctx
-        .get_stackid(&STACKS, u64::from(BPF_F_USER_STACK))
-        .map_or(-1, |id| id as i32);
+    let kernel_stack = stack_id(ctx, 0);
+    let user_stack = stack_id(ctx, u64::from(BPF_F_USER_STACK));
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = StackKey {
         cgroup_id,
@@ -159,7 +180,7 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
             if !known {
                 let task = StackTask {
                     tgid,
-                    _pad: 0,
+                    kind: STACK_TASK_SAMPLED,
                     start_ns,
                     mm,
                 };

@@ -12,13 +12,17 @@
 //! (the function is static) leaves the tracepoint with its pid-only record, never without one.
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_F_REUSE_STACKID,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel_str_bytes,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::LruHashMap,
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
+        tracing::StackIdContext,
+    },
 };
 use aya_log_ebpf::warn;
 use memtrace_common::{
@@ -29,7 +33,7 @@ use memtrace_common::{
 
 use crate::{
     kernel::{self, off, read},
-    maps::{OOM_EVENTS, bump},
+    maps::{OOM_EVENTS, OOM_STACKS, bump},
     memcg_stat,
 };
 
@@ -108,7 +112,10 @@ pub fn oom_victim_tp(ctx: TracePointContext) -> u32 {
 
 /// Reserves a zeroed record with the trigger's identity and the time filled in.
 #[inline(always)]
-fn start_record(src: u32) -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<OomVictimRecord>, u32> {
+fn start_record<C: StackIdContext>(
+    ctx: &C,
+    src: u32,
+) -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<OomVictimRecord>, u32> {
     bump(OOM_SEEN);
     let Some(mut entry) = OOM_EVENTS.reserve::<OomVictimRecord>(0) else {
         bump(OOM_RINGBUF_FULL);
@@ -130,6 +137,12 @@ fn start_record(src: u32) -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<OomVi
         rec.trigger_memcg_id = id;
         rec.flags |= flags::HAS_TRIGGER_MEMCG;
     }
+    // The kernel stack of the OOM, for userspace to tell a memcg OOM from a global one where
+    // oom_kill_process cannot be hooked. REUSE: a bucket collision replaces an older kill's
+    // stack (read already) rather than losing this one.
+    rec.kernel_stack = ctx
+        .get_stackid(&OOM_STACKS, u64::from(BPF_F_REUSE_STACKID))
+        .map_or(-1, |id| id as i32);
     entry.write(rec);
     Ok(entry)
 }
@@ -195,13 +208,13 @@ fn mark_if_exiting(rec: &mut OomVictimRecord, task: *const u8) {
 
 /// A record from the victim's `task_struct` (tp_btf and raw_tp).
 #[inline(always)]
-fn try_oom_victim_task<C: EbpfContext>(
+fn try_oom_victim_task<C: StackIdContext>(
     ctx: &C,
     task: *const u8,
     uid: Option<u32>,
     src: u32,
 ) -> Result<u32, u32> {
-    let mut entry = start_record(src)?;
+    let mut entry = start_record(ctx, src)?;
     // SAFETY: start_record initialised the entry.
     let rec = unsafe { entry.assume_init_mut() };
     if !fill_from_task(rec, task, uid) {
@@ -297,7 +310,7 @@ fn fill_mm(rec: &mut OomVictimRecord, mm: *const u8) -> bool {
 }
 
 fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let mut entry = start_record(flags::SRC_TRACEPOINT)?;
+    let mut entry = start_record(ctx, flags::SRC_TRACEPOINT)?;
     // SAFETY: start_record initialised the entry.
     let rec = unsafe { entry.assume_init_mut() };
     let base = ctx.as_ptr() as *const u8;

@@ -8,10 +8,12 @@
 //! | `reclaim.rs`          | `vmscan:mm_vmscan_memcg_reclaim_begin/end`: reclaim stalls        |
 //! | `cgroup_mkdir.rs`     | `cgroup:cgroup_mkdir`: cgroup id → path for new cgroups           |
 //! | `signal_generate.rs`  | `signal:signal_generate`: SIGKILLs sent from userspace             |
+//! | `exec.rs`             | `sched:sched_process_exec`: mappings of processes in watched cgroups |
 
 mod cgroup_mkdir;
 mod charge;
 mod charge_sample;
+mod exec;
 mod mark_victim;
 mod oom_kill_process;
 mod reclaim;

@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
     maps::{MapData, MapError, PerCpuHashMap, RingBuf, StackTraceMap},
 };
-use memtrace_common::charge::{ChargeCounters, StackKey};
+use memtrace_common::charge::{ChargeCounters, STACK_SPILLED, StackKey};
 use serde::Serialize;
 
 use crate::{
@@ -110,9 +110,13 @@ pub struct ChargeMaps {
     charges: PerCpuHashMap<MapData, u64, ChargeCounters>,
     counts: PerCpuHashMap<MapData, StackKey, u64>,
     stacks: StackTraceMap<MapData>,
+    /// Stacks whose `STACKS` bucket was taken (ids with `STACK_SPILLED`).
+    spill: StackTraceMap<MapData>,
     /// Records the mappings of sampled processes while they run (None: frames of processes
     /// that are gone stay addresses).
     _maps_recorder: Option<task_maps::Recorder>,
+    /// Cgroups whose processes are recorded at exec (None: only when sampled).
+    exec: Option<task_maps::ExecCgroups>,
 }
 
 impl ChargeMaps {
@@ -131,12 +135,29 @@ impl ChargeMaps {
                 None
             }
         };
+        let exec = match aya::maps::HashMap::try_from(take("EXEC_CGROUPS")?) {
+            Ok(m) => Some(task_maps::ExecCgroups::new(m)),
+            Err(e) => {
+                log::warn!("processes will not be recorded at exec: {e}");
+                None
+            }
+        };
         Ok(Self {
             charges: PerCpuHashMap::try_from(take("CHARGES")?)?,
             counts: PerCpuHashMap::try_from(take("STACK_COUNTS")?)?,
             stacks: StackTraceMap::try_from(take("STACKS")?)?,
+            spill: StackTraceMap::try_from(take("STACKS_SPILL")?)?,
             _maps_recorder,
+            exec,
         })
+    }
+
+    /// The cgroups whose processes have their mappings read when they exec (the `exec`
+    /// hook): the ones whose stacks are named, so a process killed soon after its start is.
+    pub fn record_execs_in(&mut self, ids: impl IntoIterator<Item = u64>) {
+        if let Some(e) = &mut self.exec {
+            e.set(ids);
+        }
     }
 
     /// Counters per cgroup id, summed over CPUs (and over map keys with the same id), and the
@@ -177,37 +198,27 @@ impl ChargeMaps {
         for (k, _) in &entries {
             let _ = self.counts.remove(k);
         }
-        let mut ids: Vec<u32> = entries
+        let mut ids: Vec<i32> = entries
             .iter()
             .flat_map(|(k, _)| [k.kernel_stack, k.user_stack])
-            .filter_map(|id| u32::try_from(id).ok())
+            .filter(|id| *id >= 0)
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let frames: HashMap<u32, Vec<u64>> = ids
-            .iter()
-            .filter_map(|id| {
-                Some((
-                    *id,
-                    self.stacks
-                        .get(id, 0)
-                        .ok()?
-                        .frames()
-                        .iter()
-                        .map(|f| f.ip)
-                        .collect(),
-                ))
-            })
-            .collect();
+        // An id with STACK_SPILLED is in the spill map (its bucket in STACKS was taken).
+        let mut frames: HashMap<i32, Vec<u64>> = HashMap::with_capacity(ids.len());
         for id in &ids {
-            let _ = self.stacks.remove(id);
+            let (map, raw) = match u32::try_from(id & !STACK_SPILLED) {
+                Ok(raw) if id & STACK_SPILLED != 0 => (&mut self.spill, raw),
+                Ok(raw) => (&mut self.stacks, raw),
+                Err(_) => continue,
+            };
+            if let Ok(s) = map.get(&raw, 0) {
+                frames.insert(*id, s.frames().iter().map(|f| f.ip).collect());
+            }
+            let _ = map.remove(&raw);
         }
-        let ips = |id: i32| {
-            u32::try_from(id)
-                .ok()
-                .and_then(|id| frames.get(&id).cloned())
-                .unwrap_or_default()
-        };
+        let ips = |id: i32| frames.get(&id).cloned().unwrap_or_default();
         entries
             .iter()
             .filter(|(_, n)| *n > 0)

@@ -402,10 +402,15 @@ mod tests {
         }
         let pid = u32::try_from(child).expect("pid");
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-        task_maps::recorded()
-            .lock()
-            .expect("lock")
-            .insert(pid, None, task_maps::parse_maps(&maps));
+        task_maps::recorded().lock().expect("lock").insert(
+            &task_maps::TaskRecord {
+                tgid: pid,
+                who: None,
+                at_exec: false,
+            },
+            task_maps::parse_maps(&maps),
+            true,
+        );
         // A zombie: exited, not yet waited for.
         let stat = format!("/proc/{pid}/stat");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -9,9 +9,13 @@
 //! executable ranges of the [`MAX_TASKS`] processes seen last. A process recorded already
 //! (same tgid, start time and mm) is not read again, only kept: with 500 busy processes,
 //! re-reading their maps at every drain of the counts was most of the daemon's CPU at rest.
+//! A process that exec'd in a watched cgroup ([`ExecCgroups`]) is sent at exec too, before
+//! ld.so maps its libraries: read then, and once more at its first sample; a read that finds
+//! it gone already keeps what the exec read recorded. A read that does not map the process's
+//! own binary (a stack sampled while exec built the new mm) is read again at the next record.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     sync::{
@@ -23,7 +27,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use memtrace_common::charge::StackTask;
+use memtrace_common::charge::{EXEC_CGROUPS_MAX, STACK_TASK_EXEC, StackTask};
 
 /// Processes remembered; the oldest is forgotten first.
 const MAX_TASKS: usize = 4096;
@@ -87,20 +91,37 @@ impl Identity {
 }
 
 /// One `STACK_TASKS` record (memtrace_common::charge::StackTask, native endian), decoded
-/// field by field: the tgid and who it is.
-pub fn decode(b: &[u8]) -> Option<(u32, Option<Identity>)> {
+/// field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub tgid: u32,
+    pub who: Option<Identity>,
+    /// Sent at exec: its shared libraries are not mapped yet.
+    pub at_exec: bool,
+}
+
+pub fn decode(b: &[u8]) -> Option<TaskRecord> {
     if b.len() != StackTask::SIZE {
         return None;
     }
+    let u32_at = |at: usize| b.get(at..at + 4)?.try_into().ok().map(u32::from_ne_bytes);
     let u64_at = |at: usize| b.get(at..at + 8)?.try_into().ok().map(u64::from_ne_bytes);
-    let tgid = u32::from_ne_bytes(b.get(0..4)?.try_into().ok()?);
-    Some((tgid, Identity::new(u64_at(8)?, u64_at(16)?)))
+    Some(TaskRecord {
+        tgid: u32_at(0)?,
+        who: Identity::new(u64_at(8)?, u64_at(16)?),
+        at_exec: u32_at(4)? == STACK_TASK_EXEC,
+    })
 }
 
 #[derive(Debug)]
 struct Recorded {
     who: Option<Identity>,
     maps: Arc<[Mapping]>,
+    /// Read again at the next record: read at exec (before ld.so mapped the libraries), or
+    /// while exec was building the new mm (the binary not mapped yet).
+    partial: bool,
+    /// Read at or after this process's exec record: another exec record is the same exec.
+    exec_read: bool,
     /// When it was last seen (a counter): `order` entries with an older one are stale.
     seen: u64,
 }
@@ -115,12 +136,19 @@ pub struct TaskMaps {
 }
 
 impl TaskMaps {
-    /// Whether `pid`'s mappings are recorded for this same process; if so, it is kept as
-    /// if recorded now.
-    pub fn keep(&mut self, pid: u32, who: Option<Identity>) -> bool {
+    /// Whether `pid`'s mappings are recorded for this same process, and need no new read; if
+    /// so, it is kept as if recorded now. A record sent at exec is read unless that exec was
+    /// read already (a stack sampled during exec may have read maps without the binary); a
+    /// sampled one, unless the last read was partial.
+    pub fn keep(&mut self, rec: &TaskRecord) -> bool {
+        let (pid, who) = (rec.tgid, rec.who);
         let seen = self.next;
         match self.by_pid.get_mut(&pid) {
-            Some(r) if who.is_some() && r.who == who => r.seen = seen,
+            Some(r)
+                if who.is_some() && r.who == who && (if rec.at_exec { r.exec_read } else { !r.partial }) =>
+            {
+                r.seen = seen
+            }
             _ => return false,
         }
         self.next += 1;
@@ -129,14 +157,26 @@ impl TaskMaps {
         true
     }
 
-    pub fn insert(&mut self, pid: u32, who: Option<Identity>, maps: Vec<Mapping>) {
+    /// Records what `/proc/<pid>/maps` showed; `complete` when it maps the process's own
+    /// executable (`/proc/<pid>/exe`). A process that is gone by the read (a zombie's maps are
+    /// empty) keeps what an earlier read of the same process recorded.
+    pub fn insert(&mut self, rec: &TaskRecord, maps: Vec<Mapping>, complete: bool) {
+        let (pid, who) = (rec.tgid, rec.who);
         let seen = self.next;
         self.next += 1;
+        let earlier = self.by_pid.get(&pid).filter(|r| who.is_some() && r.who == who);
+        let exec_read = rec.at_exec || earlier.is_some_and(|r| r.exec_read);
+        let (maps, partial) = match earlier {
+            Some(r) if maps.is_empty() && !r.maps.is_empty() => (r.maps.clone(), r.partial),
+            _ => (maps.into(), rec.at_exec || !complete),
+        };
         self.by_pid.insert(
             pid,
             Recorded {
                 who,
-                maps: maps.into(),
+                maps,
+                partial,
+                exec_read,
                 seen,
             },
         );
@@ -174,6 +214,45 @@ pub fn recorded() -> &'static Mutex<TaskMaps> {
 /// The recorded mappings of `pid`, if any.
 pub fn lookup(pid: u32) -> Option<Arc<[Mapping]>> {
     recorded().lock().ok()?.get(pid)
+}
+
+/// The `EXEC_CGROUPS` map: the cgroups whose processes the eBPF side sends at exec.
+pub struct ExecCgroups {
+    map: aya::maps::HashMap<MapData, u64, u8>,
+    /// What the map holds.
+    held: HashSet<u64>,
+}
+
+impl ExecCgroups {
+    pub fn new(map: aya::maps::HashMap<MapData, u64, u8>) -> Self {
+        Self {
+            map,
+            held: HashSet::new(),
+        }
+    }
+
+    /// Makes the map hold `ids` (the first [`EXEC_CGROUPS_MAX`]): two syscalls per cgroup
+    /// that comes or goes, none for one that stays.
+    pub fn set(&mut self, ids: impl IntoIterator<Item = u64>) {
+        let want: HashSet<u64> = ids.into_iter().take(EXEC_CGROUPS_MAX as usize).collect();
+        for gone in self.held.difference(&want) {
+            let _ = self.map.remove(gone);
+        }
+        let mut held = HashSet::with_capacity(want.len());
+        for id in want {
+            if self.held.contains(&id) {
+                held.insert(id);
+                continue;
+            }
+            match self.map.insert(&id, &1, 0) {
+                Ok(()) => {
+                    held.insert(id);
+                }
+                Err(e) => log::debug!("EXEC_CGROUPS: cgroup {id}: {e}"),
+            }
+        }
+        self.held = held;
+    }
 }
 
 /// Reads the `STACK_TASKS` ring on a thread of its own until dropped.
@@ -262,15 +341,32 @@ fn record(mut ring: RingBuf<MapData>, stop: &AtomicBool, wake: Option<&OwnedFd>)
                 ),
             }
         }
-        for (pid, who) in tasks {
-            if recorded().lock().is_ok_and(|mut m| m.keep(pid, who)) {
+        for rec in tasks {
+            if recorded().lock().is_ok_and(|mut m| m.keep(&rec)) {
                 continue;
             }
-            // A process that exited already has no maps: its frames stay addresses.
-            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-                && let Ok(mut m) = recorded().lock()
-            {
-                m.insert(pid, who, parse_maps(&text));
+            // A process that exited already has no maps: its frames stay addresses, unless
+            // its exec was recorded.
+            let text = match std::fs::read_to_string(format!("/proc/{}/maps", rec.tgid)) {
+                Ok(text) => text,
+                Err(e) => {
+                    log::debug!("pid {} gone before its maps were read: {e}", rec.tgid);
+                    continue;
+                }
+            };
+            let maps = parse_maps(&text);
+            // Read while exec built the new mm, the binary is not mapped yet.
+            let exe = std::fs::read_link(format!("/proc/{}/exe", rec.tgid)).ok();
+            let complete = exe.is_some_and(|e| maps.iter().any(|m| m.path == e));
+            let when = if rec.at_exec { "at exec" } else { "when sampled" };
+            log::debug!(
+                "pid {} recorded {when}: {} executable mappings{}",
+                rec.tgid,
+                maps.len(),
+                if complete { "" } else { ", not its binary" }
+            );
+            if let Ok(mut m) = recorded().lock() {
+                m.insert(&rec, maps, complete);
             }
         }
     }
@@ -309,30 +405,93 @@ mod tests {
         b[0..4].copy_from_slice(&42u32.to_ne_bytes());
         b[8..16].copy_from_slice(&7u64.to_ne_bytes());
         b[16..24].copy_from_slice(&0xffff_8880_0000_1000u64.to_ne_bytes());
-        let (pid, who) = decode(&b).expect("24 bytes");
-        assert_eq!((pid, who), (42, Identity::new(7, 0xffff_8880_0000_1000)));
+        let r = decode(&b).expect("24 bytes");
+        assert_eq!(r, sampled(42, Identity::new(7, 0xffff_8880_0000_1000)));
         assert!(decode(&b[..4]).is_none(), "the old 4-byte record is refused");
         let mut t = TaskMaps::default();
-        assert!(!t.keep(pid, who));
-        t.insert(pid, who, vec![]);
-        assert!(t.keep(pid, who), "same process: not read again");
+        assert!(!t.keep(&r));
+        t.insert(&r, vec![], true);
+        assert!(t.keep(&r), "same process: not read again");
         assert!(
-            !t.keep(pid, Identity::new(8, 0xffff_8880_0000_1000)),
+            !t.keep(&sampled(42, Identity::new(8, 0xffff_8880_0000_1000))),
             "pid reused"
         );
-        assert!(!t.keep(pid, Identity::new(7, 0xffff_8880_0000_2000)), "exec'd");
-        t.insert(9, None, vec![]);
-        assert!(!t.keep(9, None), "no identity: always read again");
+        assert!(
+            !t.keep(&sampled(42, Identity::new(7, 0xffff_8880_0000_2000))),
+            "exec'd"
+        );
+        t.insert(&sampled(9, None), vec![], true);
+        assert!(!t.keep(&sampled(9, None)), "no identity: always read again");
+    }
+
+    fn sampled(tgid: u32, who: Option<Identity>) -> TaskRecord {
+        TaskRecord {
+            tgid,
+            who,
+            at_exec: false,
+        }
+    }
+
+    fn mapping(path: &str) -> Mapping {
+        Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn a_process_recorded_at_exec_is_read_again_when_sampled_and_keeps_its_exec_maps_if_gone() {
+        let who = Identity::new(7, 0xffff_8880_0000_1000);
+        let exec = TaskRecord {
+            at_exec: true,
+            ..sampled(42, who)
+        };
+        let mut b = [0u8; StackTask::SIZE];
+        b[0..4].copy_from_slice(&42u32.to_ne_bytes());
+        b[4..8].copy_from_slice(&STACK_TASK_EXEC.to_ne_bytes());
+        b[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        b[16..24].copy_from_slice(&0xffff_8880_0000_1000u64.to_ne_bytes());
+        assert_eq!(decode(&b), Some(exec));
+        let mut t = TaskMaps::default();
+        // Sampled while exec built the new mm: the binary is not mapped yet.
+        t.insert(&sampled(42, who), vec![], false);
+        assert!(!t.keep(&exec), "exec'd since that read: read again");
+        t.insert(&exec, vec![mapping("/bin/app")], true);
+        assert!(t.keep(&exec), "the same exec sent twice: read once");
+        assert!(
+            !t.keep(&sampled(42, who)),
+            "sampled after exec: its libraries are mapped now"
+        );
+        // Killed before that read: a zombie's maps are empty; the exec read stays.
+        t.insert(&sampled(42, who), vec![], false);
+        assert_eq!(t.get(42).as_deref(), Some(&[mapping("/bin/app")][..]));
+        // Read in time: the full maps replace it, and later samples are not read again.
+        t.insert(
+            &sampled(42, who),
+            vec![mapping("/bin/app"), mapping("/lib/libc.so.6")],
+            true,
+        );
+        assert_eq!(t.get(42).map(|m| m.len()), Some(2));
+        assert!(t.keep(&sampled(42, who)) && t.keep(&exec));
+        // Another process under that pid: nothing of the old one is kept.
+        t.insert(&sampled(42, Identity::new(9, 1)), vec![], false);
+        assert_eq!(t.get(42).map(|m| m.len()), Some(0));
+        assert!(
+            !t.keep(&sampled(42, Identity::new(9, 1))),
+            "read without its binary: again"
+        );
     }
 
     #[test]
     fn a_process_seen_again_is_kept_while_older_ones_go() {
         let mut t = TaskMaps::default();
         let who = Identity::new(1, 1);
-        t.insert(0, who, vec![]);
+        t.insert(&sampled(0, who), vec![], true);
         for pid in 1..=(3 * MAX_TASKS) as u32 {
-            t.insert(pid, None, vec![]);
-            assert!(t.keep(0, who), "pid 0 still charging: kept at {pid}");
+            t.insert(&sampled(pid, None), vec![], true);
+            assert!(t.keep(&sampled(0, who)), "pid 0 still charging: kept at {pid}");
         }
         assert!(t.get(0).is_some());
         assert!(t.get(1).is_none() && t.get(3 * MAX_TASKS as u32).is_some());
@@ -343,7 +502,7 @@ mod tests {
     fn the_oldest_process_is_forgotten_first() {
         let mut t = TaskMaps::default();
         for pid in 0..=MAX_TASKS as u32 {
-            t.insert(pid, None, vec![]);
+            t.insert(&sampled(pid, None), vec![], true);
         }
         assert!(t.get(0).is_none());
         assert!(t.get(1).is_some() && t.get(MAX_TASKS as u32).is_some());

@@ -102,6 +102,13 @@ impl Worker {
             .iter()
             .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
             .collect();
+        // A process started in a cgroup whose stacks are named is recorded at its exec.
+        self.maps.record_execs_in(
+            self.headroom
+                .iter()
+                .filter(|(_, h)| **h <= SYMBOLIZE_HEADROOM_PCT)
+                .map(|(id, _)| *id),
+        );
         let pressed = rows.iter().filter(|r| {
             r.rate.reclaim_stalls_per_s > 0.0 || r.headroom_pct.is_some_and(|h| h <= PRESSED_HEADROOM_PCT)
         });

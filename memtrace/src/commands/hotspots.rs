@@ -21,6 +21,25 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         Tracer::start_charges(&hierarchy, ChargeOptions::exact_with_stacks(args.sample_every))?;
     let mut monitor = ChargeMonitor::new(args.duration + Duration::from_secs(5));
     let mut syms = Symbols::new();
+    let mut paths = CgroupPaths::new(hierarchy);
+    // The cgroups asked about, before sampling: a wrong name is an error at once, and their
+    // processes are recorded when they exec (a process killed within milliseconds of its first
+    // sample is still named). Without --cgroup, every cgroup: recorded when sampled only.
+    let asked: Option<Vec<u64>> = match &args.cgroup {
+        Some(cgroup) => {
+            let ids = subtree_ids(cgroup, paths.ids_with_paths());
+            if ids.is_empty() {
+                anyhow::bail!(
+                    "no cgroup /{} under {}",
+                    cgroup.trim_matches('/'),
+                    paths.hierarchy().root.display()
+                );
+            }
+            maps.record_execs_in(ids.iter().copied());
+            Some(ids)
+        }
+        None => None,
+    };
     monitor.poll(&mut maps, 4096);
     eprintln!(
         "memtrace: sampling charges for {}",
@@ -44,21 +63,31 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
     }
 
-    let mut paths = CgroupPaths::new(hierarchy);
-    let ids: Vec<u64> = match &args.cgroup {
-        Some(cgroup) => {
-            let ids = subtree_ids(cgroup, paths.ids_with_paths());
-            if ids.is_empty() {
-                anyhow::bail!(
-                    "no cgroup /{} under {}",
-                    cgroup.trim_matches('/'),
-                    paths.hierarchy().root.display()
-                );
-            }
+    // Cgroups created under the asked one while sampling count too.
+    let ids: Vec<u64> = match (&args.cgroup, asked) {
+        (Some(cgroup), Some(mut ids)) => {
+            ids.extend(subtree_ids(cgroup, paths.ids_with_paths()));
+            ids.sort_unstable();
+            ids.dedup();
             ids
         }
-        None => monitor.rates.keys().copied().collect(),
+        _ => monitor.rates.keys().copied().collect(),
     };
+    // Samples whose frames were lost are said, not hidden.
+    if let Ok(c) = tracer.counters() {
+        if c.stacks_collided > 0 {
+            eprintln!(
+                "memtrace: {} stacks lost to STACKS map collisions (those samples have no user or kernel frames)",
+                c.stacks_collided
+            );
+        }
+        if c.stack_tasks_ringbuf_full > 0 {
+            eprintln!(
+                "memtrace: {} new processes not recorded (STACK_TASKS ring full): their frames may stay addresses",
+                c.stack_tasks_ringbuf_full
+            );
+        }
+    }
     drop(tracer);
     // Every sample of the window, symbolized, then rows that differ only by pid merged: the
     // top N is taken from the merged rows.

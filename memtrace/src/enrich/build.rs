@@ -20,7 +20,7 @@ use crate::{
     enrich::names::{self, NameSources},
     enrich::next_in_line::{self, NextInLine},
     kernel::clock,
-    kernel::records::{OomContext, VictimRecord},
+    kernel::records::{OomCallPath, OomContext, VictimRecord},
 };
 
 /// One kill's record and what the enricher's caches and state said about it.
@@ -367,6 +367,7 @@ impl Builder<'_> {
                 && r.victim_memcg_id.is_none()
                 && context.is_none(),
             kernel_decision: context.map(|c| c.memcg_id.is_some()),
+            call_path_memcg: r.call_path.map(|p| p == OomCallPath::Memcg),
             ancestor_memsw_limit: p.ancestor_memsw_limit,
         });
         if let Some(o) = &p.oom_cgroup {

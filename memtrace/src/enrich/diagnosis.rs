@@ -87,6 +87,10 @@ pub enum ConstraintSource {
     /// The OOM killer's own `oom_control` (oom_kill_process hooked by kprobe or fentry):
     /// `oc->memcg` set or not. Certain.
     Kernel,
+    /// The kernel's call stack at the kill (where oom_kill_process is not hooked): through
+    /// mm/memcontrol.c's OOM, or through the page allocator's and no memcg code. Certain about
+    /// memcg or not; a cpuset or mempolicy OOM counts as global, as with `Kernel`.
+    CallPath,
     /// The page counters read at the kill: a memcg OOM when an ancestor-or-self of the
     /// victim's cgroup was within a charge of its limit, else global. A heuristic: a global OOM
     /// that strikes while the victim's cgroup happens to be that close to its limit is
@@ -137,6 +141,8 @@ pub struct Facts<'a> {
     pub memcg_unknown: bool,
     /// The OOM killer's own decision, where oom_kill_process is hooked: memcg OOM or not.
     pub kernel_decision: Option<bool>,
+    /// The same from the kernel's call stack at the kill, where it was read.
+    pub call_path_memcg: Option<bool>,
     /// cgroup v1: an ancestor's memory+swap limit binds the victim's cgroup, and no OOM cgroup
     /// was found: that limit may have been hit (by siblings' memory too), so not global.
     pub ancestor_memsw_limit: Option<u64>,
@@ -212,11 +218,24 @@ fn filled_by(f: &Facts<'_>) -> (FilledBy, Basis) {
     (filled, basis)
 }
 
+/// How a constraint without an OOM cgroup was told, for the verdict.
+fn decided_by(source: ConstraintSource) -> &'static str {
+    match source {
+        ConstraintSource::CallPath => "the kernel's call path",
+        _ => "the kernel's decision",
+    }
+}
+
 pub fn verdict(f: &Facts<'_>) -> Verdict {
     let unknown = f.memcg_unknown || f.ancestor_memsw_limit.is_some();
-    let (constraint, constraint_source) = match (f.kernel_decision, f.oom_cgroup, unknown) {
-        (Some(true), ..) => (Constraint::Memcg, ConstraintSource::Kernel),
-        (Some(false), ..) => (Constraint::Global, ConstraintSource::Kernel),
+    // The kernel's decision, else its call path, else the page counters.
+    let decided = f
+        .kernel_decision
+        .map(|m| (m, ConstraintSource::Kernel))
+        .or(f.call_path_memcg.map(|m| (m, ConstraintSource::CallPath)));
+    let (constraint, constraint_source) = match (decided, f.oom_cgroup, unknown) {
+        (Some((true, source)), ..) => (Constraint::Memcg, source),
+        (Some((false, source)), ..) => (Constraint::Global, source),
         (None, Some(_), _) => (Constraint::Memcg, ConstraintSource::Limits),
         (None, None, false) => (Constraint::Global, ConstraintSource::Limits),
         (None, None, true) => (Constraint::Unknown, ConstraintSource::None),
@@ -237,9 +256,16 @@ pub fn verdict(f: &Facts<'_>) -> Verdict {
     let mut summary = match f.oom_cgroup.filter(|_| constraint == Constraint::Memcg) {
         Some((path, _, 0)) => format!("memcg OOM: {path} hit its limit"),
         Some((path, _, limit)) => format!("memcg OOM: {path} hit its {} limit", human_bytes(limit)),
-        None if constraint == Constraint::Memcg => "memcg OOM (the kernel's decision)".to_owned(),
-        None if constraint_source == ConstraintSource::Kernel => {
-            "global OOM: the machine ran out of memory (the kernel's decision)".to_owned()
+        None if constraint == Constraint::Memcg => format!("memcg OOM ({})", decided_by(constraint_source)),
+        None if matches!(
+            constraint_source,
+            ConstraintSource::Kernel | ConstraintSource::CallPath
+        ) =>
+        {
+            format!(
+                "global OOM: the machine ran out of memory ({})",
+                decided_by(constraint_source)
+            )
         }
         None if f.ancestor_memsw_limit.is_some() && !f.memcg_unknown => format!(
             "memcg or global OOM: not known (an ancestor's {} memory+swap limit binds this cgroup, \
@@ -410,6 +436,50 @@ mod tests {
         assert_eq!(
             (v.constraint, v.constraint_source),
             (Constraint::Memcg, ConstraintSource::Kernel)
+        );
+    }
+
+    /// The call path at the kill, where oom_kill_process is not hooked: it beats the page
+    /// counters both ways (a global OOM while the victim's cgroup is near its limit; a memsw
+    /// or no-data memcg OOM with no OOM cgroup found), and the kernel's decision beats it.
+    #[test]
+    fn the_call_path_comes_after_the_kernels_decision_and_before_the_counters() {
+        let near = Facts {
+            victim_anon: 1,
+            oom_cgroup: Some(("/a", 64 << 20, 64 << 20)),
+            call_path_memcg: Some(false),
+            ..Facts::default()
+        };
+        let v = verdict(&near);
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Global, ConstraintSource::CallPath)
+        );
+        assert!(v.summary.starts_with("global OOM"), "{}", v.summary);
+        let memsw = Facts {
+            oom_cgroup: None,
+            call_path_memcg: Some(true),
+            ancestor_memsw_limit: Some(96 << 20),
+            memcg_unknown: true,
+            ..near.clone()
+        };
+        let v = verdict(&memsw);
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Memcg, ConstraintSource::CallPath)
+        );
+        assert!(
+            v.summary.starts_with("memcg OOM (the kernel's call path)"),
+            "{}",
+            v.summary
+        );
+        let v = verdict(&Facts {
+            kernel_decision: Some(false),
+            ..memsw
+        });
+        assert_eq!(
+            (v.constraint, v.constraint_source),
+            (Constraint::Global, ConstraintSource::Kernel)
         );
     }
 

@@ -123,6 +123,8 @@ pub enum Group {
     ChargeSampled,
     /// memcg reclaim: both charge modes.
     Reclaim,
+    /// Mappings of processes exec'd in watched cgroups: both charge modes, with stacks.
+    Stacks,
 }
 
 /// Every kernel hook memtrace knows, by the name `--variant` and `memtrace probes` use.
@@ -137,6 +139,7 @@ pub enum HookId {
     Charge,
     ReclaimBegin,
     ReclaimEnd,
+    Exec,
 }
 
 impl HookId {
@@ -150,6 +153,7 @@ impl HookId {
             Self::Charge => "charge",
             Self::ReclaimBegin => "reclaim_begin",
             Self::ReclaimEnd => "reclaim_end",
+            Self::Exec => "exec",
         }
     }
 }
@@ -381,6 +385,21 @@ pub const HOOKS: &[Hook] = &[
             },
         ],
     },
+    Hook {
+        id: HookId::Exec,
+        group: Group::Stacks,
+        what: "processes exec'd in cgroups near their limit: mappings read at once, so a fast-killed process's frames are named",
+        required: false,
+        variants: &[Variant {
+            program: "stack_exec",
+            attach: Attach::Tracepoint {
+                category: "sched",
+                name: "sched_process_exec",
+                fixed: &[],
+            },
+            with: None,
+        }],
+    },
 ];
 
 /// The hook `--variant` or a config file names.
@@ -411,11 +430,19 @@ pub struct HookStatus {
 }
 
 /// `--variant HOOK=KIND` restricts a hook to one attach kind (tests use it to cover every
-/// variant on one kernel).
+/// variant on one kernel); `HOOK=none` leaves an optional hook out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForcedVariant {
     pub hook: HookId,
-    pub kind: AttachKind,
+    /// `None`: the hook is not attached.
+    pub kind: Option<AttachKind>,
+}
+
+impl ForcedVariant {
+    /// Whether this restriction lets `kind` be tried.
+    pub fn allows(&self, kind: AttachKind) -> bool {
+        self.kind == Some(kind)
+    }
 }
 
 /// A config file's `watch.variants` entries parse the way `--variant` does.
@@ -432,7 +459,9 @@ pub enum ForcedVariantError {
     Syntax(String),
     #[error("unknown hook {0:?}; known: {1}")]
     Hook(String, String),
-    #[error("hook {hook} has no {kind:?} variant; it has: {known}")]
+    #[error("hook {0} is required: it cannot be none")]
+    Required(String),
+    #[error("hook {hook} has no {kind:?} variant; it has: {known} (or none)")]
     Kind {
         hook: String,
         kind: String,
@@ -451,6 +480,15 @@ impl std::str::FromStr for ForcedVariant {
             let known = HOOKS.iter().map(|h| h.id.name()).collect::<Vec<_>>().join(", ");
             ForcedVariantError::Hook(h.into(), known)
         })?;
+        if k == "none" {
+            if hook.required {
+                return Err(ForcedVariantError::Required(h.into()));
+            }
+            return Ok(Self {
+                hook: hook.id,
+                kind: None,
+            });
+        }
         let variant = hook
             .variants
             .iter()
@@ -469,7 +507,7 @@ impl std::str::FromStr for ForcedVariant {
             })?;
         Ok(Self {
             hook: hook.id,
-            kind: variant.attach.kind(),
+            kind: Some(variant.attach.kind()),
         })
     }
 }
@@ -501,9 +539,16 @@ mod tests {
             f,
             ForcedVariant {
                 hook: HookId::OomVictim,
-                kind: AttachKind::Tracepoint
+                kind: Some(AttachKind::Tracepoint)
             }
         );
+        let off: ForcedVariant = "oom_context=none".parse().expect("an optional hook");
+        assert_eq!(off.kind, None);
+        assert!(!off.allows(AttachKind::Fentry));
+        assert!(matches!(
+            "oom_victim=none".parse::<ForcedVariant>(),
+            Err(ForcedVariantError::Required(_))
+        ));
         assert!(matches!(
             "oom_victim".parse::<ForcedVariant>(),
             Err(ForcedVariantError::Syntax(_))

@@ -7,6 +7,7 @@ pub mod btf;
 pub mod clock;
 pub mod hooks;
 pub mod memcg_stat;
+pub mod oom_path;
 pub mod privileges;
 pub mod records;
 pub mod tracefs;

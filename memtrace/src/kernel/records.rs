@@ -91,6 +91,15 @@ pub struct RecordStats {
     pub oom: Option<StatPages>,
 }
 
+/// Which OOM the kernel was in when it marked the victim, from its call stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomCallPath {
+    /// Through mm/memcontrol.c (`mem_cgroup_out_of_memory` or its callers).
+    Memcg,
+    /// Through the page allocator's OOM (or sysrq-f), and no memcg code.
+    Global,
+}
+
 /// One decoded `mark_victim` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VictimRecord {
@@ -113,6 +122,11 @@ pub struct VictimRecord {
     pub memcg_pages: Option<(u64, u64)>,
     /// The memcg that was at its limit at the kill (none: a global OOM, or not known).
     pub oom_memcg: Option<OomMemcg>,
+    /// The kernel stack at the kill, an id in the `OOM_STACKS` map.
+    pub kernel_stack: Option<u32>,
+    /// Where the OOM came from by that stack (memcg or the page allocator), where it was
+    /// read against this kernel's text (see `kernel::oom_path`).
+    pub call_path: Option<OomCallPath>,
     /// The victim was already exiting: marked, not killed.
     pub victim_exiting: bool,
     /// A kernel read failed while the record was filled: some fields may be missing.
@@ -184,7 +198,7 @@ impl TryFrom<&[u8]> for VictimRecord {
             limit_pages: b.get_u64_le(),
             depth: b.get_u32_le(),
         };
-        let _pad = b.get_u32_le();
+        let kernel_stack = b.get_i32_le();
         let victim_pid = b.get_u32_le();
         let victim_tgid = b.get_u32_le();
         let victim_uid = b.get_u32_le();
@@ -213,6 +227,8 @@ impl TryFrom<&[u8]> for VictimRecord {
             oom_score_adj: has(flags::HAS_OOM_SCORE_ADJ).then_some(oom_score_adj),
             memcg_pages: has(flags::HAS_MEMCG_COUNTERS).then_some((memcg_usage, memcg_limit)),
             oom_memcg: has(flags::HAS_OOM_MEMCG).then_some(oom_memcg),
+            kernel_stack: u32::try_from(kernel_stack).ok(),
+            call_path: None,
             victim_exiting: has(flags::VICTIM_EXITING),
             read_error: has(flags::READ_ERROR),
             stats: Box::new(RecordStats {
@@ -292,7 +308,8 @@ impl TryFrom<&[u8]> for OomContext {
 /// Anything the OOM ring buffer carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OomRecord {
-    Victim(VictimRecord),
+    /// Boxed: several times the size of a context record.
+    Victim(Box<VictimRecord>),
     Context(OomContext),
 }
 
@@ -303,7 +320,7 @@ impl TryFrom<&[u8]> for OomRecord {
         let kind = raw.get(..4).map(|mut k| k.get_u32_le());
         match kind {
             Some(KIND_OOM_CONTEXT) => OomContext::try_from(raw).map(Self::Context),
-            _ => VictimRecord::try_from(raw).map(Self::Victim),
+            _ => VictimRecord::try_from(raw).map(|v| Self::Victim(Box::new(v))),
         }
     }
 }
@@ -366,9 +383,8 @@ mod tests {
         ] {
             v.extend_from_slice(&x.to_le_bytes());
         }
-        for x in [r.oom_memcg_depth, r._pad] {
-            v.extend_from_slice(&x.to_le_bytes());
-        }
+        v.extend_from_slice(&r.oom_memcg_depth.to_le_bytes());
+        v.extend_from_slice(&r.kernel_stack.to_le_bytes());
         for x in [r.victim_pid, r.victim_tgid, r.victim_uid] {
             v.extend_from_slice(&x.to_le_bytes());
         }

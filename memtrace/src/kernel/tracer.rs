@@ -7,7 +7,7 @@ use std::io;
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{Program, ProgramError},
 };
 use memtrace_common::{
@@ -24,6 +24,7 @@ use crate::{
     kernel::attach::{AttachEnv, AttachError, attach},
     kernel::btf::{BtfError, KernelBtf},
     kernel::hooks::{ForcedVariant, Group, HOOKS, HookId, HookStatus, Rejected, Variant},
+    kernel::oom_path::{CallPaths, OomPathRanges},
     kernel::privileges::{MissingCapabilities, Privileges},
     kernel::tracefs::{Tracefs, TracefsError},
 };
@@ -148,6 +149,8 @@ pub struct KernelCounters {
     /// SIGKILLs from userspace seen, and their records lost to a full ring.
     pub user_kill_seen: u64,
     pub user_kill_ringbuf_full: u64,
+    /// Sampled stacks lost to a `STACKS` bucket held by another stack.
+    pub stacks_collided: u64,
 }
 
 pub struct Tracer {
@@ -165,6 +168,8 @@ pub struct Rings {
     pub cgroups: Option<AsyncRing>,
     /// SIGKILLs sent from userspace, when the user_kill hook attached.
     pub user_kills: Option<AsyncRing>,
+    /// Each kill's call path (memcg or global), where oom_kill_process is not hooked.
+    pub call_paths: Option<CallPaths>,
 }
 
 fn async_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<AsyncRing, TracerError> {
@@ -277,6 +282,7 @@ impl Tracer {
                 (Group::Charge, Some(c)) => c.exact,
                 (Group::ChargeSampled, Some(c)) => !c.exact,
                 (Group::Reclaim, Some(_)) => true,
+                (Group::Stacks, Some(c)) => c.sample_every != 0,
             };
             if !wanted {
                 continue;
@@ -290,7 +296,7 @@ impl Tracer {
                 rejected: vec![],
             };
             for variant in hook.variants {
-                if forced.is_some_and(|f| f.kind != variant.attach.kind()) {
+                if forced.is_some_and(|f| !f.allows(variant.attach.kind())) {
                     status.rejected.push(rejected(variant, &AttachError::NotAsked));
                     continue;
                 }
@@ -347,12 +353,34 @@ impl Tracer {
         } else {
             None
         };
+        // Without the kernel's own decision (oom_kill_process), its call stack at the kill
+        // tells memcg from global: one pass over kallsyms, only then.
+        let decided = hooks
+            .iter()
+            .any(|h| h.hook == HookId::OomContext && h.selected.is_some());
+        let call_paths = match (opts.oom && !decided)
+            .then(OomPathRanges::of_this_kernel)
+            .flatten()
+        {
+            Some(ranges) => {
+                let map = ebpf
+                    .take_map("OOM_STACKS")
+                    .ok_or(TracerError::MissingMap("OOM_STACKS"))?;
+                let stacks = StackTraceMap::try_from(map).map_err(|source| TracerError::Map {
+                    name: "OOM_STACKS",
+                    source,
+                })?;
+                Some(CallPaths::new(stacks, ranges))
+            }
+            None => None,
+        };
         Ok((
             Self { ebpf, hooks },
             Rings {
                 oom,
                 cgroups,
                 user_kills,
+                call_paths,
             },
         ))
     }
@@ -419,6 +447,7 @@ impl Tracer {
             stack_tasks_ringbuf_full: sum(counters::STACK_TASKS_RINGBUF_FULL)?,
             user_kill_seen: sum(counters::USER_KILL_SEEN)?,
             user_kill_ringbuf_full: sum(counters::USER_KILL_RINGBUF_FULL)?,
+            stacks_collided: sum(counters::STACKS_COLLIDED)?,
         })
     }
 

@@ -18,6 +18,7 @@ use crate::{
     enrich::user_kill::UserKill,
     kernel::clock,
     kernel::hooks::HookId,
+    kernel::oom_path::CallPaths,
     kernel::records::OomRecord,
     kernel::tracer::{AsyncRing, Tracer},
 };
@@ -32,6 +33,8 @@ pub struct Daemon {
     pub oom_ring: AsyncRing,
     pub cgroup_ring: Option<AsyncRing>,
     pub user_kill_ring: Option<AsyncRing>,
+    /// Each kill's call path from its kernel stack, where oom_kill_process is not hooked.
+    pub call_paths: Option<CallPaths>,
     /// The memory hierarchy's id, to pick its cgroups out of the cgroup_mkdir records.
     pub mem_root: Option<u32>,
     pub enricher: Enricher,
@@ -105,9 +108,12 @@ impl Daemon {
         let mut reading = VecDeque::with_capacity(READS_AT_ONCE);
         for r in records {
             match r {
-                OomRecord::Victim(v) => {
+                OomRecord::Victim(mut v) => {
+                    if let (Some(c), Some(id)) = (self.call_paths.as_mut(), v.kernel_stack) {
+                        v.call_path = c.of(id);
+                    }
                     self.route_oldest(&mut reading, READS_AT_ONCE - 1).await;
-                    let p = self.enricher.start(v, self.enrich_budget);
+                    let p = self.enricher.start(*v, self.enrich_budget);
                     let walks = p.walks();
                     reading.push_back(p);
                     // A walk for an unknown cgroup is waited for before the next kill starts,

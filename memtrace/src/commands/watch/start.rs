@@ -139,6 +139,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         oom,
         cgroups,
         user_kills,
+        call_paths,
     } = rings;
     let metrics = Arc::new(Metrics::new(cfg.metrics.max_cgroups, cfg.metrics.forget_after));
     let enrich_opts = enrich_options(cfg);
@@ -169,6 +170,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         oom_ring: oom,
         cgroup_ring: cgroups,
         user_kill_ring: user_kills,
+        call_paths,
         mem_root,
         enricher,
         warnings,

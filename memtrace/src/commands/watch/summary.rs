@@ -45,7 +45,7 @@ pub fn sinks(reports: &[SinkReport]) {
 pub fn exit(c: &KernelCounters, d: &Delivery, reconciled: &str) {
     eprintln!(
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
-         context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} \
+         context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} stacks_collided={} \
          user_kills_seen={} user_kills_reported={} user_kills_dropped={} warnings={} warnings_late={} enrich_late={} \
          reconciled={reconciled}",
         c.oom_seen,
@@ -57,6 +57,7 @@ pub fn exit(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         c.oom_ctx_ringbuf_full,
         c.cgroup_ringbuf_full,
         c.stack_tasks_ringbuf_full,
+        c.stacks_collided,
         d.user_kills_seen,
         d.user_kills,
         c.user_kill_ringbuf_full,

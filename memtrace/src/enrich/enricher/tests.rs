@@ -35,6 +35,8 @@ fn record() -> VictimRecord {
             limit_pages: 16_384,
             depth: 0,
         }),
+        kernel_stack: None,
+        call_path: None,
         victim_exiting: false,
         read_error: false,
         stats: Box::default(),
