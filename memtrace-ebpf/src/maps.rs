@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use memtrace_common::{
     charge::{ChargeCounters, EXEC_CGROUPS_MAX, StackKey},
@@ -18,6 +18,10 @@ pub static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// userspace as it decodes the record. Kills are serialised by oom_lock: few at once.
 #[map]
 pub static OOM_STACKS: StackTrace = StackTrace::with_max_entries(256, 0);
+/// Non-zero when userspace reads `OOM_STACKS` (oom_kill_process not hooked): the stack walk
+/// costs about 30 µs per kill, in the OOM killer's path, and is skipped otherwise.
+#[map]
+pub static OOM_STACKS_WANTED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// cgroup creation records (rare, small): id -> path before any kill needs it.
 #[map]

@@ -18,6 +18,29 @@ fn frames(svg: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Reads `hotspots`' stderr until it says it is sampling (attached): the lines still to come,
+/// and what it printed so far.
+fn until_sampling(
+    hotspots: &mut std::process::Child,
+) -> (
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    String,
+) {
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        hotspots.stderr.take().expect("piped stderr"),
+    ));
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("stderr");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("sampling charges") {
+            break;
+        }
+    }
+    (lines, seen)
+}
+
 #[test]
 fn hotspots_svg_names_the_allocating_function() {
     if !ebpf_available("hotspots_svg_names_the_allocating_function") {
@@ -134,19 +157,7 @@ fn stacks_of_processes_already_gone_are_named() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run memtrace hotspots");
-    // Attached once it says it is sampling.
-    let mut err_lines = std::io::BufRead::lines(std::io::BufReader::new(
-        hotspots.stderr.take().expect("piped stderr"),
-    ));
-    let mut err = String::new();
-    for line in err_lines.by_ref() {
-        let line = line.expect("stderr");
-        err.push_str(&line);
-        err.push('\n');
-        if line.contains("sampling charges") {
-            break;
-        }
-    }
+    let (err_lines, mut err) = until_sampling(&mut hotspots);
     let started = std::time::Instant::now();
     let mut pids = Vec::new();
     for _ in 0..RUNS {
@@ -215,18 +226,7 @@ fn a_process_is_recorded_when_it_execs_in_the_asked_cgroup() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run memtrace hotspots");
-    let mut err_lines = std::io::BufRead::lines(std::io::BufReader::new(
-        hotspots.stderr.take().expect("piped stderr"),
-    ));
-    let mut err = String::new();
-    for line in err_lines.by_ref() {
-        let line = line.expect("stderr");
-        err.push_str(&line);
-        err.push('\n');
-        if line.contains("sampling charges") {
-            break;
-        }
-    }
+    let (err_lines, mut err) = until_sampling(&mut hotspots);
     let mut waiter = procs::alloc_in(&cg, &["hold", "1"], None);
     procs::wait_ready(&mut waiter);
     // Alive for a moment: the read follows the exec record on the daemon's own thread, which

@@ -47,23 +47,57 @@ fn watch_with(extra: &[String]) -> Watcher {
 
 /// The kill in `cgroup`; its container and Kubernetes keys are printed (README samples).
 fn kill_in(w: &mut Watcher, cgroup: &str) -> Value {
-    // The kill, not a pre-OOM warning for the same cgroup (the limit sweep finds containers
-    // filled between fault samples).
-    let ev = w.next_event(Duration::from_secs(30), |e| {
-        e["event.name"] == "memtrace.oom_kill" && e["memtrace.cgroup.path"] == cgroup
-    });
-    let names: serde_json::Map<String, Value> = ev
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.starts_with("container.") || k.starts_with("k8s.") || k == &"memtrace.cgroup.path")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    eprintln!(
-        "kill: {}",
-        serde_json::to_string_pretty(&names).unwrap_or_default()
-    );
-    ev
+    kills_in(w, &[cgroup]).remove(0)
+}
+
+/// The kill in each of `cgroups`, in that order whatever order they came in: containers run
+/// side by side, and the second may fill up first (a kill the first wait skipped was lost).
+/// The kill, not a pre-OOM warning for the same cgroup (the limit sweep finds containers
+/// filled between fault samples).
+fn kills_in(w: &mut Watcher, cgroups: &[&str]) -> Vec<Value> {
+    let mut got: Vec<Option<Value>> = vec![None; cgroups.len()];
+    // Every kill seen, for the message should one not come.
+    let mut seen: Vec<String> = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.iter().any(Option::is_none) {
+        let missing: Vec<&&str> = cgroups
+            .iter()
+            .zip(&got)
+            .filter(|(_, g)| g.is_none())
+            .map(|(c, _)| c)
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kill in {missing:?} within 30 s; kills seen: {seen:#?}; memtrace's stderr: {:#?}",
+            w.stderr_lines
+        );
+        for ev in w.events_for(Duration::from_millis(200), |e| {
+            e["event.name"] == "memtrace.oom_kill"
+        }) {
+            seen.push(format!(
+                "pid {} in {} (exiting: {})",
+                ev["process.pid"], ev["memtrace.cgroup.path"], ev["memtrace.victim.exiting"]
+            ));
+            let Some(at) = cgroups.iter().position(|c| ev["memtrace.cgroup.path"] == *c) else {
+                continue;
+            };
+            let names: serde_json::Map<String, Value> = ev
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| {
+                    k.starts_with("container.") || k.starts_with("k8s.") || k == &"memtrace.cgroup.path"
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            eprintln!(
+                "kill: {}",
+                serde_json::to_string_pretty(&names).unwrap_or_default()
+            );
+            got[at].get_or_insert(ev);
+        }
+    }
+    got.into_iter().flatten().collect()
 }
 
 /// Two Kubernetes-shaped containers made by `ctr -n k8s.io run` with the CRI annotations, one
@@ -132,8 +166,9 @@ fn kubernetes_shaped_containerd_kills_carry_pod_names() {
         ("burstable", "Burstable", "containerd"),
         ("besteffort", "BestEffort", "containerd"),
     ];
-    for ((id, uid, cgroup, (ns, pod, ctr)), (_, qos, runtime)) in shapes.iter().zip(want) {
-        let ev = kill_in(&mut w, cgroup);
+    let cgroup_paths: Vec<&str> = shapes.iter().map(|(_, _, c, _)| c.as_str()).collect();
+    let kills = kills_in(&mut w, &cgroup_paths);
+    for (((id, uid, _, (ns, pod, ctr)), (_, qos, runtime)), ev) in shapes.iter().zip(want).zip(kills) {
         assert_eq!(field(&ev, "process.executable.name"), procs::ALLOC_COMM);
         assert_eq!(field(&ev, "k8s.namespace.name"), *ns, "{ev:#}");
         assert_eq!(field(&ev, "k8s.pod.name"), *pod);

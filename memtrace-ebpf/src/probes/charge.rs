@@ -177,24 +177,31 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
                 && sent.is_some_and(|[s, m, at]| {
                     s == start_ns && m == mm && now.saturating_sub(at) < STACK_TASK_RESEND_NS
                 });
-            if !known {
-                let task = StackTask {
-                    tgid,
-                    kind: STACK_TASK_SAMPLED,
-                    start_ns,
-                    mm,
-                };
-                // Marked sent only once it is: a record lost to a full ring is sent again
-                // with the next new stack (it was marked before, and the process's maps were
-                // then not read for 30 s, its frames left as addresses).
-                if STACK_TASKS.output(&task, 0).is_ok() {
-                    let _ = TASKS_SENT.insert(&tgid, &[start_ns, mm, now], 0);
-                } else {
-                    bump(memtrace_common::counters::STACK_TASKS_RINGBUF_FULL);
-                }
+            // Marked sent only once it is: a record lost to a full ring is sent again with
+            // the next new stack (it was marked before, and the process's maps were then not
+            // read for 30 s, its frames left as addresses).
+            if !known && send_task(tgid, STACK_TASK_SAMPLED, start_ns, mm) {
+                let _ = TASKS_SENT.insert(&tgid, &[start_ns, mm, now], 0);
             }
         }
     }
+}
+
+/// Writes a process to `STACK_TASKS` for userspace to read its mappings; false (and counted)
+/// when the ring is full.
+#[inline(always)]
+pub(crate) fn send_task(tgid: u32, kind: u32, start_ns: u64, mm: u64) -> bool {
+    let task = StackTask {
+        tgid,
+        kind,
+        start_ns,
+        mm,
+    };
+    let sent = STACK_TASKS.output(&task, 0).is_ok();
+    if !sent {
+        bump(memtrace_common::counters::STACK_TASKS_RINGBUF_FULL);
+    }
+    sent
 }
 
 /// Maps a memcg event item to what it counts.

@@ -13,14 +13,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use memtrace_common::{
-    charge::{STACK_TASK_EXEC, StackTask},
-    counters::STACK_TASKS_RINGBUF_FULL,
-};
+use memtrace_common::charge::STACK_TASK_EXEC;
 
+use super::charge::send_task;
 use crate::{
     kernel,
-    maps::{EXEC_CGROUPS, STACK_TASKS, TASKS_SENT, bump},
+    maps::{EXEC_CGROUPS, TASKS_SENT},
 };
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
@@ -35,7 +33,12 @@ fn try_stack_exec() -> Result<u32, u32> {
     // Any exec: a stack sampled while exec built the new mm (its page tables are charged
     // before the binary is mapped) sent this process with maps that lack its binary; the next
     // sample sends it again, now that exec is done.
-    let _ = TASKS_SENT.remove(&tgid);
+    // Looked up first: a delete takes the LRU map's locks, and most processes that exec were
+    // never sampled.
+    // SAFETY: presence only; the value is not read.
+    if unsafe { TASKS_SENT.get(&tgid) }.is_some() {
+        let _ = TASKS_SENT.remove(&tgid);
+    }
     // SAFETY: the current task, valid for the duration of the program.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let memcg = kernel::task_memcg(task).map_err(|_| 0u32)?;
@@ -45,14 +48,6 @@ fn try_stack_exec() -> Result<u32, u32> {
         return Ok(0);
     }
     let (start_ns, mm) = kernel::process_identity(task);
-    let task = StackTask {
-        tgid,
-        kind: STACK_TASK_EXEC,
-        start_ns,
-        mm,
-    };
-    if STACK_TASKS.output(&task, 0).is_err() {
-        bump(STACK_TASKS_RINGBUF_FULL);
-    }
+    send_task(tgid, STACK_TASK_EXEC, start_ns, mm);
     Ok(0)
 }

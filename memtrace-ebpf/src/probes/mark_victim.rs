@@ -33,7 +33,7 @@ use memtrace_common::{
 
 use crate::{
     kernel::{self, off, read},
-    maps::{OOM_EVENTS, OOM_STACKS, bump},
+    maps::{OOM_EVENTS, OOM_STACKS, OOM_STACKS_WANTED, bump},
     memcg_stat,
 };
 
@@ -140,9 +140,11 @@ fn start_record<C: StackIdContext>(
     // The kernel stack of the OOM, for userspace to tell a memcg OOM from a global one where
     // oom_kill_process cannot be hooked. REUSE: a bucket collision replaces an older kill's
     // stack (read already) rather than losing this one.
-    rec.kernel_stack = ctx
-        .get_stackid(&OOM_STACKS, u64::from(BPF_F_REUSE_STACKID))
-        .map_or(-1, |id| id as i32);
+    if OOM_STACKS_WANTED.get(0).is_some_and(|w| *w != 0) {
+        rec.kernel_stack = ctx
+            .get_stackid(&OOM_STACKS, u64::from(BPF_F_REUSE_STACKID))
+            .map_or(-1, |id| id as i32);
+    }
     entry.write(rec);
     Ok(entry)
 }

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     cgroup::CgroupPaths,
-    charges::accounting::{ChargeMaps, ChargeMonitor, Reads, Row, Sample, rows},
+    charges::accounting::{ChargeMonitor, Reads, Row, Sample, rows},
+    charges::maps::ChargeMaps,
     charges::stacks::{HotStack, merge_pids},
     charges::sweep::{LimitSweep, SWEEP_EVERY},
     charges::symbolize::{Frame, Symbols},

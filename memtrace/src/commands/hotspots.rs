@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
     charges::accounting::ChargeMonitor,
+    charges::maps::ChargeMaps,
     charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     cli::HotspotsArgs,
@@ -25,16 +26,9 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
     // The cgroups asked about, before sampling: a wrong name is an error at once, and their
     // processes are recorded when they exec (a process killed within milliseconds of its first
     // sample is still named). Without --cgroup, every cgroup: recorded when sampled only.
-    let asked: Option<Vec<u64>> = match &args.cgroup {
+    let asked = match &args.cgroup {
         Some(cgroup) => {
-            let ids = subtree_ids(cgroup, paths.ids_with_paths());
-            if ids.is_empty() {
-                anyhow::bail!(
-                    "no cgroup /{} under {}",
-                    cgroup.trim_matches('/'),
-                    paths.hierarchy().root.display()
-                );
-            }
+            let ids = asked_ids(cgroup, &mut paths)?;
             maps.record_execs_in(ids.iter().copied());
             Some(ids)
         }
@@ -45,24 +39,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         "memtrace: sampling charges for {}",
         humantime::format_duration(args.duration)
     );
-    // Drain once a second: the kernel maps stay small, and user stacks are symbolized while
-    // their processes still run.
-    let deadline = tokio::time::Instant::now() + args.duration;
-    loop {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep((deadline - now).min(Duration::from_secs(1))) => {}
-            _ = tokio::signal::ctrl_c() => break,
-        }
-        monitor.poll(&mut maps, 4096);
-        for s in monitor.latest() {
-            let _ = syms.user(s.key.tgid, &s.user_ips);
-        }
-    }
-
+    sample(&mut monitor, &mut maps, &mut syms, args.duration).await;
     // Cgroups created under the asked one while sampling count too.
     let ids: Vec<u64> = match (&args.cgroup, asked) {
         (Some(cgroup), Some(mut ids)) => {
@@ -73,21 +50,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
         _ => monitor.rates.keys().copied().collect(),
     };
-    // Samples whose frames were lost are said, not hidden.
-    if let Ok(c) = tracer.counters() {
-        if c.stacks_collided > 0 {
-            eprintln!(
-                "memtrace: {} stacks lost to STACKS map collisions (those samples have no user or kernel frames)",
-                c.stacks_collided
-            );
-        }
-        if c.stack_tasks_ringbuf_full > 0 {
-            eprintln!(
-                "memtrace: {} new processes not recorded (STACK_TASKS ring full): their frames may stay addresses",
-                c.stack_tasks_ringbuf_full
-            );
-        }
-    }
+    say_losses(&tracer);
     drop(tracer);
     // Every sample of the window, symbolized, then rows that differ only by pid merged: the
     // top N is taken from the merged rows.
@@ -117,7 +80,62 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    match args.output {
+    print(&top, args.output, &mut paths)
+}
+
+/// The ids of `cgroup` and the cgroups below it; an error when there is no such cgroup.
+fn asked_ids(cgroup: &str, paths: &mut CgroupPaths) -> anyhow::Result<Vec<u64>> {
+    let ids = subtree_ids(cgroup, paths.ids_with_paths());
+    if ids.is_empty() {
+        anyhow::bail!(
+            "no cgroup /{} under {}",
+            cgroup.trim_matches('/'),
+            paths.hierarchy().root.display()
+        );
+    }
+    Ok(ids)
+}
+
+/// Drains the maps once a second until `duration` or Ctrl-C: the kernel maps stay small, and
+/// user stacks are symbolized while their processes still run.
+async fn sample(monitor: &mut ChargeMonitor, maps: &mut ChargeMaps, syms: &mut Symbols, duration: Duration) {
+    let deadline = tokio::time::Instant::now() + duration;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep((deadline - now).min(Duration::from_secs(1))) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        monitor.poll(maps, 4096);
+        for s in monitor.latest() {
+            let _ = syms.user(s.key.tgid, &s.user_ips);
+        }
+    }
+}
+
+/// Samples whose frames were lost are said, not hidden.
+fn say_losses(tracer: &Tracer) {
+    let Ok(c) = tracer.counters() else { return };
+    if c.stacks_collided > 0 {
+        eprintln!(
+            "memtrace: {} stacks lost to STACKS map collisions (those samples have no user or kernel frames)",
+            c.stacks_collided
+        );
+    }
+    if c.stack_tasks_ringbuf_full > 0 {
+        eprintln!(
+            "memtrace: {} new processes not recorded (STACK_TASKS ring full): their frames may stay addresses",
+            c.stack_tasks_ringbuf_full
+        );
+    }
+}
+
+/// The rows, as JSON or as a table.
+fn print(top: &[HotStack], output: Format, paths: &mut CgroupPaths) -> anyhow::Result<()> {
+    match output {
         Format::Json => {
             let rows: Vec<serde_json::Value> = top
                 .iter()
@@ -141,7 +159,7 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
                 "{:>7} {:>6}  {:<16} {:>7}  {:<40} KERNEL",
                 "SAMPLES", "SHARE", "COMM", "PID", "USER (innermost)"
             );
-            for h in &top {
+            for h in top {
                 println!(
                     "{:>7} {:>5.1}%  {:<16} {:>7}  {:<40} {}",
                     h.count,

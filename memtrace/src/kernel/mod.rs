@@ -10,6 +10,7 @@ pub mod memcg_stat;
 pub mod oom_path;
 pub mod privileges;
 pub mod records;
+mod select;
 pub mod tracefs;
 pub mod tracer;
 pub mod user_kill;

@@ -7,23 +7,23 @@ use std::io;
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{Program, ProgramError},
 };
 use memtrace_common::{
     charge::ChargeConfig,
     counters,
-    layout::{CgroupMkdirTpLayout, KernelLayout},
+    layout::{CgroupMkdirTpLayout, KernelLayout, MarkVictimTpLayout},
     memcg_stat::MemcgStatLayout,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroup::{CgroupVersion, MemoryHierarchy},
-    charges::accounting::ChargeMaps,
-    kernel::attach::{AttachEnv, AttachError, attach},
+    charges::maps::ChargeMaps,
+    kernel::attach::AttachEnv,
     kernel::btf::{BtfError, KernelBtf},
-    kernel::hooks::{ForcedVariant, Group, HOOKS, HookId, HookStatus, Rejected, Variant},
+    kernel::hooks::{ForcedVariant, HOOKS, HookId, HookStatus, Variant},
     kernel::oom_path::{CallPaths, OomPathRanges},
     kernel::privileges::{MissingCapabilities, Privileges},
     kernel::tracefs::{Tracefs, TracefsError},
@@ -198,47 +198,16 @@ impl Tracer {
             }
             Err(e) => return Err(e.into()),
         };
-        let layout = match &kbtf {
-            Some(kbtf) => {
-                let resolved = kbtf.kernel_layout(opts.cgroup_v1());
-                if !resolved.missing.is_empty() {
-                    log::warn!(
-                        "kernel BTF lacks {}: those event fields stay empty",
-                        resolved.missing.join(", ")
-                    );
-                }
-                resolved.layout
-            }
-            None => KernelLayout::absent(),
-        };
         let tracefs = Tracefs::locate()?;
-        let tp_layout = tracefs.mark_victim_layout()?;
-        // Optional hook: without its layout the program fails to attach and is reported so.
-        let mkdir_layout = tracefs
-            .cgroup_mkdir_layout()
-            .unwrap_or(CgroupMkdirTpLayout::absent());
-        let page_shift = page_shift();
-        let stat_layout = match kbtf.as_ref().map(|k| k.memcg_stat_layout(page_shift)) {
-            Some(Ok(r)) => {
-                if !r.missing.is_empty() {
-                    log::info!("this kernel's memcgs do not count {}", r.missing.join(", "));
-                }
-                r.layout
-            }
-            Some(Err(e)) => {
-                log::warn!("no memory breakdown at the kill: {e}; the post-kill snapshot stands in");
-                MemcgStatLayout::absent()
-            }
-            None => MemcgStatLayout::absent(),
-        };
-
+        let g = Globals::resolve(kbtf.as_ref(), opts, &tracefs)?;
+        let page_shift = g.page_shift;
         let mut loader = EbpfLoader::new();
         loader
-            .override_global("KERNEL_LAYOUT", &layout, true)
-            .override_global("MARK_VICTIM_TP", &tp_layout, true)
-            .override_global("CGROUP_MKDIR_TP", &mkdir_layout, true)
+            .override_global("KERNEL_LAYOUT", &g.layout, true)
+            .override_global("MARK_VICTIM_TP", &g.tp_layout, true)
+            .override_global("CGROUP_MKDIR_TP", &g.mkdir_layout, true)
             .override_global("PAGE_SHIFT", &page_shift, true)
-            .override_global("MEMCG_STAT_LAYOUT", &stat_layout, true);
+            .override_global("MEMCG_STAT_LAYOUT", &g.stat_layout, true);
         let charge_opts = opts.charges.unwrap_or_default();
         let charge_config = kbtf.as_ref().map_or(ChargeConfig::default_config(), |k| {
             charge_config(k, &charge_opts, opts.cgroup_v1())
@@ -274,117 +243,13 @@ impl Tracer {
         };
         let mut hooks = Vec::new();
         for hook in HOOKS {
-            // `memtrace probes` (try_all) tries both charge modes.
-            let wanted = match (hook.group, opts.charges) {
-                (Group::Oom, _) => opts.oom,
-                (_, None) => false,
-                (_, Some(_)) if opts.try_all => true,
-                (Group::Charge, Some(c)) => c.exact,
-                (Group::ChargeSampled, Some(c)) => !c.exact,
-                (Group::Reclaim, Some(_)) => true,
-                (Group::Stacks, Some(c)) => c.sample_every != 0,
-            };
-            if !wanted {
-                continue;
+            if let Some(status) = crate::kernel::select::select(&mut ebpf, hook, &env, opts)? {
+                hooks.push(status);
             }
-            let forced = opts.forced.iter().find(|f| f.hook == hook.id);
-            let mut status = HookStatus {
-                hook: hook.id,
-                required: hook.required,
-                selected: None,
-                also_works: vec![],
-                rejected: vec![],
-            };
-            for variant in hook.variants {
-                if forced.is_some_and(|f| !f.allows(variant.attach.kind())) {
-                    status.rejected.push(rejected(variant, &AttachError::NotAsked));
-                    continue;
-                }
-                match attach(&mut ebpf, variant, &env) {
-                    Ok(()) if status.selected.is_none() => {
-                        status.selected = Some(*variant);
-                        if !opts.try_all {
-                            break;
-                        }
-                    }
-                    Ok(()) => status.also_works.push(*variant),
-                    Err(e) => {
-                        log::info!("{} via {}: {e}", hook.id, variant.attach.kind());
-                        status.rejected.push(rejected(variant, &e));
-                    }
-                }
-            }
-            if hook.required && status.selected.is_none() {
-                let reasons = status
-                    .rejected
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{} {}: {}",
-                            r.variant.attach.kind(),
-                            r.variant.attach.target(),
-                            r.reason
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(TracerError::RequiredHook {
-                    hook: hook.id,
-                    reasons,
-                });
-            }
-            hooks.push(status);
         }
-
-        let oom = async_ring(&mut ebpf, "OOM_EVENTS")?;
-        let mkdir_attached = hooks
-            .iter()
-            .any(|h| h.hook == HookId::CgroupMkdir && h.selected.is_some());
-        let cgroups = if mkdir_attached {
-            Some(async_ring(&mut ebpf, "CGROUP_EVENTS")?)
-        } else {
-            None
-        };
-        let user_kills = if hooks
-            .iter()
-            .any(|h| h.hook == HookId::UserKill && h.selected.is_some())
-        {
-            Some(async_ring(&mut ebpf, "KILL_SIGNALS")?)
-        } else {
-            None
-        };
-        // Without the kernel's own decision (oom_kill_process), its call stack at the kill
-        // tells memcg from global: one pass over kallsyms, only then.
-        let decided = hooks
-            .iter()
-            .any(|h| h.hook == HookId::OomContext && h.selected.is_some());
-        let call_paths = match (opts.oom && !decided)
-            .then(OomPathRanges::of_this_kernel)
-            .flatten()
-        {
-            Some(ranges) => {
-                let map = ebpf
-                    .take_map("OOM_STACKS")
-                    .ok_or(TracerError::MissingMap("OOM_STACKS"))?;
-                let stacks = StackTraceMap::try_from(map).map_err(|source| TracerError::Map {
-                    name: "OOM_STACKS",
-                    source,
-                })?;
-                Some(CallPaths::new(stacks, ranges))
-            }
-            None => None,
-        };
-        Ok((
-            Self { ebpf, hooks },
-            Rings {
-                oom,
-                cgroups,
-                user_kills,
-                call_paths,
-            },
-        ))
+        let rings = Rings::take(&mut ebpf, &hooks, opts)?;
+        Ok((Self { ebpf, hooks }, rings))
     }
-
     /// Charge accounting alone, for the commands that poll the charge maps themselves (`top`,
     /// `hotspots`): no OOM hooks, and an error when no charge-path hook attached. The rings are
     /// handed back so that they live as long as the caller keeps them.
@@ -484,14 +349,6 @@ impl Tracer {
     }
 }
 
-fn rejected(variant: &Variant, e: &AttachError) -> Rejected {
-    Rejected {
-        variant: *variant,
-        reason: e.to_string(),
-        errno: e.errno(),
-    }
-}
-
 /// The memcg event items to count, from BTF (`enum vm_event_item` moves with the kernel's
 /// config), and which one stands for a charge when sampling stacks.
 fn charge_config(kbtf: &KernelBtf, opts: &ChargeOptions, v1: bool) -> ChargeConfig {
@@ -573,5 +430,125 @@ impl std::fmt::Debug for Tracer {
         f.debug_struct("Tracer")
             .field("hooks", &self.hooks)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the programs read from patched globals: the kernel's and tracefs's layouts.
+struct Globals {
+    layout: KernelLayout,
+    tp_layout: MarkVictimTpLayout,
+    mkdir_layout: CgroupMkdirTpLayout,
+    page_shift: u32,
+    stat_layout: MemcgStatLayout,
+}
+
+impl Globals {
+    fn resolve(
+        kbtf: Option<&KernelBtf>,
+        opts: &TracerOptions,
+        tracefs: &Tracefs,
+    ) -> Result<Self, TracerError> {
+        let layout = match kbtf {
+            Some(kbtf) => {
+                let resolved = kbtf.kernel_layout(opts.cgroup_v1());
+                if !resolved.missing.is_empty() {
+                    log::warn!(
+                        "kernel BTF lacks {}: those event fields stay empty",
+                        resolved.missing.join(", ")
+                    );
+                }
+                resolved.layout
+            }
+            None => KernelLayout::absent(),
+        };
+        let tp_layout = tracefs.mark_victim_layout()?;
+        // Optional hook: without its layout the program fails to attach and is reported so.
+        let mkdir_layout = tracefs
+            .cgroup_mkdir_layout()
+            .unwrap_or(CgroupMkdirTpLayout::absent());
+        let page_shift = page_shift();
+        let stat_layout = match kbtf.map(|k| k.memcg_stat_layout(page_shift)) {
+            Some(Ok(r)) => {
+                if !r.missing.is_empty() {
+                    log::info!("this kernel's memcgs do not count {}", r.missing.join(", "));
+                }
+                r.layout
+            }
+            Some(Err(e)) => {
+                log::warn!("no memory breakdown at the kill: {e}; the post-kill snapshot stands in");
+                MemcgStatLayout::absent()
+            }
+            None => MemcgStatLayout::absent(),
+        };
+        Ok(Self {
+            layout,
+            tp_layout,
+            mkdir_layout,
+            page_shift,
+            stat_layout,
+        })
+    }
+}
+
+impl Rings {
+    /// The rings of the hooks that attached, and the OOM stack map where the call path is
+    /// needed.
+    fn take(ebpf: &mut Ebpf, hooks: &[HookStatus], opts: &TracerOptions) -> Result<Self, TracerError> {
+        let oom = async_ring(ebpf, "OOM_EVENTS")?;
+        let mkdir_attached = hooks
+            .iter()
+            .any(|h| h.hook == HookId::CgroupMkdir && h.selected.is_some());
+        let cgroups = if mkdir_attached {
+            Some(async_ring(ebpf, "CGROUP_EVENTS")?)
+        } else {
+            None
+        };
+        let user_kills = if hooks
+            .iter()
+            .any(|h| h.hook == HookId::UserKill && h.selected.is_some())
+        {
+            Some(async_ring(ebpf, "KILL_SIGNALS")?)
+        } else {
+            None
+        };
+        // Without the kernel's own decision (oom_kill_process), its call stack at the kill
+        // tells memcg from global: one pass over kallsyms, only then.
+        let decided = hooks
+            .iter()
+            .any(|h| h.hook == HookId::OomContext && h.selected.is_some());
+        let call_paths = match (opts.oom && !decided)
+            .then(OomPathRanges::of_this_kernel)
+            .flatten()
+        {
+            Some(ranges) => {
+                let map = ebpf
+                    .take_map("OOM_STACKS")
+                    .ok_or(TracerError::MissingMap("OOM_STACKS"))?;
+                let stacks = StackTraceMap::try_from(map).map_err(|source| TracerError::Map {
+                    name: "OOM_STACKS",
+                    source,
+                })?;
+                // The victim programs save the stack only from here on.
+                let wanted = ebpf
+                    .map_mut("OOM_STACKS_WANTED")
+                    .ok_or(TracerError::MissingMap("OOM_STACKS_WANTED"))?;
+                let mut wanted = Array::<_, u32>::try_from(wanted).map_err(|source| TracerError::Map {
+                    name: "OOM_STACKS_WANTED",
+                    source,
+                })?;
+                wanted.set(0, &1, 0).map_err(|source| TracerError::Map {
+                    name: "OOM_STACKS_WANTED",
+                    source,
+                })?;
+                Some(CallPaths::new(stacks, ranges))
+            }
+            None => None,
+        };
+        Ok(Self {
+            oom,
+            cgroups,
+            user_kills,
+            call_paths,
+        })
     }
 }

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use super::view::{Action, App, Header};
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
-    charges::accounting::{ChargeMaps, ChargeMonitor, Reads, Sample, rows},
+    charges::accounting::{ChargeMonitor, Reads, Sample, rows},
+    charges::maps::ChargeMaps,
     charges::stacks::{HotStack, merge_pids},
     charges::symbolize::Symbols,
     cli::TopArgs,

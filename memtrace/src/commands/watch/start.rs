@@ -12,7 +12,7 @@ use crate::{
     cgroup::oom_stall::StallWatch,
     cgroup::reconcile::Reconciler,
     cgroup::{CgroupPaths, MemoryHierarchy},
-    charges::accounting::ChargeMaps,
+    charges::maps::ChargeMaps,
     charges::warnings::{PreOomWarning, WarnOptions},
     charges::worker::ChargeWatch,
     cli::WatchArgs,
