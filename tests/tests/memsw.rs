@@ -59,7 +59,9 @@ fn a_memsw_limit_oom_names_the_memsw_limit() {
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut w = Watcher::start(&[]);
+    // Which limit was hit is judged on the cgroup files read right after the kill: room for
+    // them under load (a kill sent without them, `enrich.late`, is enrich_budget.rs's test).
+    let mut w = Watcher::start(&["--enrich-budget", "2s"]);
     let cg = TestCgroup::new("memsw", 64 * MIB);
     if cg.version != CgroupVersion::V1 {
         eprintln!(
@@ -109,7 +111,9 @@ fn an_ancestors_memsw_limit_is_the_oom_cgroup() {
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut w = Watcher::start(&[]);
+    // Which limit was hit is judged on the cgroup files read right after the kill: room for
+    // them under load (a kill sent without them, `enrich.late`, is enrich_budget.rs's test).
+    let mut w = Watcher::start(&["--enrich-budget", "2s"]);
     // The child's own limit is far above the parent's.
     let child = TestCgroup::nested("memsw-anc", &["child"], 1024 * MIB);
     if child.version != CgroupVersion::V1 {
