@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         match OomRecord::try_from(record) {
             Ok(OomRecord::Victim(r)) => {
                 assert_eq!(record.len(), OOM_VICTIM_RECORD_LEN);
-                let kill = enricher.enrich(r).kill;
+                let kill = enricher.enrich(*r).kill;
                 let line = text::event(&kill, 1_000);
                 assert!(!line.contains('\n') || line.contains("\n    why: "), "{line:?}");
                 let v = json::event(&kill, "fuzz", 1_000);
