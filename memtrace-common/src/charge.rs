@@ -47,7 +47,9 @@ pub struct ChargeConfig {
     pub sample_every: u32,
     /// Sampled mode: page faults per perf-event sample, added to `faults` per sample.
     pub fault_period: u32,
-    pub _pad: u32,
+    /// Pages in a PMD-sized transparent huge page (512 with 4 KiB pages on x86-64); 0: the
+    /// kernel has none. A huge-page fault weighs this many small ones when sampling stacks.
+    pub pmd_pages: u32,
 }
 
 impl ChargeConfig {
@@ -60,7 +62,7 @@ impl ChargeConfig {
             sample_item: 0,
             sample_every: 0,
             fault_period: 0,
-            _pad: 0,
+            pmd_pages: 0,
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct KernelLayout {
     /// pointer, which exec replaces, it tells a process recorded already from a new one that
     /// reused its pid (the charge sampler's `STACK_TASKS` records).
     pub task_start_time: u32,
+    /// `vm_fault.flags` (`FAULT_FLAG_WRITE`): a huge-page fault that only reads maps the huge
+    /// zero page and charges nothing.
+    pub vmf_flags: u32,
 }
 
 impl KernelLayout {
@@ -120,6 +123,7 @@ impl KernelLayout {
             task_real_cred: ABSENT,
             cred_uid: ABSENT,
             task_start_time: ABSENT,
+            vmf_flags: ABSENT,
         }
     }
 }

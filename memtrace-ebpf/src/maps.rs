@@ -67,9 +67,9 @@ pub static STACK_COUNTS: LruPerCpuHashMap<StackKey, u64> = LruPerCpuHashMap::wit
 #[map]
 pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 
-/// Per-CPU charge event count, for one-in-N stack sampling.
+/// Per-CPU charge weight (pages, or events) since the last stack, for one-in-N sampling.
 #[map]
-pub static SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static SAMPLE_TICK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The victim memcg's OOM-kill counter at its last mark_victim (cgroup id -> count; never the
 /// `mem_cgroup *`, whose memory the slab reuses for new cgroups).

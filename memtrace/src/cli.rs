@@ -96,8 +96,9 @@ pub struct WatchArgs {
     /// No charge accounting: OOM hooks only (no pre-OOM warnings, no stacks with kills).
     #[arg(long)]
     pub no_charges: bool,
-    /// Sample one charging stack every N charge events per CPU (0: no stacks); in the default
-    /// sampled mode, 0 turns stacks off and any other value keeps one per sample.
+    /// Sample one charging stack every N charged pages per CPU (0: no stacks; on the memcg
+    /// event hooks, N charge events); in the default sampled mode, 0 turns stacks off and any
+    /// other value keeps one per sample.
     #[arg(long, value_name = "N")]
     pub stack_sample_every: Option<u32>,
     /// Count every memcg charge with a program on the charge hook (exact rates, kernel stacks
@@ -112,7 +113,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub kill_context_window: Option<std::time::Duration>,
     /// The longest a kill waits for its file reads (cgroup files, container names, survivors)
-    /// before it is sent without them, marked late, e.g. 50ms [config: watch.enrich_budget].
+    /// before it is sent without them, marked late, and for the charge stacks sampled since
+    /// the last poll, e.g. 50ms [config: watch.enrich_budget].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub enrich_budget: Option<std::time::Duration>,
     /// Warn when a cgroup's working set reaches this fraction of its limit.
@@ -145,8 +147,8 @@ pub struct TopArgs {
     /// Print the text table every interval even on a terminal, instead of the live view.
     #[arg(long, conflicts_with = "once")]
     pub plain: bool,
-    /// Live view: sample one charging stack every N charge events per CPU, for the
-    /// drill-down into a cgroup's stacks.
+    /// Live view: sample one charging stack every N charged pages per CPU (N charge events
+    /// on the memcg event hooks), for the drill-down into a cgroup's stacks.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_every: u32,
     /// Live view: how far back a cgroup's top charging stacks look, e.g. 10s.
@@ -162,7 +164,8 @@ pub struct HotspotsArgs {
     /// How long to sample, e.g. 10s, 1m.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
-    /// Sample one stack every N charge events per CPU.
+    /// Sample one stack every N charged pages per CPU (N charge events on the memcg event
+    /// hooks, which do not give the pages).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_every: u32,
     /// How many stacks to show.

@@ -31,6 +31,7 @@ fn probes_report_is_complete_and_as_expected() {
         "reclaim_begin",
         "reclaim_end",
         "exec",
+        "thp_fault",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }

@@ -39,6 +39,12 @@ pub(crate) fn sampled_config() -> (u32, bool) {
     (cfg!(fault_period), cfg!(sample_every) != 0)
 }
 
+/// Pages per PMD-sized huge page; 0: no THP.
+#[inline(always)]
+pub(crate) fn pmd_pages() -> u32 {
+    cfg!(pmd_pages)
+}
+
 /// What one hit counts.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Count {
@@ -76,6 +82,18 @@ pub(crate) fn counters(key: u64, memcg: *const u8, known_id: Option<u64>) -> Opt
     CHARGES.get_ptr_mut(&key)
 }
 
+/// Notes the memcg's usage and limit in pages (its page counter) in its counters, and when;
+/// returns them.
+#[inline(always)]
+pub(crate) fn note_usage(c: &mut ChargeCounters, memcg: *const u8) -> Option<(u64, u64)> {
+    let (usage, max) = kernel::memcg_usage_limit(memcg).ok()?;
+    c.usage_pages = usage;
+    c.limit_pages = max;
+    // SAFETY: no preconditions.
+    c.seen_ns = unsafe { bpf_ktime_get_boot_ns() };
+    Some((usage, max))
+}
+
 #[inline(always)]
 fn account<C: StackIdContext>(ctx: &C, memcg: *const u8, known_id: Option<u64>, what: Count) {
     // Three kernel reads per charge in the exact mode (--exact-charges), for an id that a
@@ -103,31 +121,42 @@ fn account<C: StackIdContext>(ctx: &C, memcg: *const u8, known_id: Option<u64>, 
         Count::Fault => cfg!(sample_item) == cfg!(ev_pgfault),
         _ => false,
     };
-    if sampled && tick() {
-        c.stack_samples += 1;
-        sample_stack(ctx, c.cgroup_id);
+    // A charge weighs its pages (a huge page is 512 of them), so that a stack charging huge
+    // pages is sampled as often per byte as one charging small pages.
+    let weight = match what {
+        Count::Charge { pages } => pages.max(1),
+        _ => 1,
+    };
+    if sampled {
+        let n = tick(weight);
+        if n > 0 {
+            c.stack_samples += n;
+            sample_stack(ctx, c.cgroup_id, n, true);
+        }
     }
 }
 
-/// True once every `sample_every` calls on this CPU.
+/// How many stacks `weight` more units take on this CPU: one every `sample_every` units.
 #[inline(always)]
-fn tick() -> bool {
-    let every = cfg!(sample_every);
+fn tick(weight: u64) -> u64 {
+    let every = u64::from(cfg!(sample_every));
     if every == 0 {
-        return false;
+        return 0;
     }
     let Some(t) = SAMPLE_TICK.get_ptr_mut(0) else {
-        return false;
+        return 0;
     };
     // SAFETY: per-CPU slot.
     unsafe {
-        *t += 1;
-        if *t >= every {
-            *t = 0;
-            return true;
+        *t += weight;
+        if *t < every {
+            return 0;
         }
+        // checked: a plain division links a panic call the verifier refuses.
+        let n = (*t).checked_div(every).unwrap_or(0);
+        *t = (*t).checked_rem(every).unwrap_or(0);
+        n
     }
-    false
 }
 
 /// A stack id in `STACKS`, else in `STACKS_SPILL` (with `STACK_SPILLED` set), else -1. A bucket
@@ -150,9 +179,10 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
     }
 }
 
+/// Counts `weight` samples of the current stack (user, and kernel if asked) in `cgroup_id`.
 #[inline(always)]
-pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
-    let kernel_stack = stack_id(ctx, 0);
+pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64, weight: u64, with_kernel: bool) {
+    let kernel_stack = if with_kernel { stack_id(ctx, 0) } else { -1 };
     let user_stack = stack_id(ctx, u64::from(BPF_F_USER_STACK));
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = StackKey {
@@ -165,9 +195,9 @@ pub(crate) fn sample_stack<C: StackIdContext>(ctx: &C, cgroup_id: u64) {
     };
     match STACK_COUNTS.get_ptr_mut(&key) {
         // SAFETY: this CPU's copy of a per-CPU value.
-        Some(n) => unsafe { *n += 1 },
+        Some(n) => unsafe { *n += weight },
         None => {
-            let _ = STACK_COUNTS.insert(&key, &1, 0);
+            let _ = STACK_COUNTS.insert(&key, &weight, 0);
             // SAFETY: the current task, valid for the duration of the program.
             let (start_ns, mm) = kernel::process_identity(unsafe { bpf_get_current_task() } as *const u8);
             let now = unsafe { bpf_ktime_get_boot_ns() };

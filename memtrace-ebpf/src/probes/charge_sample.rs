@@ -7,15 +7,11 @@
 //! Charges not made by a page fault (page cache written by syscalls, kernel memory) are not
 //! sampled here; they show in the usage read at the next sample or reclaim of that cgroup.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns},
-    macros::perf_event,
-    programs::PerfEventContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_task, macros::perf_event, programs::PerfEventContext};
 
 use crate::{
     kernel,
-    probes::charge::{counters, sample_stack, sampled_config},
+    probes::charge::{counters, note_usage, sample_stack, sampled_config},
 };
 
 #[perf_event]
@@ -35,14 +31,10 @@ pub fn charge_sample(ctx: PerfEventContext) -> u32 {
     let c = unsafe { &mut *c };
     let (period, stacks) = sampled_config();
     c.faults += u64::from(period);
-    if let Ok((usage, max)) = kernel::memcg_usage_limit(memcg) {
-        c.usage_pages = usage;
-        c.limit_pages = max;
-        c.seen_ns = unsafe { bpf_ktime_get_boot_ns() };
-    }
+    let _ = note_usage(c, memcg);
     if stacks {
         c.stack_samples += 1;
-        sample_stack(&ctx, cgroup_id);
+        sample_stack(&ctx, cgroup_id, 1, true);
     }
     0
 }

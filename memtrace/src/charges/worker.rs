@@ -1,8 +1,10 @@
 //! The charge side of `memtrace watch`, on a thread of its own so that nothing it does (map
 //! reads, symbolization, cgroup file reads) can delay a kill event. Once a second it drains
 //! the charge maps, symbolizes the new samples while their processes still run, publishes a
-//! window of resolved stacks, and sends pre-OOM warnings to the event loop. A kill reads the
-//! published window: memory only, no syscall.
+//! window of resolved stacks, and sends pre-OOM warnings to the event loop. A kill first asks
+//! for a flush ([`ChargeWatch::flush`]): the samples since the last poll are drained and
+//! published at once (a runaway process is killed well within one interval of its start, and
+//! the last second is the one that matters); then it reads the published window, memory only.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -50,11 +52,22 @@ type StackId<'a> = (u64, u32, &'a str, &'a [Frame], &'a [Frame]);
 /// daemon feeds any.
 type Inbox = Arc<Mutex<Option<Vec<(u64, String)>>>>;
 
+/// What the daemon asks of the worker between its polls.
+enum Ask {
+    /// Drain and publish the samples now, naming the stacks of `cgroups` whatever their
+    /// headroom was at the last poll (a kill's cgroup is at its limit now); `done` when the
+    /// window has them.
+    Flush {
+        cgroups: Vec<u64>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
 pub struct ChargeWatch {
     window: Arc<Mutex<Window>>,
     span: Duration,
-    /// Its drop wakes and stops the thread.
-    stop: Option<std::sync::mpsc::Sender<()>>,
+    /// Asks for flushes; its drop wakes and stops the thread.
+    asks: Option<std::sync::mpsc::Sender<Ask>>,
     thread: Option<JoinHandle<()>>,
     /// Cgroups created since the worker's last poll (see [`Self::cgroups_created`]).
     created: Inbox,
@@ -183,14 +196,32 @@ impl Worker {
         }
     }
 
+    /// The samples since the last poll, into the window now: a kill is waiting for them. The
+    /// rest of a poll (cgroup reads, warnings) waits for the next tick.
+    fn flush(&mut self, symbols: &mut Symbols, urgent: &[u64]) {
+        let t0 = Instant::now();
+        self.monitor.poll(&mut self.maps, self.page_size);
+        for id in urgent {
+            self.headroom.insert(*id, 0.0);
+        }
+        self.publish_stacks(symbols);
+        log::debug!(
+            "charge flush for a kill in cgroups {urgent:?}: {} samples, {:?}",
+            self.monitor.latest().len(),
+            t0.elapsed()
+        );
+    }
+
     /// This poll's samples, resolved within the time budget, into the window kills read.
     fn publish_stacks(&mut self, symbols: &mut Symbols) {
         let started = Instant::now();
         let room = |s: &Sample| self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
-        // The time budget goes first to the cgroups closest to their limit: the ones whose
-        // stacks a kill will ask for.
+        // The time budget goes first to the cgroups closest to their limit (the ones whose
+        // stacks a kill will ask for), and in each to its most-sampled stacks: the first
+        // stack of a binary can take the whole budget to name (hundreds of ms in an emulated
+        // guest), and a two-sample stack in libc took it from the filler's 126-sample one.
         let mut latest: Vec<&Sample> = self.monitor.latest().iter().collect();
-        latest.sort_by(|a, b| room(a).total_cmp(&room(b)));
+        latest.sort_by(|a, b| room(a).total_cmp(&room(b)).then(b.count.cmp(&a.count)));
         let resolved: Vec<HotStack> = latest
             .into_iter()
             .map(|s| {
@@ -227,8 +258,8 @@ impl ChargeWatch {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let shared = Arc::new(Mutex::new(Window::new()));
-        // Dropped (or sent on) to stop the thread: it sleeps until its next poll or this.
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // Dropped to stop the thread: it sleeps until its next poll, an ask, or this.
+        let (asks, asked) = std::sync::mpsc::channel::<Ask>();
         let (tx, rx) = mpsc::channel(WARNING_QUEUE);
         let created = Arc::new(Mutex::new(None));
         let pressed = Arc::new(Mutex::new(Vec::new()));
@@ -266,21 +297,44 @@ impl ChargeWatch {
                         next = (next + interval).max(Instant::now());
                         continue;
                     }
-                    match stopped.recv_timeout(next - now) {
+                    match asked.recv_timeout(next - now) {
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        Ok(Ask::Flush { mut cgroups, done }) => {
+                            // Kills that came together share one flush.
+                            let mut dones = vec![done];
+                            while let Ok(Ask::Flush { cgroups: more, done }) = asked.try_recv() {
+                                cgroups.extend(more);
+                                dones.push(done);
+                            }
+                            cgroups.sort_unstable();
+                            cgroups.dedup();
+                            worker.flush(&mut symbols, &cgroups);
+                            for d in dones {
+                                let _ = d.send(());
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
             })?;
         let watch = Self {
             window: shared,
             span: window,
-            stop: Some(stop),
+            asks: Some(asks),
             thread: Some(thread),
             created,
             pressed,
         };
         Ok((watch, rx))
+    }
+
+    /// Asks the worker to publish the samples taken since its last poll, naming the stacks of
+    /// `cgroups` (a kill's); the receiver hears when the window has them. `None`: the worker
+    /// is gone.
+    pub fn flush(&self, cgroups: Vec<u64>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (done, heard) = tokio::sync::oneshot::channel();
+        self.asks.as_ref()?.send(Ask::Flush { cgroups, done }).ok()?;
+        Some(heard)
     }
 
     /// Cgroups the cgroup_mkdir hook reported. Once fed, the limit sweep walks the hierarchy
@@ -354,7 +408,7 @@ impl ChargeWatch {
 
 impl Drop for ChargeWatch {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        drop(self.asks.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

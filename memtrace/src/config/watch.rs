@@ -51,7 +51,8 @@ impl Default for WatchConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ChargesConfig {
     pub enabled: bool,
-    /// One stack sample every this many charge events per CPU; 0: no stacks.
+    /// One stack sample every this many charged pages per CPU (charge events on the memcg
+    /// event hooks); 0: no stacks.
     pub stack_sample_every: u32,
     /// Count every charge (a program on the memcg charge hook) instead of sampling faults.
     pub exact: bool,

@@ -42,6 +42,25 @@ pub struct Work {
     pub named: HashMap<String, Option<Attribution>>,
 }
 
+impl Work {
+    /// The memory cgroups the kill names: victim, trigger, OOM memcg (record and context).
+    pub fn memcg_ids(&self) -> impl Iterator<Item = u64> + use<> {
+        memcg_ids(&self.r, self.context.as_ref())
+    }
+}
+
+/// The memory cgroups a victim record and its OOM context name.
+pub fn memcg_ids(r: &VictimRecord, context: Option<&OomContext>) -> impl Iterator<Item = u64> + use<> {
+    [
+        r.victim_memcg_id,
+        r.trigger_memcg_id,
+        r.oom_memcg.map(|m| m.id),
+        context.and_then(|c| c.memcg_id),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// What a build may read.
 #[derive(Debug, Clone)]
 pub struct Files {

@@ -346,6 +346,7 @@ impl KernelBtf {
             task_real_cred: get("task_struct.real_cred", self.offset("task_struct", "real_cred")),
             cred_uid: get("cred.uid", self.offset("cred", "uid")),
             task_start_time: get("task_struct.start_time", self.offset("task_struct", "start_time")),
+            vmf_flags: get("vm_fault.flags", self.offset("vm_fault", "flags")),
         };
         Resolved { layout, missing }
     }

@@ -140,6 +140,7 @@ pub enum HookId {
     ReclaimBegin,
     ReclaimEnd,
     Exec,
+    ThpFault,
 }
 
 impl HookId {
@@ -154,6 +155,7 @@ impl HookId {
             Self::ReclaimBegin => "reclaim_begin",
             Self::ReclaimEnd => "reclaim_end",
             Self::Exec => "exec",
+            Self::ThpFault => "thp_fault",
         }
     }
 }
@@ -399,6 +401,28 @@ pub const HOOKS: &[Hook] = &[
             },
             with: None,
         }],
+    },
+    Hook {
+        id: HookId::ThpFault,
+        group: Group::ChargeSampled,
+        what: "transparent huge page faults: a stack weighted as the 512 small faults one stands for, which the page-fault sampler counts as one",
+        required: false,
+        variants: &[
+            Variant {
+                program: "thp_fentry",
+                attach: Attach::Fentry {
+                    function: "do_huge_pmd_anonymous_page",
+                },
+                with: None,
+            },
+            Variant {
+                program: "thp_kprobe",
+                attach: Attach::Kprobe {
+                    function: "do_huge_pmd_anonymous_page",
+                },
+                with: None,
+            },
+        ],
     },
 ];
 

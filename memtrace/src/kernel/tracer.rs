@@ -95,7 +95,8 @@ impl TracerOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChargeOptions {
-    /// Exact mode: one stack sample every this many charge events per CPU; 0: no stacks.
+    /// Exact mode: one stack sample every this many charged pages per CPU (charge events on
+    /// the memcg event hooks); 0: no stacks.
     /// Sampled mode: 0 means no stacks, anything else a stack with each sample.
     pub sample_every: u32,
     /// Count every charge (a program on the memcg event hook, about 2 runs per page fault)
@@ -106,7 +107,7 @@ pub struct ChargeOptions {
 }
 
 impl ChargeOptions {
-    /// Exact mode with a stack every `sample_every` charge events per CPU: the kernel's charge
+    /// Exact mode with a stack every `sample_every` charged pages per CPU: the kernel's charge
     /// path too, for the commands that show stacks (`top`'s drill-down, `hotspots`).
     pub fn exact_with_stacks(sample_every: u32) -> Self {
         Self {
@@ -364,8 +365,18 @@ fn charge_config(kbtf: &KernelBtf, opts: &ChargeOptions, v1: bool) -> ChargeConf
         sample_item: if v1 { pgpgin } else { pgfault },
         sample_every: opts.sample_every,
         fault_period: opts.fault_period,
-        _pad: 0,
+        pmd_pages: pmd_pages(),
     }
+}
+
+/// Pages per PMD-sized transparent huge page, from sysfs (mm/huge_memory.c
+/// `hpage_pmd_size_show`); 0 where the kernel has no THP.
+fn pmd_pages() -> u32 {
+    let bytes = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    u32::try_from(bytes >> page_shift()).unwrap_or(0)
 }
 
 fn page_shift() -> u32 {

@@ -10,6 +10,8 @@
 //!                                      the kernel cannot reclaim), print "ready", sleep
 //! memtrace-alloc trickle MIB_PER_S MAX_MIB   charge at a steady rate, forever: allocate 1 MiB
 //!                                      chunks, free them all on reaching MAX_MIB, repeat
+//! memtrace-alloc huge                  allocate and touch transparent huge pages forever: 2 MiB
+//!                                      aligned, madvise(MADV_HUGEPAGE), one fault per 2 MiB
 
 use std::{hint::black_box, io::Write as _, time::Duration};
 
@@ -32,6 +34,41 @@ pub fn memtrace_test_trickle_chunk(bytes: usize) -> Vec<u8> {
         v[i] = 1;
     }
     black_box(v)
+}
+
+/// Maps 32 MiB aligned to 2 MiB, asks for huge pages and touches one byte per 2 MiB: where
+/// transparent huge pages are on (`always`, or `madvise` as here), each touch is one fault that
+/// charges 2 MiB. Returns false if the mapping failed.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn memtrace_test_allocate_huge() -> bool {
+    const HUGE: usize = 2 << 20;
+    const LEN: usize = 32 << 20;
+    // SAFETY: a fresh private anonymous mapping, never unmapped (the memory is kept).
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN + HUGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return false;
+    }
+    let start = (addr as usize).next_multiple_of(HUGE);
+    // SAFETY: [start, start + LEN) lies inside the mapping just made.
+    unsafe { libc::madvise(start as *mut libc::c_void, LEN, libc::MADV_HUGEPAGE) };
+    // SAFETY: [start, start + LEN) lies inside the mapping just made, and nothing else uses it.
+    let mem = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, LEN) };
+    // The store is in this function (no call in between), so its frame is the one sampled.
+    for off in (0..LEN).step_by(HUGE) {
+        mem[off] = 1;
+    }
+    black_box(mem);
+    true
 }
 
 fn ready_then_sleep() -> ! {
@@ -157,6 +194,12 @@ fn main() {
             }
             ready_then_sleep()
         }
+        Some("huge") => loop {
+            if !memtrace_test_allocate_huge() {
+                eprintln!("memtrace-alloc: mmap: {}", std::io::Error::last_os_error());
+                std::process::exit(1);
+            }
+        },
         Some("cache") => {
             let path = args.next().unwrap_or_else(|| "/tmp/memtrace-test-cache".into());
             if let Err(e) = lock_cache(&path, mib(args.next(), 16)) {
@@ -166,7 +209,9 @@ fn main() {
             ready_then_sleep()
         }
         _ => {
-            eprintln!("usage: memtrace-alloc grow [CHUNK_MIB] | hold MIB | shm PATH MIB | cache PATH MIB");
+            eprintln!(
+                "usage: memtrace-alloc grow [CHUNK_MIB] | threads N [CHUNK_MIB] | hold MIB | shm PATH MIB | cache PATH MIB | trickle MIB_PER_S MAX_MIB | huge"
+            );
             std::process::exit(2);
         }
     }

@@ -17,11 +17,11 @@ const EXPECT_HOOKS: &[(&str, &str)] = &[
     // fentry on mark_oom_victim() carries the victim; the charge function is still try_charge.
     (
         "5.10.",
-        "oom_victim=fentry,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf,exec=tracepoint",
+        "oom_victim=fentry,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf,exec=tracepoint,thp_fault=fentry",
     ),
     (
         "",
-        "oom_victim=tp_btf,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf,exec=tracepoint",
+        "oom_victim=tp_btf,oom_context=fentry,cgroup_mkdir=tracepoint,user_kill=tp_btf,charge=fentry,reclaim_begin=tp_btf,reclaim_end=tp_btf,exec=tracepoint,thp_fault=fentry",
     ),
 ];
 

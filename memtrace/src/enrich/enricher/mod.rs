@@ -104,6 +104,8 @@ pub struct Pending {
     fallback: Work,
     /// `None`: too many earlier reads are still running; this kill reads nothing.
     reads: Option<tokio::task::JoinHandle<OomKill>>,
+    /// Hears when the charge worker has published the samples up to this kill.
+    stacks: Option<tokio::sync::oneshot::Receiver<()>>,
     deadline: tokio::time::Instant,
 }
 
@@ -258,6 +260,11 @@ impl Enricher {
         self.keep_learned();
         let work = self.prepare(r);
         let deadline = tokio::time::Instant::now() + budget;
+        // The samples since the charge worker's last poll: a fast kill has no others.
+        let stacks = self
+            .charges
+            .as_ref()
+            .and_then(|cw| cw.flush(work.memcg_ids().collect()));
         // Reads running now that were not started by a kill still pending are late ones.
         let late_reads = self.reading.load(Ordering::Relaxed).saturating_sub(self.pending);
         if late_reads >= MAX_LATE_READS {
@@ -268,6 +275,7 @@ impl Enricher {
             return Pending {
                 fallback: work,
                 reads: None,
+                stacks,
                 deadline,
             };
         }
@@ -285,6 +293,7 @@ impl Enricher {
         Pending {
             fallback,
             reads: Some(reads),
+            stacks,
             deadline,
         }
     }
@@ -304,6 +313,14 @@ impl Enricher {
             }
             Err(_) => return self.late(p.fallback),
         };
+        if let Some(stacks) = p.stacks
+            && tokio::time::timeout_at(p.deadline, stacks).await.is_err()
+        {
+            log::debug!(
+                "kill {}: the samples since the last charge poll were not published in time",
+                p.fallback.seq
+            );
+        }
         self.keep_learned();
         self.finish(kill)
     }
@@ -327,15 +344,10 @@ impl Enricher {
         if context.is_none() {
             self.same_oom_memcg(&mut r);
         }
-        let ids = [
-            r.victim_memcg_id,
-            r.trigger_memcg_id,
-            r.oom_memcg.map(|m| m.id),
-            context.as_ref().and_then(|c| c.memcg_id),
-        ];
+        let ids = build::memcg_ids(&r, context.as_ref());
         let (mut known, mut unknown, mut named) = (HashMap::new(), Vec::new(), HashMap::new());
         if let Some(paths) = self.paths.as_ref() {
-            for id in ids.into_iter().flatten() {
+            for id in ids {
                 match paths.cached(id) {
                     Some(p) => {
                         known.insert(id, p.to_owned());
