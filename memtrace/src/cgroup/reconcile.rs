@@ -331,9 +331,12 @@ mod tests {
         );
 
         // Removed and re-created under the same path: a new incarnation, its counter from 0.
-        std::fs::remove_dir_all(dir.path().join("a")).expect("rm");
-        let old = std::fs::File::create(dir.path().join("keep-inode")).expect("hold");
+        // The old directory is moved aside and removed only once the new one exists: ext4
+        // gave a just-freed inode number to the next directory (CI), and cgroup ids, unlike
+        // inode numbers, are never reused.
+        std::fs::rename(dir.path().join("a"), dir.path().join("a-gone")).expect("mv");
         std::fs::create_dir_all(dir.path().join("a")).expect("mkdir");
+        std::fs::remove_dir_all(dir.path().join("a-gone")).expect("rm");
         set(1);
         let new_id = std::fs::metadata(dir.path().join("a")).expect("stat").ino();
         assert_ne!(new_id, id, "a new inode for the new incarnation");
@@ -346,7 +349,6 @@ mod tests {
         assert!(report.mismatches.is_empty(), "{report:?}");
         assert_eq!((report.checked, report.gone), (1, 1));
         assert_eq!(report.vmstat_reported, 3);
-        drop(old);
     }
 
     #[test]
