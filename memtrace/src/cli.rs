@@ -112,6 +112,12 @@ pub struct WatchArgs {
     /// How far back a kill's top charging stacks look, e.g. 10s.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub kill_context_window: Option<std::time::Duration>,
+    /// How long a kill may wait (within --enrich-budget) for the stacks sampled since the
+    /// charge worker's last poll, e.g. 50ms; 0 (default): it does not wait, and a process
+    /// killed within a second of its start has no stack in its kill
+    /// [config: charges.kill_stacks_wait].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub kill_stacks_wait: Option<std::time::Duration>,
     /// The longest a kill waits for its file reads (cgroup files, container names, survivors)
     /// before it is sent without them, marked late, and for the charge stacks sampled since
     /// the last poll, e.g. 50ms [config: watch.enrich_budget].

@@ -28,13 +28,14 @@ fn memtrace_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// The host keeps the default 50 ms budget for a kill's flush. An emulated guest names a
-/// binary's first stack in hundreds of ms, so it gets 3 s there: the tests that use this are
-/// about what a kill carries, not about speed.
+/// A kill waits for the stacks sampled since the charge worker's last poll (off by default:
+/// it costs emit delay). The host waits at most the default 50 ms budget; an emulated guest
+/// names a binary's first stack in hundreds of ms, so it gets 3 s there: the tests that use
+/// this are about what a kill carries, not about speed.
 fn flush_budget() -> &'static [&'static str] {
     match memtrace_tests::time_scale() {
-        1 => &[],
-        _ => &["--enrich-budget", "3s"],
+        1 => &["--kill-stacks-wait", "50ms"],
+        _ => &["--enrich-budget", "3s", "--kill-stacks-wait", "3s"],
     }
 }
 
@@ -131,7 +132,7 @@ fn one_warning_then_the_kill_with_its_stack() {
     if !ebpf_available("one_warning_then_the_kill_with_its_stack") {
         return;
     }
-    let mut w = Watcher::start(&["--warn-ratio", "0.9"]);
+    let mut w = Watcher::start(&[&["--warn-ratio", "0.9"], flush_budget()].concat());
     let cg = TestCgroup::new("warn", 64 * MIB);
     let rel = cg.rel.clone();
     // 59 MiB of 64: over 90 %, held long enough for a one-second tick to see it.
@@ -178,8 +179,8 @@ fn one_warning_then_the_kill_with_its_stack() {
 }
 
 /// A runaway process is killed well within one charge poll of its start (the worker publishes
-/// samples once a second): its kill still carries its stack, from the samples the kill has the
-/// worker publish at once.
+/// samples once a second): with `--kill-stacks-wait` its kill still carries its stack, from the
+/// samples the kill has the worker publish at once.
 #[test]
 fn a_runaway_killed_within_a_poll_carries_its_stack() {
     if !ebpf_available("a_runaway_killed_within_a_poll_carries_its_stack") {

@@ -1,10 +1,10 @@
 //! The charge side of `memtrace watch`, on a thread of its own so that nothing it does (map
 //! reads, symbolization, cgroup file reads) can delay a kill event. Once a second it drains
 //! the charge maps, symbolizes the new samples while their processes still run, publishes a
-//! window of resolved stacks, and sends pre-OOM warnings to the event loop. A kill first asks
-//! for a flush ([`ChargeWatch::flush`]): the samples since the last poll are drained and
-//! published at once (a runaway process is killed well within one interval of its start, and
-//! the last second is the one that matters); then it reads the published window, memory only.
+//! window of resolved stacks, and sends pre-OOM warnings to the event loop. A kill reads the
+//! published window, memory only. With `charges.kill_stacks_wait` it first asks for a flush
+//! ([`ChargeWatch::flush`]): the samples since the last poll are drained and published at once
+//! (a runaway process is killed well within one interval of its start).
 
 use std::{
     collections::{HashMap, VecDeque},

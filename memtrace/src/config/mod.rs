@@ -143,6 +143,9 @@ impl Config {
         if let Some(d) = args.kill_context_window {
             c.kill_context_window = d;
         }
+        if let Some(d) = args.kill_stacks_wait {
+            c.kill_stacks_wait = d;
+        }
         if let Some(r) = args.warn_ratio {
             c.warn_ratio = r;
         }

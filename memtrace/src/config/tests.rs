@@ -27,6 +27,23 @@ fn enrich_budget_is_bounded() {
 }
 
 #[test]
+fn kill_stacks_wait_is_off_by_default_and_bounded() {
+    assert!(
+        Config::parse("")
+            .expect("parse")
+            .charges
+            .kill_stacks_wait
+            .is_zero()
+    );
+    let c = Config::parse("[charges]\nkill_stacks_wait = \"50ms\"\n").expect("parse");
+    assert_eq!(c.charges.kill_stacks_wait, std::time::Duration::from_millis(50));
+    c.validate().expect("valid");
+    let c = Config::parse("[charges]\nkill_stacks_wait = \"11s\"\n").expect("parse");
+    let e = c.validate().expect_err("11s");
+    assert!(e.to_string().contains("charges.kill_stacks_wait"), "{e}");
+}
+
+#[test]
 fn empty_file_is_the_defaults() {
     let c = Config::parse("").expect("empty");
     assert!(c.sinks.stdout.as_ref().is_some_and(|s| s.enabled));

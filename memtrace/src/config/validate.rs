@@ -17,6 +17,9 @@ impl Config {
         if c.kill_context_window.is_zero() {
             return Err(invalid("charges.kill_context_window", "must be longer than 0s"));
         }
+        if c.kill_stacks_wait > Duration::from_secs(10) {
+            return Err(invalid("charges.kill_stacks_wait", "must be at most 10s"));
+        }
         let w = &self.watch;
         if let Some(n) = w.oom_ring_bytes
             && (n < 4096 || !n.is_power_of_two())

@@ -61,6 +61,11 @@ pub struct ChargesConfig {
     /// How far back a kill's top charging stacks look.
     #[serde(with = "duration")]
     pub kill_context_window: Duration,
+    /// How long a kill may wait for the charge worker to publish the samples since its last
+    /// poll (0: it does not wait, and a process killed within a second of its start has no
+    /// stack in its kill). At most the kill's `watch.enrich_budget`.
+    #[serde(with = "duration")]
+    pub kill_stacks_wait: Duration,
     /// Warn when a cgroup's working set reaches this fraction of its limit.
     pub warn_ratio: f64,
     /// At most one pre-OOM warning per cgroup this often.
@@ -79,6 +84,7 @@ impl Default for ChargesConfig {
             exact: false,
             fault_sample_period: crate::kernel::tracer::DEFAULT_FAULT_PERIOD,
             kill_context_window: Duration::from_secs(10),
+            kill_stacks_wait: Duration::ZERO,
             warn_ratio: 0.9,
             warn_every: Duration::from_secs(60),
             kill_flamegraph_dir: None,

@@ -53,6 +53,7 @@ fn enrich_options(cfg: &Config) -> EnrichOptions {
     let mut opts = EnrichOptions {
         ws_alert_ratio: cfg.watch.ws_alert_ratio,
         flamegraph_dir: cfg.charges.kill_flamegraph_dir.clone(),
+        kill_stacks_wait: cfg.charges.kill_stacks_wait,
         read_delay,
         ..EnrichOptions::default()
     };

@@ -50,6 +50,9 @@ pub struct EnrichOptions {
     pub names: NameSources,
     /// Where kill flame graphs are written (`charges.kill_flamegraph_dir`), if anywhere.
     pub flamegraph_dir: Option<PathBuf>,
+    /// How long a kill waits for the charge worker's flush (`charges.kill_stacks_wait`); zero:
+    /// no flush, the kill takes the stacks of the last poll.
+    pub kill_stacks_wait: Duration,
     /// Test hook (`MEMTRACE_TEST_ENRICH_DELAY_MS`): every kill's file reads take this longer.
     pub read_delay: Option<Duration>,
 }
@@ -60,6 +63,7 @@ impl Default for EnrichOptions {
             ws_alert_ratio: 0.9,
             names: NameSources::default(),
             flamegraph_dir: None,
+            kill_stacks_wait: Duration::ZERO,
             read_delay: None,
         }
     }
@@ -104,8 +108,10 @@ pub struct Pending {
     fallback: Work,
     /// `None`: too many earlier reads are still running; this kill reads nothing.
     reads: Option<tokio::task::JoinHandle<OomKill>>,
-    /// Hears when the charge worker has published the samples up to this kill.
+    /// Hears when the charge worker has published the samples up to this kill; waited for
+    /// until `stacks_deadline` at most.
     stacks: Option<tokio::sync::oneshot::Receiver<()>>,
+    stacks_deadline: tokio::time::Instant,
     deadline: tokio::time::Instant,
 }
 
@@ -260,10 +266,14 @@ impl Enricher {
         self.keep_learned();
         let work = self.prepare(r);
         let deadline = tokio::time::Instant::now() + budget;
-        // The samples since the charge worker's last poll: a fast kill has no others.
+        // The samples since the charge worker's last poll (a fast kill has no others), if the
+        // kill may wait for them: it costs emit delay (BENCHMARKS.md §2).
+        let wait = self.opts.kill_stacks_wait.min(budget);
+        let stacks_deadline = tokio::time::Instant::now() + wait;
         let stacks = self
             .charges
             .as_ref()
+            .filter(|_| !wait.is_zero())
             .and_then(|cw| cw.flush(work.memcg_ids().collect()));
         // Reads running now that were not started by a kill still pending are late ones.
         let late_reads = self.reading.load(Ordering::Relaxed).saturating_sub(self.pending);
@@ -276,6 +286,7 @@ impl Enricher {
                 fallback: work,
                 reads: None,
                 stacks,
+                stacks_deadline,
                 deadline,
             };
         }
@@ -294,6 +305,7 @@ impl Enricher {
             fallback,
             reads: Some(reads),
             stacks,
+            stacks_deadline,
             deadline,
         }
     }
@@ -314,7 +326,7 @@ impl Enricher {
             Err(_) => return self.late(p.fallback),
         };
         if let Some(stacks) = p.stacks
-            && tokio::time::timeout_at(p.deadline, stacks).await.is_err()
+            && tokio::time::timeout_at(p.stacks_deadline, stacks).await.is_err()
         {
             log::debug!(
                 "kill {}: the samples since the last charge poll were not published in time",
