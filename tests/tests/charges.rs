@@ -39,6 +39,20 @@ fn flush_budget() -> &'static [&'static str] {
     }
 }
 
+/// Runs the allocator with `args` in `cg` until the kernel kills it: its pid, how long it
+/// lived, and its kill event.
+fn run_to_its_kill(w: &mut Watcher, cg: &TestCgroup, args: &[&str]) -> (u32, Duration, Value) {
+    let started = Instant::now();
+    let mut alloc = procs::alloc_in(cg, args, None);
+    let pid = alloc.id();
+    let _ = alloc.wait();
+    let lived = started.elapsed();
+    let kill = w.next_event(Duration::from_secs(60), |v| {
+        v["event.name"] == "memtrace.oom_kill" && v["process.pid"] == pid
+    });
+    (pid, lived, kill)
+}
+
 /// The rows of a kill's `memtrace.hotspots` charged by `pid`.
 fn stacks_of(kill: &Value, pid: u32) -> Vec<&Value> {
     kill["memtrace.hotspots"]
@@ -188,14 +202,7 @@ fn a_runaway_killed_within_a_poll_carries_its_stack() {
     }
     let mut w = Watcher::start(flush_budget());
     let cg = TestCgroup::new("runaway", 128 * MIB);
-    let started = Instant::now();
-    let mut alloc = procs::alloc_in(&cg, &["grow", "1"], None);
-    let pid = alloc.id();
-    let _ = alloc.wait();
-    let lived = started.elapsed();
-    let kill = w.next_event(Duration::from_secs(60), |v| {
-        v["event.name"] == "memtrace.oom_kill" && v["process.pid"] == pid
-    });
+    let (pid, lived, kill) = run_to_its_kill(&mut w, &cg, &["grow", "1"]);
     let ours = stacks_of(&kill, pid);
     assert!(
         !ours.is_empty(),
@@ -224,12 +231,7 @@ fn a_cgroup_filled_with_huge_pages_names_its_filler() {
     let mut w = Watcher::start(flush_budget());
     let hooked = w.stderr_lines.iter().any(|l| l.contains("thp_fault via"));
     let cg = TestCgroup::new("huge", 128 * MIB);
-    let mut alloc = procs::alloc_in(&cg, &["huge"], None);
-    let pid = alloc.id();
-    let _ = alloc.wait();
-    let kill = w.next_event(Duration::from_secs(60), |v| {
-        v["event.name"] == "memtrace.oom_kill" && v["process.pid"] == pid
-    });
+    let (pid, _, kill) = run_to_its_kill(&mut w, &cg, &["huge"]);
     let ours = stacks_of(&kill, pid);
     if !hooked {
         eprintln!(

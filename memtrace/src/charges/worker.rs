@@ -197,10 +197,12 @@ impl Worker {
     }
 
     /// The samples since the last poll, into the window now: a kill is waiting for them. The
-    /// rest of a poll (cgroup reads, warnings) waits for the next tick.
+    /// rest of a poll (counter totals and rates, cgroup reads, warnings) waits for the next
+    /// tick.
     fn flush(&mut self, symbols: &mut Symbols, urgent: &[u64]) {
         let t0 = Instant::now();
-        self.monitor.poll(&mut self.maps, self.page_size);
+        let samples = self.maps.drain_samples();
+        self.monitor.record(t0, samples);
         for id in urgent {
             self.headroom.insert(*id, 0.0);
         }

@@ -265,11 +265,12 @@ impl Enricher {
     pub fn start(&mut self, r: VictimRecord, budget: Duration) -> Pending {
         self.keep_learned();
         let work = self.prepare(r);
-        let deadline = tokio::time::Instant::now() + budget;
+        let now = tokio::time::Instant::now();
+        let deadline = now + budget;
         // The samples since the charge worker's last poll (a fast kill has no others), if the
         // kill may wait for them: it costs emit delay (BENCHMARKS.md §2).
         let wait = self.opts.kill_stacks_wait.min(budget);
-        let stacks_deadline = tokio::time::Instant::now() + wait;
+        let stacks_deadline = now + wait;
         let stacks = self
             .charges
             .as_ref()
