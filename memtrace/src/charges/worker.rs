@@ -8,7 +8,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -43,6 +46,9 @@ const WARNING_QUEUE: usize = 256;
 const PRESSED_HEADROOM_PCT: f64 = 5.0;
 /// Pressed cgroups kept for the daemon between its takes, at most.
 const MAX_PRESSED: usize = 4096;
+/// How long the daemon's exit waits for the worker's thread to stop: a poll in progress stops
+/// symbolizing at once, but a single file read or lookup still finishes.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 type Window = VecDeque<(Instant, Vec<HotStack>)>;
 /// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
@@ -69,6 +75,8 @@ pub struct ChargeWatch {
     /// Asks for flushes; its drop wakes and stops the thread.
     asks: Option<std::sync::mpsc::Sender<Ask>>,
     thread: Option<JoinHandle<()>>,
+    /// Set at drop: a poll in progress names no more stacks.
+    stopping: Arc<AtomicBool>,
     /// Cgroups created since the worker's last poll (see [`Self::cgroups_created`]).
     created: Inbox,
     /// Cgroups that reclaimed or came near their limit since the last [`Self::take_pressed`].
@@ -99,12 +107,15 @@ struct Worker {
     /// Container and pod names for the warnings (a few file reads per new cgroup, here off
     /// the event loop).
     namer: Namer,
+    /// The daemon is exiting: stacks are left as addresses.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Worker {
     fn poll(&mut self, symbols: &mut Symbols) {
         let t0 = Instant::now();
         self.monitor.poll(&mut self.maps, self.page_size);
+        let read = t0.elapsed();
         // Memory files only of cgroups near a warning (their kernel usage reading within 10 % of
         // the limit below the threshold, or stalling in reclaim): cost follows them, not the
         // number of busy cgroups.
@@ -134,13 +145,16 @@ impl Worker {
         // Warnings first: symbolizing can take long (seconds per new binary in an emulated VM
         // guest), and a warning must not wait for it.
         self.warn(&rows);
+        let publish = Instant::now();
         self.publish_stacks(symbols);
         log::debug!(
-            "charge poll: {} cgroups charging, {} active, {} samples, {:?}",
+            "charge poll: {} cgroups charging, {} active, {} samples, {:?} (maps {read:?}, \
+             stacks {:?})",
             self.monitor.rates.len(),
             rows.len(),
             self.monitor.latest().len(),
-            t0.elapsed()
+            t0.elapsed(),
+            publish.elapsed()
         );
         for r in &rows {
             log::trace!(
@@ -224,16 +238,29 @@ impl Worker {
         // guest), and a two-sample stack in libc took it from the filler's 126-sample one.
         let mut latest: Vec<&Sample> = self.monitor.latest().iter().collect();
         latest.sort_by(|a, b| room(a).total_cmp(&room(b)).then(b.count.cmp(&a.count)));
+        let kernel_ips: Vec<u64> = latest.iter().flat_map(|s| s.kernel_ips.iter().copied()).collect();
+        symbols.learn_kernel(&kernel_ips);
+        let kernel_named = started.elapsed();
+        let mut named = 0;
         let resolved: Vec<HotStack> = latest
             .into_iter()
             .map(|s| {
-                if room(s) <= SYMBOLIZE_HEADROOM_PCT && started.elapsed() < SYMBOLIZE_BUDGET {
+                if room(s) <= SYMBOLIZE_HEADROOM_PCT
+                    && started.elapsed() < SYMBOLIZE_BUDGET
+                    && !self.stopping.load(Ordering::Relaxed)
+                {
+                    named += 1;
                     HotStack::resolve(symbols, s)
                 } else {
                     HotStack::resolve_kernel_only(symbols, s)
                 }
             })
             .collect();
+        log::trace!(
+            "stacks: kernel frames named in {kernel_named:?}, {named} of {} user stacks named, {:?}",
+            resolved.len(),
+            started.elapsed()
+        );
         let now = Instant::now();
         if let Ok(mut w) = self.window.lock() {
             w.push_back((now, resolved));
@@ -265,6 +292,7 @@ impl ChargeWatch {
         let (tx, rx) = mpsc::channel(WARNING_QUEUE);
         let created = Arc::new(Mutex::new(None));
         let pressed = Arc::new(Mutex::new(Vec::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
         let keep = window + interval;
         let mut worker = Worker {
             maps,
@@ -283,6 +311,7 @@ impl ChargeWatch {
             created: Arc::clone(&created),
             pressed: Arc::clone(&pressed),
             namer: Namer::new(names),
+            stopping: Arc::clone(&stopping),
         };
         let thread = std::thread::Builder::new()
             .name("memtrace-charges".into())
@@ -324,6 +353,7 @@ impl ChargeWatch {
             span: window,
             asks: Some(asks),
             thread: Some(thread),
+            stopping,
             created,
             pressed,
         };
@@ -409,10 +439,21 @@ impl ChargeWatch {
 }
 
 impl Drop for ChargeWatch {
+    /// Stops the worker, waiting at most [`STOP_WAIT`]: the daemon's exit is not held by a
+    /// slow poll (one of 169 fresh samples took 10 s in an emulated guest). A thread still
+    /// busy past that is left to end with the process; the maps it reads are its own fds.
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         drop(self.asks.take());
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        let deadline = Instant::now() + STOP_WAIT;
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
             let _ = t.join();
+        } else {
+            log::warn!("the charge worker did not stop within {STOP_WAIT:?}: left to end with the daemon");
         }
     }
 }
