@@ -113,9 +113,9 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub kill_context_window: Option<std::time::Duration>,
     /// How long a kill may wait (within --enrich-budget) for the stacks sampled since the
-    /// charge worker's last poll, e.g. 50ms; 0 (default): it does not wait, and a process
-    /// killed within a second of its start has no stack in its kill
-    /// [config: charges.kill_stacks_wait].
+    /// charge worker's last poll, e.g. 50ms; 0 (default): it does not wait, and the stacks
+    /// of a process killed within a second of its start follow its kill as a
+    /// memtrace.oom_kill_stacks event [config: charges.kill_stacks_wait].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub kill_stacks_wait: Option<std::time::Duration>,
     /// The longest a kill waits for its file reads (cgroup files, container names, survivors)

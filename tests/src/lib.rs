@@ -17,6 +17,12 @@ pub use watcher::Watcher;
 
 /// Returns false (after saying so loudly) when eBPF tests cannot run here; panics instead when
 /// `MEMTRACE_REQUIRE_EBPF=1`.
+/// A kill event (not the stacks that may follow it, `memtrace.oom_kill_stacks`, which carry
+/// the same `process.pid`).
+pub fn is_kill(v: &serde_json::Value) -> bool {
+    v["event.name"] == "memtrace.oom_kill"
+}
+
 pub fn ebpf_available(test: &str) -> bool {
     let p = memtrace::kernel::privileges::Privileges::current();
     let why = if p.check().is_err() {

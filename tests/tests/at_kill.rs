@@ -15,7 +15,10 @@ fn kill_grower(w: &mut Watcher, cg: &TestCgroup, adj: Option<i32>) -> (u32, Valu
     let mut child = procs::alloc_in(cg, &["grow"], adj);
     let pid = child.id();
     let _ = child.wait();
-    (pid, w.next_event(WAIT, |v| v["process.pid"] == pid))
+    (
+        pid,
+        w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid),
+    )
 }
 
 fn at(ev: &Value, key: &str) -> u64 {

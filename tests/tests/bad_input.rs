@@ -19,7 +19,7 @@ fn kill_one(w: &mut Watcher, cg: &TestCgroup) -> Value {
     let pid = child.id();
     let status = child.wait().expect("wait allocator");
     assert_eq!(status.signal(), Some(libc::SIGKILL), "allocator was OOM-killed");
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     eprintln!("event: {ev}");
     ev
 }
@@ -176,7 +176,7 @@ fn cgroup_removed_before_it_is_read() {
     drop(cg);
     assert!(!dir.exists(), "{} removed", dir.display());
     w.signal(libc::SIGCONT);
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     eprintln!("event: {ev}");
     assert_eq!(ev["memtrace.cgroup.path"], rel.as_str());
     assert_eq!(

@@ -217,6 +217,70 @@ fn a_runaway_killed_within_a_poll_carries_its_stack() {
     w.stop();
 }
 
+/// By default a kill does not wait for the charge worker: a runaway killed within a poll of its
+/// start goes out at once, and its stack follows as a `memtrace.oom_kill_stacks` event once the
+/// worker's next poll has published it (same `memtrace.seq`, same pid), and the kill's flame
+/// graph is drawn then. Either the kill or that update names the allocating function; one of
+/// them must.
+#[test]
+fn a_runaway_killed_within_a_poll_gets_its_stack_after_the_kill() {
+    if !ebpf_available("a_runaway_killed_within_a_poll_gets_its_stack_after_the_kill") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = Watcher::start(&["--kill-flamegraphs", dir.path().to_str().expect("utf-8")]);
+    let cg = TestCgroup::new("runaway-later", 128 * MIB);
+    let (pid, lived, kill) = run_to_its_kill(&mut w, &cg, &["grow", "1"]);
+    let ours = stacks_of(&kill, pid);
+    eprintln!("lived {lived:?}, its stacks in the kill: {ours:?}");
+    let named = if ours.is_empty() {
+        assert!(kill.get("memtrace.flamegraph").is_none(), "{kill}");
+        let update = w.next_event(Duration::from_secs(30), |v| {
+            v["event.name"] == "memtrace.oom_kill_stacks" && v["process.pid"] == pid
+        });
+        eprintln!("its stacks after the kill: {update}");
+        assert_eq!(update["memtrace.seq"], kill["memtrace.seq"], "{update}");
+        assert_eq!(update["memtrace.cgroup.path"], cg.rel.as_str(), "{update}");
+        let later: Vec<Value> = stacks_of(&update, pid).into_iter().cloned().collect();
+        assert!(!later.is_empty(), "the update has the victim's stack: {update}");
+        let svg = update["memtrace.flamegraph"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no memtrace.flamegraph in {update}"));
+        // Drawn right after the update went out.
+        let drawn = (0..50).find_map(|_| {
+            let s = std::fs::read_to_string(svg).ok();
+            if s.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s
+        });
+        assert!(
+            drawn.is_some_and(|s| s.contains("memtrace_test_allocate_chunk")),
+            "{svg} names the allocating function"
+        );
+        later
+    } else {
+        // The worker happened to poll while it ran: nothing to send later.
+        eprintln!("the kill already had the runaway's stack (a poll came while it ran)");
+        ours.into_iter().cloned().collect()
+    };
+    assert!(
+        named
+            .iter()
+            .any(|s| folded_has(s, "memtrace_test_allocate_chunk")),
+        "the allocating function is named: {named:?}"
+    );
+    drop(cg);
+    let exit = w.kill_with(libc::SIGTERM, Duration::from_secs(10));
+    let s = exit
+        .stderr
+        .iter()
+        .find(|l| l.contains("memtrace: exiting:"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(s.contains(" stack_updates_unsent=0 "), "{s}");
+}
+
 /// Transparent huge pages: one fault charges 2 MiB, so a process that fills its cgroup with
 /// them makes 512 times fewer page faults than one using 4 KiB pages, and the default sampler
 /// (one fault in 256 per CPU) rarely sees it: its kill named other processes, or none. The

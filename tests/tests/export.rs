@@ -101,7 +101,7 @@ fn prometheus_scrapes_the_kill_counter() {
     prom.wait_http_ok(prom_addr, "/-/ready", Duration::from_secs(30));
 
     let (cg, pid, _) = kill_one("prom");
-    w.next_event(WAIT, |v| v["process.pid"] == pid);
+    w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
 
     let query = format!("memtrace_oom_kills_total{{cgroup=\"{}\"}}", cg.rel);
     let path = format!("/api/v1/query?query={}", urlencode(&query));
@@ -204,7 +204,7 @@ fn alertmanager_lists_the_alert() {
 
     let mut w = Watcher::start(&["--alertmanager-url", &format!("http://{am_addr}")]);
     let (cg, pid, _) = kill_one("am");
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
 
     let alert = wait_for("the alert in Alertmanager", WAIT, || {
         am.assert_running();
@@ -285,7 +285,7 @@ fn webhook_receives_the_event_with_the_token() {
     );
     let mut w = Watcher::start(&["--config", &cfg, "-vv"]);
     let (cg, pid, _) = kill_one("hook");
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
 
     let payloads = hook.path("payloads.jsonl");
     let got = wait_for("the payload at the webhook", WAIT, || {
@@ -294,7 +294,7 @@ fn webhook_receives_the_event_with_the_token() {
             .ok()?
             .lines()
             .map(json)
-            .find(|v| v["process.pid"] == pid)
+            .find(|v| memtrace_tests::is_kill(v) && v["process.pid"] == pid)
     });
     eprintln!("webhook payload: {got}");
     assert_eq!(got["memtrace.cgroup.path"], cg.rel.as_str());
@@ -386,7 +386,7 @@ fn journald_stores_the_entry_with_its_fields() {
     );
     let mut w = Watcher::start(&["--config", &cfg]);
     let (cg, pid, _) = kill_one("journal");
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
 
     let id = memtrace::sinks::journald::MESSAGE_ID;
     let entry = wait_for("the entry in the journal", WAIT, || {
@@ -485,7 +485,7 @@ retry = {{ max_attempts = 2, initial_backoff = "100ms" }}
     while arrived.len() < pids.len() {
         let done: Vec<u32> = arrived.iter().map(|(p, _)| *p).collect();
         let ev = w.next_event(WAIT, |v| {
-            pids.iter().any(|p| v["process.pid"] == *p && !done.contains(p))
+            memtrace_tests::is_kill(v) && pids.iter().any(|p| v["process.pid"] == *p && !done.contains(p))
         });
         let delay = ev["memtrace.emit_delay_us"].as_u64().expect("delay");
         assert!(delay < 100_000, "event built {delay} us after the kill");
@@ -570,7 +570,7 @@ fn metrics_pass_promtool() {
     let mut w = Watcher::start(&["--config", &cfg]);
     let addr = metrics_addr(&w);
     let (cg, pid, _) = kill_one("promtool");
-    w.next_event(WAIT, |v| v["process.pid"] == pid);
+    w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     let text = wait_for("the webhook failure counted", WAIT, || {
         let t = scrape(addr);
         (sample(&t, r#"memtrace_sink_deliveries_failed_total{sink="webhook"}"#)? >= 1.0).then_some(t)
@@ -637,7 +637,11 @@ fn metrics_pass_promtool() {
     );
     // The file sink wrote the event too.
     let file = std::fs::read_to_string(dir.path().join("events.jsonl")).expect("events file");
-    assert!(file.lines().map(json).any(|v| v["process.pid"] == pid));
+    assert!(
+        file.lines()
+            .map(json)
+            .any(|v| memtrace_tests::is_kill(&v) && v["process.pid"] == pid)
+    );
     drop(cg);
     w.stop();
 }

@@ -181,7 +181,7 @@ fn fds_do_not_grow_across_kills() {
         let pid = child.id();
         let status = child.wait().expect("wait allocator");
         assert_eq!(status.signal(), Some(libc::SIGKILL), "kill {i}");
-        let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+        let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
         assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str());
         drop(cg);
         after_kill.push(settled_fds(&w));
@@ -226,8 +226,8 @@ fn two_instances_report_the_same_kill() {
     let mut child = procs::alloc_in(&cg, &["grow"], None);
     let pid = child.id();
     let _ = child.wait();
-    let ea = a.next_event(WAIT, |v| v["process.pid"] == pid);
-    let eb = b.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ea = a.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
+    let eb = b.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     for key in [
         "process.executable.name",
         "memtrace.cgroup.path",

@@ -62,7 +62,7 @@ fn series_of_a_removed_cgroup_go_after_forget_after() {
     let kept = TestCgroup::new("series-kept", 64 << 20);
     for cg in [&gone, &kept] {
         let pid = kill_in(cg);
-        w.next_event(WAIT, |v| v["process.pid"] == pid);
+        w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     }
     let kill = |cg: &TestCgroup| {
         format!(

@@ -27,7 +27,9 @@ fn survivors_ranked_as_the_kernel_would() {
     let mut grower = procs::alloc_in(&cg, &["grow"], Some(1000));
     let pid = grower.id();
     let _ = grower.wait();
-    let ev = w.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
+    let ev = w.next_event(Duration::from_secs(60), |v| {
+        memtrace_tests::is_kill(v) && v["process.pid"] == pid
+    });
     eprintln!("event: {ev}");
     let next = ev["memtrace.next_in_line"].as_array().expect("next_in_line");
     let pids: Vec<u64> = next.iter().map(|c| c["pid"].as_u64().expect("pid")).collect();

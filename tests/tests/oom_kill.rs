@@ -40,7 +40,7 @@ fn allocator_is_reported_with(variant: Option<&str>, more: &[&str], tag: &str) {
         "allocator was SIGKILLed"
     );
 
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     eprintln!("event: {ev}");
     assert_eq!(field(&ev, "event.name"), "memtrace.oom_kill");
     assert_eq!(field(&ev, "process.executable.name"), procs::ALLOC_COMM);
@@ -156,7 +156,9 @@ fn bystander_is_named(variant: &str, tag: &str, exact_path: bool) {
     let mut alloc = procs::alloc_in(&cg, &["grow"], None);
     let (idle_pid, alloc_pid) = (idle.id(), alloc.id());
 
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == idle_pid);
+    let ev = w.next_event(WAIT, |v| {
+        memtrace_tests::is_kill(v) && v["process.pid"] == idle_pid
+    });
     eprintln!("event: {ev}");
     if exact_path {
         assert_eq!(field(&ev, "memtrace.cgroup.path"), cg.rel.as_str());

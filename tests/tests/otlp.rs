@@ -85,7 +85,7 @@ fn otlp_record_reaches_a_real_collector() {
     let mut child = procs::alloc_in(&cg, &["grow"], None);
     let pid = child.id();
     child.wait().expect("wait allocator");
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
 
     let pid_line = format!("-> process.pid: Int({pid})");
     let log = wait_for("the kill's record in rotel's log", WAIT, || {

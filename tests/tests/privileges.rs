@@ -122,7 +122,9 @@ fn least_privilege_reports_a_real_kill() {
     let pid = child.id();
     let status = child.wait().expect("wait allocator");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
-    let ev = w.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
+    let ev = w.next_event(Duration::from_secs(60), |v| {
+        memtrace_tests::is_kill(v) && v["process.pid"] == pid
+    });
     eprintln!("event: {ev}");
     // The variant root gets on this kernel (the VMs say which: fentry on 5.10), not a lesser one.
     let expected = std::env::var("MEMTRACE_EXPECT_HOOKS")

@@ -71,9 +71,10 @@ fn recreated_cgroup_kills_are_all_kills() {
     let mut seen: HashMap<u32, u64> = HashMap::new();
     while seen.len() < want.len() {
         let ev = w.next_event(Duration::from_secs(30), |v| {
-            v["process.pid"]
-                .as_u64()
-                .is_some_and(|p| want.contains_key(&(p as u32)))
+            memtrace_tests::is_kill(v)
+                && v["process.pid"]
+                    .as_u64()
+                    .is_some_and(|p| want.contains_key(&(p as u32)))
         });
         let pid = ev["process.pid"].as_u64().expect("pid") as u32;
         assert!(

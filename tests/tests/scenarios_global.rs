@@ -50,11 +50,15 @@ fn global_oom_bystander_then_grower() {
     let st = grower.wait().expect("wait grower");
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     for (pid, cg, bystander_kill) in [(bystander.id(), &by, true), (grower.id(), &grow, false)] {
-        let ev = by_path.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
+        let ev = by_path.next_event(Duration::from_secs(60), |v| {
+            memtrace_tests::is_kill(v) && v["process.pid"] == pid
+        });
         eprintln!("event without oom_kill_process: {ev}");
         assert_eq!(ev["memtrace.constraint"], "global", "{ev}");
         assert_eq!(ev["memtrace.constraint_source"], "call_path", "{ev}");
-        let ev = w.next_event(Duration::from_secs(60), |v| v["process.pid"] == pid);
+        let ev = w.next_event(Duration::from_secs(60), |v| {
+            memtrace_tests::is_kill(v) && v["process.pid"] == pid
+        });
         eprintln!("event: {ev}");
         assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str(), "{ev}");
         assert_eq!(ev["memtrace.constraint"], "global", "{ev}");

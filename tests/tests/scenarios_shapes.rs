@@ -227,7 +227,12 @@ fn no_warning_after_the_kill() {
             .or(ev["memtrace.cgroup"].as_str())
             .unwrap_or_default()
             .to_owned();
-        let kind = if is_kill(ev) { "kill" } else { "warning" };
+        // A kill's stacks may follow it (`memtrace.oom_kill_stacks`): neither kind.
+        let kind = match ev["event.name"].as_str() {
+            Some("memtrace.oom_kill") => "kill",
+            Some("memtrace.pre_oom_warning") => "warning",
+            _ => continue,
+        };
         order.push((cg, kind));
     }
     eprintln!("{order:?}");

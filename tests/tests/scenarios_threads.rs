@@ -53,7 +53,9 @@ fn non_leader_allocator_under_every_victim_variant() {
             assert_eq!(st.signal(), Some(libc::SIGKILL), "{variant}: {st:?}");
         }
         for pid in &pids {
-            let ev = w.next_event(Duration::from_secs(30), |v| v["process.pid"] == *pid);
+            let ev = w.next_event(Duration::from_secs(30), |v| {
+                memtrace_tests::is_kill(v) && v["process.pid"] == *pid
+            });
             eprintln!("{variant}: {ev}");
             assert_eq!(ev["memtrace.hook"], variant.as_str(), "{ev}");
             assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str(), "{variant}: {ev}");

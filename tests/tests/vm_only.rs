@@ -76,10 +76,12 @@ fn group_kill_reports_every_task(variant: Option<&str>, tag: &str, exact_path: b
     }
 
     // Every victim, then a quiet second for duplicates.
+    // Kill events only: a victim's charging stacks may follow its kill as another event.
     let ours = |v: &Value| {
-        v["process.pid"]
-            .as_u64()
-            .is_some_and(|p| pids.contains(&(p as u32)))
+        v["event.name"] == "memtrace.oom_kill"
+            && v["process.pid"]
+                .as_u64()
+                .is_some_and(|p| pids.contains(&(p as u32)))
     };
     let mut events: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
     let deadline = Instant::now() + WAIT;

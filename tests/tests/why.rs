@@ -14,7 +14,7 @@ fn kill_one(w: &mut Watcher, cg: &TestCgroup, extra_before: impl FnOnce()) -> Va
     let mut child = procs::alloc_in(cg, &["grow"], None);
     let pid = child.id();
     let _ = child.wait();
-    w.next_event(WAIT, |v| v["process.pid"] == pid)
+    w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid)
 }
 
 /// The limit sits on a parent; the victim lives in a child: the event names both, and the
@@ -35,7 +35,7 @@ fn limit_hit_by_an_ancestor() {
     let mut child = procs::alloc_in_dir(&child_dir, &["grow"]);
     let pid = child.id();
     let _ = child.wait();
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     eprintln!("event: {ev}");
     assert_eq!(ev["memtrace.cgroup.path"], format!("{}/leaf", parent.rel));
     assert_eq!(ev["memtrace.oom_cgroup.path"], parent.rel.as_str());
@@ -191,7 +191,7 @@ fn removed_cgroup_is_still_named() {
     drop(cg);
     // SAFETY: as above.
     unsafe { libc::kill(w.pid() as i32, libc::SIGCONT) };
-    let ev = w.next_event(WAIT, |v| v["process.pid"] == pid);
+    let ev = w.next_event(WAIT, |v| memtrace_tests::is_kill(v) && v["process.pid"] == pid);
     eprintln!("event: {ev}");
     assert_eq!(ev["memtrace.cgroup.path"], rel.as_str(), "named after removal");
     assert!(
@@ -225,9 +225,10 @@ fn twenty_kills_in_four_cgroups_reconcile() {
     let mut seen: HashMap<u32, String> = HashMap::new();
     while seen.len() < want.len() {
         let ev = w.next_event(WAIT, |v| {
-            v["process.pid"]
-                .as_u64()
-                .is_some_and(|p| want.contains_key(&(p as u32)))
+            memtrace_tests::is_kill(v)
+                && v["process.pid"]
+                    .as_u64()
+                    .is_some_and(|p| want.contains_key(&(p as u32)))
         });
         let pid = ev["process.pid"].as_u64().expect("pid") as u32;
         let path = ev["memtrace.cgroup.path"].as_str().expect("path").to_owned();

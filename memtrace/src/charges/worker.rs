@@ -10,7 +10,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -81,6 +81,27 @@ pub struct ChargeWatch {
     created: Inbox,
     /// Cgroups that reclaimed or came near their limit since the last [`Self::take_pressed`].
     pressed: Arc<Mutex<Vec<String>>>,
+    /// Polls and flushes begun (see [`Self::mark`]).
+    begun: Arc<AtomicU64>,
+    /// The number of the last poll or flush whose samples are in the window.
+    published: tokio::sync::watch::Receiver<u64>,
+    /// Cgroups whose stacks the next poll names whatever their headroom (see
+    /// [`Self::name_next_poll`]).
+    urgent: Arc<Mutex<Vec<Urgent>>>,
+}
+
+/// A cgroup whose stacks the first poll numbered above `after` names.
+#[derive(Debug, Clone, Copy)]
+struct Urgent {
+    cgroup: u64,
+    after: u64,
+}
+
+/// The scope of a kill's stacks: its OOM cgroup and everything under it, and its victim.
+#[derive(Debug, Clone, Default)]
+pub struct KillScope {
+    ids: Vec<u64>,
+    pub pid: u32,
 }
 
 struct Worker {
@@ -109,11 +130,18 @@ struct Worker {
     namer: Namer,
     /// The daemon is exiting: stacks are left as addresses.
     stopping: Arc<AtomicBool>,
+    /// Polls and flushes begun; each is numbered by it.
+    begun: Arc<AtomicU64>,
+    /// The number of the last poll or flush whose samples are in the window.
+    published: tokio::sync::watch::Sender<u64>,
+    /// Cgroups of kills waiting for their stacks: named at the next poll.
+    urgent: Arc<Mutex<Vec<Urgent>>>,
 }
 
 impl Worker {
     fn poll(&mut self, symbols: &mut Symbols) {
         let t0 = Instant::now();
+        let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
         self.monitor.poll(&mut self.maps, self.page_size);
         let read = t0.elapsed();
         // Memory files only of cgroups near a warning (their kernel usage reading within 10 % of
@@ -127,6 +155,19 @@ impl Worker {
             .iter()
             .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
             .collect();
+        // A kill's cgroup has room again once its victim is gone, but its stacks are the ones
+        // the kill's later update asks for.
+        if let Ok(mut u) = self.urgent.lock() {
+            // A poll begun before the kill asked may have drained before its last samples:
+            // the one after it names them.
+            u.retain(|x| {
+                if x.after >= number {
+                    return true;
+                }
+                self.headroom.insert(x.cgroup, 0.0);
+                false
+            });
+        }
         // A process started in a cgroup whose stacks are named is recorded at its exec.
         self.maps.record_execs_in(
             self.headroom
@@ -146,7 +187,7 @@ impl Worker {
         // guest), and a warning must not wait for it.
         self.warn(&rows);
         let publish = Instant::now();
-        self.publish_stacks(symbols);
+        self.publish_stacks(symbols, number);
         log::debug!(
             "charge poll: {} cgroups charging, {} active, {} samples, {:?} (maps {read:?}, \
              stacks {:?})",
@@ -215,12 +256,13 @@ impl Worker {
     /// tick.
     fn flush(&mut self, symbols: &mut Symbols, urgent: &[u64]) {
         let t0 = Instant::now();
+        let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
         let samples = self.maps.drain_samples();
         self.monitor.record(t0, samples);
         for id in urgent {
             self.headroom.insert(*id, 0.0);
         }
-        self.publish_stacks(symbols);
+        self.publish_stacks(symbols, number);
         log::debug!(
             "charge flush for a kill in cgroups {urgent:?}: {} samples, {:?}",
             self.monitor.latest().len(),
@@ -228,8 +270,9 @@ impl Worker {
         );
     }
 
-    /// This poll's samples, resolved within the time budget, into the window kills read.
-    fn publish_stacks(&mut self, symbols: &mut Symbols) {
+    /// This poll's samples, resolved within the time budget, into the window kills read;
+    /// then its `number` is published.
+    fn publish_stacks(&mut self, symbols: &mut Symbols, number: u64) {
         let started = Instant::now();
         let room = |s: &Sample| self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
         // The time budget goes first to the cgroups closest to their limit (the ones whose
@@ -268,6 +311,7 @@ impl Worker {
                 w.pop_front();
             }
         }
+        self.published.send_replace(number);
     }
 }
 
@@ -293,6 +337,9 @@ impl ChargeWatch {
         let created = Arc::new(Mutex::new(None));
         let pressed = Arc::new(Mutex::new(Vec::new()));
         let stopping = Arc::new(AtomicBool::new(false));
+        let begun = Arc::new(AtomicU64::new(0));
+        let (published_tx, published) = tokio::sync::watch::channel(0);
+        let urgent = Arc::new(Mutex::new(Vec::new()));
         let keep = window + interval;
         let mut worker = Worker {
             maps,
@@ -312,6 +359,9 @@ impl ChargeWatch {
             pressed: Arc::clone(&pressed),
             namer: Namer::new(names),
             stopping: Arc::clone(&stopping),
+            begun: Arc::clone(&begun),
+            published: published_tx,
+            urgent: Arc::clone(&urgent),
         };
         let thread = std::thread::Builder::new()
             .name("memtrace-charges".into())
@@ -354,6 +404,9 @@ impl ChargeWatch {
             asks: Some(asks),
             thread: Some(thread),
             stopping,
+            begun,
+            published,
+            urgent,
             created,
             pressed,
         };
@@ -386,15 +439,20 @@ impl ChargeWatch {
             .unwrap_or_default()
     }
 
-    /// The top charging stacks of the kill's OOM cgroup (and everything under it) over the
-    /// window, up to the worker's last poll; the victim's own cgroup in a global OOM.
-    pub fn kill_context(&self, paths: &CgroupPaths, kill: &OomKill) -> Vec<HotStack> {
+    /// Where a kill's stacks come from: its OOM cgroup and everything under it (the victim's
+    /// own cgroup in a global OOM), and its victim, preferred when rows are merged.
+    pub fn scope(paths: &CgroupPaths, kill: &OomKill) -> KillScope {
         let scope = kill
             .oom_cgroup
             .as_ref()
             .map(|o| &o.cgroup)
             .or(kill.cgroup.as_ref());
-        let Some(scope) = scope else { return vec![] };
+        let Some(scope) = scope else {
+            return KillScope {
+                ids: vec![],
+                pid: kill.pid,
+            };
+        };
         let mut ids: Vec<u64> = scope.id.into_iter().collect();
         if let Some(prefix) = scope.path.as_deref() {
             let under = format!("{}/", prefix.trim_end_matches('/'));
@@ -404,6 +462,43 @@ impl ChargeWatch {
                     .filter(|(_, p)| p.starts_with(&under))
                     .map(|(id, _)| id),
             );
+        }
+        KillScope { ids, pid: kill.pid }
+    }
+
+    /// The number of the last poll or flush begun: one numbered higher drains every sample
+    /// taken before this call.
+    pub fn mark(&self) -> u64 {
+        self.begun.load(Ordering::Acquire)
+    }
+
+    /// Has the next poll name the stacks of a kill's scope (user frames are otherwise named
+    /// only in cgroups near their limit, and a kill's has room again once its victim is gone).
+    pub fn name_next_poll(&self, scope: &KillScope, after: u64) {
+        if let Ok(mut u) = self.urgent.lock() {
+            // Bounded should the worker stop polling.
+            let room = MAX_PRESSED.saturating_sub(u.len());
+            u.extend(
+                scope
+                    .ids
+                    .iter()
+                    .take(room)
+                    .map(|&cgroup| Urgent { cgroup, after }),
+            );
+        }
+    }
+
+    /// Hears the number of each poll or flush whose samples are published.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.clone()
+    }
+
+    /// The top charging stacks of a kill's scope over the window, up to the worker's last
+    /// poll.
+    pub fn kill_context(&self, scope: &KillScope) -> Vec<HotStack> {
+        let ids = &scope.ids;
+        if ids.is_empty() {
+            return vec![];
         }
         let Ok(window) = self.window.lock() else {
             return vec![];
@@ -431,7 +526,7 @@ impl ChargeWatch {
                 pids: 1,
             })
             .collect();
-        let mut top = merge_pids(top, Some(kill.pid));
+        let mut top = merge_pids(top, Some(scope.pid));
         top.truncate(KILL_STACKS);
         log::debug!("kill context: cgroups {ids:?}, {} stacks", top.len());
         top

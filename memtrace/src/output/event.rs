@@ -10,12 +10,13 @@ use serde_json::Value;
 use super::{Format, json, text};
 use crate::{
     cgroup::oom_stall::OomStall, charges::warnings::PreOomWarning, enrich::episodes::EpisodeSummary,
-    enrich::kill::OomKill, enrich::user_kill::UserKill, kernel::clock,
+    enrich::kill::OomKill, enrich::later_stacks::KillStacks, enrich::user_kill::UserKill, kernel::clock,
 };
 
 /// `event.name` of each kind of event.
 pub mod name {
     pub const OOM_KILL: &str = "memtrace.oom_kill";
+    pub const OOM_KILL_STACKS: &str = "memtrace.oom_kill_stacks";
     pub const PRE_OOM_WARNING: &str = "memtrace.pre_oom_warning";
     pub const OOM_NO_VICTIM: &str = "memtrace.oom_no_victim";
     pub const OOM_NO_VICTIM_END: &str = "memtrace.oom_no_victim_end";
@@ -36,6 +37,8 @@ pub enum Payload {
     Episode(Box<EpisodeSummary>),
     /// A userspace memory killer killed a process (enrich/user_kill.rs).
     UserKill(Box<UserKill>),
+    /// The stacks of a kill sent before they were published (enrich/later_stacks.rs).
+    KillStacks(Box<KillStacks>),
 }
 
 impl Payload {
@@ -48,6 +51,7 @@ impl Payload {
             Self::Stall(_) => name::OOM_NO_VICTIM,
             Self::Episode(_) => name::OOM_EPISODE,
             Self::UserKill(_) => name::USERSPACE_KILL,
+            Self::KillStacks(_) => name::OOM_KILL_STACKS,
         }
     }
 
@@ -59,6 +63,7 @@ impl Payload {
             Self::Stall(s) => text::stall_body(s),
             Self::Episode(e) => text::episode_body(e),
             Self::UserKill(k) => k.summary(),
+            Self::KillStacks(k) => text::kill_stacks_body(k),
         }
     }
 
@@ -70,6 +75,7 @@ impl Payload {
             Self::Stall(s) => s.time,
             Self::Episode(e) => e.time,
             Self::UserKill(k) => k.time,
+            Self::KillStacks(k) => k.time,
         }
     }
 }
@@ -115,6 +121,10 @@ impl Event {
         Self::new(Payload::UserKill(Box::new(k)), host, 0)
     }
 
+    pub fn from_kill_stacks(k: KillStacks, host: String) -> Self {
+        Self::new(Payload::KillStacks(Box::new(k)), host, 0)
+    }
+
     /// The JSON-lines form: flat OpenTelemetry-style keys (output/json.rs).
     pub fn json(&self) -> &Value {
         self.json.get_or_init(|| match &self.payload {
@@ -123,13 +133,18 @@ impl Event {
             Payload::Stall(s) => json::stall(s, &self.host),
             Payload::Episode(e) => json::episode(e, &self.host),
             Payload::UserKill(k) => json::user_kill(k, &self.host),
+            Payload::KillStacks(k) => json::kill_stacks(k, &self.host),
         })
     }
 
     pub fn kill(&self) -> Option<&OomKill> {
         match &self.payload {
             Payload::Kill(k) => Some(k),
-            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_) => None,
+            Payload::Warning(_)
+            | Payload::Stall(_)
+            | Payload::Episode(_)
+            | Payload::UserKill(_)
+            | Payload::KillStacks(_) => None,
         }
     }
 
@@ -138,7 +153,10 @@ impl Event {
         match (format, &self.payload) {
             (Format::Text, Payload::Kill(k)) => text::event(k, self.emit_delay_ns),
             (Format::Text, Payload::Warning(w)) => text::warning(w),
-            (Format::Text, Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_)) => {
+            (
+                Format::Text,
+                Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_) | Payload::KillStacks(_),
+            ) => {
                 format!("{} {}", clock::rfc3339(self.payload.time()), self.body())
             }
             (Format::Json, _) => self.json().to_string(),
@@ -154,9 +172,11 @@ impl Event {
     pub fn message(&self) -> String {
         match &self.payload {
             Payload::Kill(k) => format!("{}: {}", self.body(), k.verdict.summary),
-            Payload::Warning(_) | Payload::Stall(_) | Payload::Episode(_) | Payload::UserKill(_) => {
-                self.body()
-            }
+            Payload::Warning(_)
+            | Payload::Stall(_)
+            | Payload::Episode(_)
+            | Payload::UserKill(_)
+            | Payload::KillStacks(_) => self.body(),
         }
     }
 
@@ -169,6 +189,8 @@ impl Event {
             Payload::Stall(s) => s.duration.is_some(),
             Payload::Episode(_) => true,
             Payload::UserKill(_) => false,
+            // News about a kill already reported.
+            Payload::KillStacks(_) => true,
         }
     }
 
@@ -216,6 +238,16 @@ mod tests {
             })),
             Payload::Stall(Box::new(stall(None))),
             Payload::Stall(Box::new(stall(Some(Duration::from_secs(2))))),
+            Payload::KillStacks(Box::new(crate::enrich::later_stacks::KillStacks {
+                time: at(9),
+                kill_seq: 4,
+                kill_time: at(8),
+                pid: 42,
+                comm: Some("a".into()),
+                cgroup: Some("/k".into()),
+                hotspots: vec![],
+                flamegraph: None,
+            })),
             Payload::Episode(Box::new(EpisodeSummary {
                 id: "9-1".into(),
                 cgroup: Some("/e".into()),

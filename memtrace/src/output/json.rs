@@ -8,10 +8,12 @@ use serde_json::{Map, Value, json};
 use crate::{
     cgroup::MemoryStats,
     cgroup::oom_stall::OomStall,
+    charges::stacks::HotStack,
     charges::warnings::PreOomWarning,
     enrich::attribution::Attribution,
     enrich::episodes::EpisodeSummary,
     enrich::kill::{OomKill, Snapshot},
+    enrich::later_stacks::KillStacks,
     enrich::user_kill::UserKill,
     kernel::clock,
     output::{event::name, text},
@@ -207,9 +209,22 @@ fn attribution(o: &mut Obj, a: Option<&Attribution>) {
 
 /// The charging stacks before the kill, its flame graph, and what is special about it.
 fn charges_and_flags(o: &mut Obj, k: &OomKill) {
-    if !k.hotspots.is_empty() {
-        let stacks: Vec<Value> = k
-            .hotspots
+    hotspots(o, &k.hotspots, k.flamegraph.as_deref());
+    if k.victim_exiting {
+        o.put("memtrace.victim.exiting", true);
+    }
+    if k.read_error {
+        o.put("memtrace.read_error", true);
+    }
+    if k.late {
+        o.put("memtrace.enrich.late", true);
+    }
+}
+
+/// `memtrace.hotspots` and `memtrace.flamegraph`, in a kill and in its later stacks.
+fn hotspots(o: &mut Obj, hotspots: &[HotStack], flamegraph: Option<&std::path::Path>) {
+    if !hotspots.is_empty() {
+        let stacks: Vec<Value> = hotspots
             .iter()
             .map(|h| {
                 json!({
@@ -226,17 +241,27 @@ fn charges_and_flags(o: &mut Obj, k: &OomKill) {
     }
     o.opt(
         "memtrace.flamegraph",
-        k.flamegraph.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        flamegraph.map(|p| p.to_string_lossy().into_owned()),
     );
-    if k.victim_exiting {
-        o.put("memtrace.victim.exiting", true);
-    }
-    if k.read_error {
-        o.put("memtrace.read_error", true);
-    }
-    if k.late {
-        o.put("memtrace.enrich.late", true);
-    }
+}
+
+/// The stacks of a kill sent before they were published: the kill's identity (the same keys
+/// as its event, `memtrace.seq` first) and its hotspots.
+pub fn kill_stacks(k: &KillStacks, host: &str) -> Value {
+    let mut o = Obj::event(
+        k.time,
+        "INFO",
+        name::OOM_KILL_STACKS,
+        text::kill_stacks_body(k),
+        host,
+    );
+    o.put("memtrace.seq", k.kill_seq)
+        .put("memtrace.kill.timestamp", clock::rfc3339(k.kill_time))
+        .put("process.pid", k.pid)
+        .opt("process.executable.name", k.comm.clone())
+        .opt("memtrace.cgroup.path", k.cgroup.clone());
+    hotspots(&mut o, &k.hotspots, k.flamegraph.as_deref());
+    Value::Object(o.0)
 }
 
 /// What a cgroup's memory files say, as every event with a snapshot carries it.

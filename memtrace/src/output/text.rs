@@ -9,6 +9,7 @@ use crate::{
     enrich::attribution::Attribution,
     enrich::episodes::EpisodeSummary,
     enrich::kill::OomKill,
+    enrich::later_stacks::KillStacks,
     kernel::clock,
 };
 
@@ -166,6 +167,27 @@ pub fn kill_body(k: &OomKill) -> String {
         k.comm.as_deref().unwrap_or("?"),
         path.unwrap_or("?")
     )
+}
+
+/// The stacks sent after a kill, in one sentence: the kill and its top charger.
+pub fn kill_stacks_body(k: &KillStacks) -> String {
+    let mut s = format!(
+        "charging stacks of the OOM kill of pid {} ({}) in cgroup {}",
+        k.pid,
+        k.comm.as_deref().unwrap_or("?"),
+        k.cgroup.as_deref().unwrap_or("?")
+    );
+    if let Some(h) = k.hotspots.first() {
+        let _ = write!(
+            s,
+            ": top charger {} ({}) in {} ({} samples)",
+            h.comm,
+            h.pid,
+            h.top_user_frame(),
+            h.count
+        );
+    }
+    s
 }
 
 /// An ended OOM episode in one sentence.

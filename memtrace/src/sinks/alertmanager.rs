@@ -83,6 +83,12 @@ impl AlertmanagerSink {
                 put("cgroup", k.victim.as_ref().and_then(|v| v.cgroup.as_deref()));
                 (ev.body(), k.time)
             }
+            // Not sent (see `deliver`); its kill's alert stands.
+            Payload::KillStacks(k) => {
+                put("alertname", Some(ALERTNAME));
+                put("cgroup", k.cgroup.as_deref());
+                (ev.body(), k.kill_time)
+            }
             Payload::Warning(w) => {
                 put("alertname", Some(WARNING_ALERTNAME));
                 put("severity", Some("warning"));
@@ -108,12 +114,12 @@ impl AlertmanagerSink {
 impl Sink for AlertmanagerSink {
     async fn deliver(&mut self, ev: &Event) -> Result<(), SinkError> {
         // One alert per OOM episode: its first kill (with the `episode` label); the further
-        // kills and the summary are in the other sinks.
+        // kills, the summary and a kill's later stacks are in the other sinks.
         let later_kill = ev
             .kill()
             .and_then(|k| k.episode.as_ref())
             .is_some_and(|e| e.place > 1);
-        if later_kill || matches!(ev.payload, Payload::Episode(_)) {
+        if later_kill || matches!(ev.payload, Payload::Episode(_) | Payload::KillStacks(_)) {
             return Ok(());
         }
         let body = serde_json::to_vec(&self.alert(ev)).map_err(|source| SinkError::Encode {

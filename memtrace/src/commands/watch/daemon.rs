@@ -15,6 +15,7 @@ use crate::{
     cgroup::oom_stall::StallWatch,
     charges::warnings::PreOomWarning,
     enrich::enricher::{Enricher, Pending},
+    enrich::later_stacks::Waiting,
     enrich::user_kill::UserKill,
     kernel::clock,
     kernel::hooks::HookId,
@@ -51,6 +52,8 @@ pub struct Daemon {
     pub enrich_budget: Duration,
     /// Gives freed heap back every few seconds.
     pub heap: HeapTrim,
+    /// Kills sent without a stack of their victim, until the charge worker's next poll.
+    pub later_stacks: Waiting,
 }
 
 /// The next pre-OOM warning from the charge worker; never, without one.
@@ -75,6 +78,7 @@ impl Daemon {
                     self.kills(records).await;
                 }
                 _ = tick.tick() => self.tick(),
+                _ = self.later_stacks.published() => self.route_later_stacks(),
                 Some(w) = next_warning(&mut self.warnings) => {
                     // Kills already in the ring go first: a warning whose cgroup was killed
                     // since its evidence began would come after its kill, and is dropped.
@@ -135,8 +139,21 @@ impl Daemon {
         while reading.len() > keep
             && let Some(p) = reading.pop_front()
         {
-            let enriched = self.enricher.complete(p).await;
+            let mut enriched = self.enricher.complete(p).await;
+            if let Some(l) = enriched.later_stacks.take() {
+                self.later_stacks.push(l);
+            }
             self.router.kill(enriched);
+        }
+    }
+
+    /// The stacks of kills sent before the charge worker published them.
+    fn route_later_stacks(&mut self) {
+        let Some(charges) = self.enricher.charges() else {
+            return;
+        };
+        for update in self.later_stacks.ready(charges) {
+            self.router.kill_stacks(update);
         }
     }
 
@@ -219,6 +236,8 @@ impl Daemon {
         }
         let reconciled = self.reconcile_at_exit().await;
         let counters = self.tracer.counters().unwrap_or_default();
+        self.router.delivery.stack_updates_unsent =
+            (self.later_stacks.len() as u64).saturating_add(self.later_stacks.given_up);
         summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
         let Self {
             tracer,

@@ -2,15 +2,17 @@
 //! reconciliation and remembered (a pre-OOM warning about its cgroup that comes after it is
 //! late, and dropped); its flame graph is drawn after the event is out.
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use super::reconcile::Reconciliation;
 use crate::{
     cgroup::CgroupPaths,
     cgroup::oom_stall::OomStall,
+    charges::stacks::HotStack,
     charges::warnings::{PreOomWarning, RecentKills},
     enrich::episodes::EpisodeSummary,
     enrich::kill::Enriched,
+    enrich::later_stacks::KillStacks,
     enrich::user_kill::UserKill,
     kernel::clock,
     output::flamegraph,
@@ -31,6 +33,10 @@ pub struct Delivery {
     pub user_kills: u64,
     /// Kills sent before their file reads were done.
     pub enrich_late: u64,
+    /// Kills' stacks sent after them (`memtrace.oom_kill_stacks`).
+    pub stack_updates: u64,
+    /// Kills still waiting for their stacks at exit, or given up.
+    pub stack_updates_unsent: u64,
 }
 
 pub struct Router {
@@ -42,6 +48,30 @@ pub struct Router {
     pub reconcile: Option<Reconciliation>,
     /// The last kill per cgroup, for pre-OOM warnings that would come too late.
     recent: RecentKills,
+}
+
+/// A kill's flame graph, drawn once its event is out (the event takes the stacks).
+struct KillGraph {
+    path: PathBuf,
+    folded: Vec<String>,
+    pid: u32,
+}
+
+impl KillGraph {
+    fn of(path: Option<&PathBuf>, hotspots: &[HotStack], pid: u32) -> Option<Self> {
+        Some(Self {
+            path: path?.clone(),
+            folded: hotspots.iter().map(HotStack::folded).collect(),
+            pid,
+        })
+    }
+
+    fn draw(self) {
+        let title = format!("charges before the OOM kill of pid {}", self.pid);
+        if let Err(e) = flamegraph::write(&self.path, &self.folded, &title) {
+            log::warn!("kill flame graph: {e}");
+        }
+    }
 }
 
 impl Router {
@@ -70,20 +100,25 @@ impl Router {
             .note(victim.into_iter().chain(oom), kill.ktime_boot_ns);
         let delay = clock::boot_ns().saturating_sub(kill.ktime_boot_ns);
         self.metrics.record_kill(&kill);
-        let graph = kill.flamegraph.clone().map(|path| {
-            let folded: Vec<String> = kill.hotspots.iter().map(|h| h.folded()).collect();
-            let title = format!("charges before the OOM kill of pid {}", kill.pid);
-            (path, folded, title)
-        });
+        let graph = KillGraph::of(kill.flamegraph.as_ref(), &kill.hotspots, kill.pid);
         self.delivery.enrich_late += u64::from(kill.late);
         self.sinks
             .dispatch(Event::from_kill(kill, self.host.clone(), delay));
-        if let Some((path, folded, title)) = graph
-            && let Err(e) = flamegraph::write(&path, &folded, &title)
-        {
-            log::warn!("kill flame graph: {e}");
+        if let Some(g) = graph {
+            g.draw();
         }
         self.delivery.delivered += 1;
+    }
+
+    /// A kill's stacks, published after it went out; its flame graph is drawn (again) with
+    /// them.
+    pub fn kill_stacks(&mut self, k: KillStacks) {
+        let graph = KillGraph::of(k.flamegraph.as_ref(), &k.hotspots, k.pid);
+        self.delivery.stack_updates += 1;
+        self.sinks.dispatch(Event::from_kill_stacks(k, self.host.clone()));
+        if let Some(g) = graph {
+            g.draw();
+        }
     }
 
     pub fn episode(&mut self, e: EpisodeSummary) {

@@ -166,6 +166,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         "memtrace: attached ({}); watching for OOM kills",
         attached_via(&tracer)
     );
+    let later_stacks = crate::enrich::later_stacks::Waiting::new(enricher.charges());
     Ok(Daemon {
         tracer,
         oom_ring: oom,
@@ -184,6 +185,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         enrich_budget: cfg.watch.enrich_budget,
         // Start-up's BTF parses are freed by now.
         heap: super::heap::HeapTrim::start(),
+        later_stacks,
     })
 }
 

@@ -47,7 +47,7 @@ pub fn exit(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         "memtrace: exiting: kernel_seen={} delivered={} dropped_ringbuf_full={} decode_errors={} read_errors={} \
          context_seen={} context_dropped={} cgroup_records_dropped={} stack_tasks_dropped={} stacks_collided={} \
          user_kills_seen={} user_kills_reported={} user_kills_dropped={} warnings={} warnings_late={} enrich_late={} \
-         reconciled={reconciled}",
+         stack_updates={} stack_updates_unsent={} reconciled={reconciled}",
         c.oom_seen,
         d.delivered,
         c.oom_ringbuf_full,
@@ -64,5 +64,7 @@ pub fn exit(c: &KernelCounters, d: &Delivery, reconciled: &str) {
         d.warnings,
         d.late_warnings,
         d.enrich_late,
+        d.stack_updates,
+        d.stack_updates_unsent,
     );
 }

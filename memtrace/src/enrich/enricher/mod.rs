@@ -29,6 +29,7 @@ use crate::{
     enrich::build::{self, Files, Learned, Work},
     enrich::episodes::{EpisodeSummary, Episodes},
     enrich::kill::{Enriched, OomKill},
+    enrich::later_stacks::LaterStacks,
     enrich::names::{NameSources, Namer},
     kernel::records::{OomContext, OomMemcg, VictimRecord},
     output::flamegraph,
@@ -409,17 +410,26 @@ impl Enricher {
 
     /// Hotspots, episode and flame graph: from memory, on the event loop.
     fn finish(&mut self, mut kill: OomKill) -> Enriched {
+        let graph = |dir: &std::path::Path| flamegraph::kill_path(dir, kill.seq, kill.pid);
+        let graph_path = self.opts.flamegraph_dir.as_deref().map(graph);
+        let mut later_stacks = None;
         if let (Some(cw), Some(paths)) = (self.charges.as_ref(), self.paths.as_ref()) {
-            kill.hotspots = cw.kill_context(paths, &kill);
+            let scope = ChargeWatch::scope(paths, &kill);
+            // Taken before the window is read: a poll begun after it has every sample so far.
+            let after = cw.mark();
+            kill.hotspots = cw.kill_context(&scope);
+            later_stacks = LaterStacks::of(&kill, scope, after, graph_path.clone());
+            if let Some(l) = &later_stacks {
+                cw.name_next_poll(&l.scope, l.after);
+            }
         }
         let ended_episode = self.place_in_episode(&mut kill);
-        kill.flamegraph = self
-            .opts
-            .flamegraph_dir
-            .as_deref()
-            .filter(|_| !kill.hotspots.is_empty())
-            .map(|dir| flamegraph::kill_path(dir, kill.seq, kill.pid));
-        Enriched { kill, ended_episode }
+        kill.flamegraph = graph_path.filter(|_| !kill.hotspots.is_empty());
+        Enriched {
+            kill,
+            ended_episode,
+            later_stacks,
+        }
     }
 
     /// Gives the kill its episode (not to exiting victims: no kill was sent); returns the
