@@ -4,6 +4,7 @@
 //! ([`warnings`]), and the worker thread of `memtrace watch` that runs them ([`worker`]).
 
 pub mod accounting;
+pub mod kill_context;
 pub mod maps;
 pub mod stacks;
 pub mod sweep;

@@ -7,7 +7,7 @@
 //! (a runaway process is killed well within one interval of its start).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,26 +21,26 @@ use tokio::sync::mpsc;
 use crate::{
     cgroup::CgroupPaths,
     charges::accounting::{ChargeMonitor, Reads, Row, Sample, rows},
+    charges::kill_context::{KillScope, Window},
     charges::maps::ChargeMaps,
-    charges::stacks::{HotStack, merge_pids},
+    charges::stacks::HotStack,
     charges::sweep::{LimitSweep, SWEEP_EVERY},
-    charges::symbolize::{Frame, Symbols},
+    charges::symbolize::Symbols,
     charges::warnings::{PreOomWarning, WarnOptions, Warner},
-    enrich::kill::OomKill,
+    enrich::later_stacks::{KillStacks, LaterStacks, MAX_WAITING},
     enrich::names::{NameSources, Namer},
     output::metrics::Metrics,
 };
 
-/// Stacks shown with a kill.
-const KILL_STACKS: usize = 5;
 /// Time per poll spent symbolizing user stacks; past it, frames stay addresses.
 const SYMBOLIZE_BUDGET: Duration = Duration::from_millis(200);
 /// User stacks are named only in cgroups with at most this much headroom (% of the limit
 /// left): the ones a kill may soon ask about. Elsewhere they stay addresses, and the daemon
 /// maps no ELF file of the host's busy processes.
 const SYMBOLIZE_HEADROOM_PCT: f64 = 50.0;
-/// Warnings waiting for the event loop; past this they are dropped (and logged).
-const WARNING_QUEUE: usize = 256;
+/// Warnings and later stacks waiting for the event loop; past this they are dropped (and
+/// logged). A storm's poll resolves a hundred kills' later stacks at once.
+const NEWS_QUEUE: usize = 1024;
 /// A cgroup with at most this much headroom (% of its limit), or that reclaimed, is pressed:
 /// the OOM-stall poll reads it every second (see `cgroup::oom_stall`).
 const PRESSED_HEADROOM_PCT: f64 = 5.0;
@@ -50,9 +50,21 @@ const MAX_PRESSED: usize = 4096;
 /// symbolizing at once, but a single file read or lookup still finishes.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
-type Window = VecDeque<(Instant, Vec<HotStack>)>;
-/// A stack's identity when summing a window: cgroup, pid, comm, user and kernel frames.
-type StackId<'a> = (u64, u32, &'a str, &'a [Frame], &'a [Frame]);
+/// What the worker tells the event loop.
+#[derive(Debug)]
+pub enum News {
+    Warning(PreOomWarning),
+    /// The stacks of a kill sent before they were published.
+    KillStacks(KillStacks),
+}
+
+/// Kills waiting for their stacks (see [`ChargeWatch::stacks_later`]).
+#[derive(Debug, Default)]
+struct Later {
+    waiting: Vec<LaterStacks>,
+    /// Given up: too many waiting, or the event loop's queue full.
+    given_up: u64,
+}
 
 /// Cgroups (id, path) the daemon learnt and the worker has not yet taken; `None` until the
 /// daemon feeds any.
@@ -83,25 +95,7 @@ pub struct ChargeWatch {
     pressed: Arc<Mutex<Vec<String>>>,
     /// Polls and flushes begun (see [`Self::mark`]).
     begun: Arc<AtomicU64>,
-    /// The number of the last poll or flush whose samples are in the window.
-    published: tokio::sync::watch::Receiver<u64>,
-    /// Cgroups whose stacks the next poll names whatever their headroom (see
-    /// [`Self::name_next_poll`]).
-    urgent: Arc<Mutex<Vec<Urgent>>>,
-}
-
-/// A cgroup whose stacks the first poll numbered above `after` names.
-#[derive(Debug, Clone, Copy)]
-struct Urgent {
-    cgroup: u64,
-    after: u64,
-}
-
-/// The scope of a kill's stacks: its OOM cgroup and everything under it, and its victim.
-#[derive(Debug, Clone, Default)]
-pub struct KillScope {
-    ids: Vec<u64>,
-    pub pid: u32,
+    later: Arc<Mutex<Later>>,
 }
 
 struct Worker {
@@ -111,7 +105,7 @@ struct Worker {
     paths: CgroupPaths,
     window: Arc<Mutex<Window>>,
     keep: Duration,
-    warnings: mpsc::Sender<PreOomWarning>,
+    news: mpsc::Sender<News>,
     page_size: u64,
     /// Headroom (% of the limit) per cgroup at the last poll.
     headroom: HashMap<u64, f64>,
@@ -132,10 +126,10 @@ struct Worker {
     stopping: Arc<AtomicBool>,
     /// Polls and flushes begun; each is numbered by it.
     begun: Arc<AtomicU64>,
-    /// The number of the last poll or flush whose samples are in the window.
-    published: tokio::sync::watch::Sender<u64>,
-    /// Cgroups of kills waiting for their stacks: named at the next poll.
-    urgent: Arc<Mutex<Vec<Urgent>>>,
+    /// Kills waiting for their stacks: a poll numbered above theirs names and sends them.
+    later: Arc<Mutex<Later>>,
+    /// How far back a kill's stacks look.
+    span: Duration,
 }
 
 impl Worker {
@@ -157,16 +151,15 @@ impl Worker {
             .collect();
         // A kill's cgroup has room again once its victim is gone, but its stacks are the ones
         // the kill's later update asks for.
-        if let Ok(mut u) = self.urgent.lock() {
-            // A poll begun before the kill asked may have drained before its last samples:
-            // the one after it names them.
-            u.retain(|x| {
-                if x.after >= number {
-                    return true;
+        // A kill's cgroup has room again once its victim is gone, but its stacks are the ones
+        // the kill's later stacks ask for. (A poll begun before the kill may have drained
+        // before its last samples: the one after it names and sends them.)
+        if let Ok(l) = self.later.lock() {
+            for w in l.waiting.iter().filter(|w| w.after < number) {
+                for id in &w.scope.ids {
+                    self.headroom.insert(*id, 0.0);
                 }
-                self.headroom.insert(x.cgroup, 0.0);
-                false
-            });
+            }
         }
         // A process started in a cgroup whose stacks are named is recorded at its exec.
         self.maps.record_execs_in(
@@ -187,7 +180,8 @@ impl Worker {
         // guest), and a warning must not wait for it.
         self.warn(&rows);
         let publish = Instant::now();
-        self.publish_stacks(symbols, number);
+        self.publish_stacks(symbols);
+        self.send_later_stacks(number);
         log::debug!(
             "charge poll: {} cgroups charging, {} active, {} samples, {:?} (maps {read:?}, \
              stacks {:?})",
@@ -245,7 +239,7 @@ impl Worker {
             if let Some(m) = &self.metrics {
                 m.record_warning(&warning);
             }
-            if self.warnings.try_send(warning).is_err() {
+            if self.news.try_send(News::Warning(warning)).is_err() {
                 log::warn!("pre-OOM warning dropped: the event loop is behind");
             }
         }
@@ -256,13 +250,13 @@ impl Worker {
     /// tick.
     fn flush(&mut self, symbols: &mut Symbols, urgent: &[u64]) {
         let t0 = Instant::now();
-        let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
+        self.begun.fetch_add(1, Ordering::AcqRel);
         let samples = self.maps.drain_samples();
         self.monitor.record(t0, samples);
         for id in urgent {
             self.headroom.insert(*id, 0.0);
         }
-        self.publish_stacks(symbols, number);
+        self.publish_stacks(symbols);
         log::debug!(
             "charge flush for a kill in cgroups {urgent:?}: {} samples, {:?}",
             self.monitor.latest().len(),
@@ -270,9 +264,53 @@ impl Worker {
         );
     }
 
-    /// This poll's samples, resolved within the time budget, into the window kills read;
-    /// then its `number` is published.
-    fn publish_stacks(&mut self, symbols: &mut Symbols, number: u64) {
+    /// The stacks of the kills that waited for poll `number` (a kill's victim is sampled
+    /// before its kill), to the event loop; from here, off it.
+    fn send_later_stacks(&mut self, number: u64) {
+        let ready: Vec<LaterStacks> = match self.later.lock() {
+            Ok(mut l) => {
+                let (ready, waiting) = std::mem::take(&mut l.waiting)
+                    .into_iter()
+                    .partition(|w| w.after < number);
+                l.waiting = waiting;
+                ready
+            }
+            Err(_) => return,
+        };
+        // Kills of one scope (a storm's hundred a second come from a few cgroups) share one
+        // sum over the window, and the window is locked for that sum only: a kill being
+        // enriched reads it too.
+        let mut by_scope: HashMap<Vec<u64>, Vec<LaterStacks>> = HashMap::new();
+        for w in ready {
+            by_scope.entry(w.scope.ids.clone()).or_default().push(w);
+        }
+        let mut updates: Vec<KillStacks> = Vec::new();
+        for kills in by_scope.into_values() {
+            let Some(scope) = kills.first().map(|k| k.scope.clone()) else {
+                continue;
+            };
+            let summed = match self.window.lock() {
+                Ok(window) => scope.sum(&window, self.span),
+                Err(_) => return,
+            };
+            updates.extend(kills.into_iter().filter_map(|k| k.resolve(&summed)));
+        }
+        let mut dropped = 0u64;
+        for u in updates {
+            if self.news.try_send(News::KillStacks(u)).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            log::warn!("{dropped} kills' later stacks dropped: the event loop is behind");
+            if let Ok(mut l) = self.later.lock() {
+                l.given_up += dropped;
+            }
+        }
+    }
+
+    /// This poll's samples, resolved within the time budget, into the window kills read.
+    fn publish_stacks(&mut self, symbols: &mut Symbols) {
         let started = Instant::now();
         let room = |s: &Sample| self.headroom.get(&s.key.cgroup_id).copied().unwrap_or(f64::MAX);
         // The time budget goes first to the cgroups closest to their limit (the ones whose
@@ -311,7 +349,6 @@ impl Worker {
                 w.pop_front();
             }
         }
-        self.published.send_replace(number);
     }
 }
 
@@ -327,19 +364,18 @@ impl ChargeWatch {
         interval: Duration,
         metrics: Option<Arc<Metrics>>,
         names: NameSources,
-    ) -> std::io::Result<(Self, mpsc::Receiver<PreOomWarning>)> {
+    ) -> std::io::Result<(Self, mpsc::Receiver<News>)> {
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let shared = Arc::new(Mutex::new(Window::new()));
         // Dropped to stop the thread: it sleeps until its next poll, an ask, or this.
         let (asks, asked) = std::sync::mpsc::channel::<Ask>();
-        let (tx, rx) = mpsc::channel(WARNING_QUEUE);
+        let (tx, rx) = mpsc::channel(NEWS_QUEUE);
         let created = Arc::new(Mutex::new(None));
         let pressed = Arc::new(Mutex::new(Vec::new()));
         let stopping = Arc::new(AtomicBool::new(false));
         let begun = Arc::new(AtomicU64::new(0));
-        let (published_tx, published) = tokio::sync::watch::channel(0);
-        let urgent = Arc::new(Mutex::new(Vec::new()));
+        let later = Arc::new(Mutex::new(Later::default()));
         let keep = window + interval;
         let mut worker = Worker {
             maps,
@@ -349,7 +385,7 @@ impl ChargeWatch {
             paths,
             window: Arc::clone(&shared),
             keep,
-            warnings: tx,
+            news: tx,
             page_size,
             headroom: HashMap::new(),
             metrics,
@@ -360,8 +396,8 @@ impl ChargeWatch {
             namer: Namer::new(names),
             stopping: Arc::clone(&stopping),
             begun: Arc::clone(&begun),
-            published: published_tx,
-            urgent: Arc::clone(&urgent),
+            later: Arc::clone(&later),
+            span: window,
         };
         let thread = std::thread::Builder::new()
             .name("memtrace-charges".into())
@@ -405,8 +441,7 @@ impl ChargeWatch {
             thread: Some(thread),
             stopping,
             begun,
-            published,
-            urgent,
+            later,
             created,
             pressed,
         };
@@ -439,97 +474,44 @@ impl ChargeWatch {
             .unwrap_or_default()
     }
 
-    /// Where a kill's stacks come from: its OOM cgroup and everything under it (the victim's
-    /// own cgroup in a global OOM), and its victim, preferred when rows are merged.
-    pub fn scope(paths: &CgroupPaths, kill: &OomKill) -> KillScope {
-        let scope = kill
-            .oom_cgroup
-            .as_ref()
-            .map(|o| &o.cgroup)
-            .or(kill.cgroup.as_ref());
-        let Some(scope) = scope else {
-            return KillScope {
-                ids: vec![],
-                pid: kill.pid,
-            };
-        };
-        let mut ids: Vec<u64> = scope.id.into_iter().collect();
-        if let Some(prefix) = scope.path.as_deref() {
-            let under = format!("{}/", prefix.trim_end_matches('/'));
-            ids.extend(
-                paths
-                    .ids_with_paths()
-                    .filter(|(_, p)| p.starts_with(&under))
-                    .map(|(id, _)| id),
-            );
-        }
-        KillScope { ids, pid: kill.pid }
-    }
-
     /// The number of the last poll or flush begun: one numbered higher drains every sample
     /// taken before this call.
     pub fn mark(&self) -> u64 {
         self.begun.load(Ordering::Acquire)
     }
 
-    /// Has the next poll name the stacks of a kill's scope (user frames are otherwise named
-    /// only in cgroups near their limit, and a kill's has room again once its victim is gone).
-    pub fn name_next_poll(&self, scope: &KillScope, after: u64) {
-        if let Ok(mut u) = self.urgent.lock() {
-            // Bounded should the worker stop polling.
-            let room = MAX_PRESSED.saturating_sub(u.len());
-            u.extend(
-                scope
-                    .ids
-                    .iter()
-                    .take(room)
-                    .map(|&cgroup| Urgent { cgroup, after }),
+    /// A kill sent without a stack of its victim: the first poll begun after it names the
+    /// stacks of its scope (user frames are otherwise named only in cgroups near their limit,
+    /// and a kill's has room again once its victim is gone) and sends them to the event loop
+    /// as [`News::KillStacks`], if its victim is among them.
+    pub fn stacks_later(&self, l: LaterStacks) {
+        let Ok(mut later) = self.later.lock() else { return };
+        if later.waiting.len() >= MAX_WAITING {
+            later.given_up += 1;
+            log::warn!(
+                "kill {}: its later stacks given up ({MAX_WAITING} kills waiting for the charge worker)",
+                l.update.kill_seq
             );
+            return;
         }
+        later.waiting.push(l);
     }
 
-    /// Hears the number of each poll or flush whose samples are published.
-    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.published.clone()
+    /// Kills whose later stacks were not sent: still waiting, or given up.
+    pub fn stacks_unsent(&self) -> u64 {
+        self.later
+            .lock()
+            .map(|l| (l.waiting.len() as u64).saturating_add(l.given_up))
+            .unwrap_or_default()
     }
 
     /// The top charging stacks of a kill's scope over the window, up to the worker's last
     /// poll.
     pub fn kill_context(&self, scope: &KillScope) -> Vec<HotStack> {
-        let ids = &scope.ids;
-        if ids.is_empty() {
-            return vec![];
+        match self.window.lock() {
+            Ok(window) => scope.top_stacks(&window, self.span),
+            Err(_) => vec![],
         }
-        let Ok(window) = self.window.lock() else {
-            return vec![];
-        };
-        let now = Instant::now();
-        let mut sum: HashMap<StackId<'_>, u64> = HashMap::new();
-        for (t, stacks) in window.iter() {
-            if now.duration_since(*t) > self.span {
-                continue;
-            }
-            for h in stacks.iter().filter(|h| ids.contains(&h.cgroup_id)) {
-                *sum.entry((h.cgroup_id, h.pid, &h.comm, &h.user, &h.kernel))
-                    .or_default() += h.count;
-            }
-        }
-        let top: Vec<HotStack> = sum
-            .into_iter()
-            .map(|((cgroup_id, pid, comm, user, kernel), count)| HotStack {
-                count,
-                cgroup_id,
-                pid,
-                comm: comm.to_owned(),
-                user: user.to_vec(),
-                kernel: kernel.to_vec(),
-                pids: 1,
-            })
-            .collect();
-        let mut top = merge_pids(top, Some(scope.pid));
-        top.truncate(KILL_STACKS);
-        log::debug!("kill context: cgroups {ids:?}, {} stacks", top.len());
-        top
     }
 }
 

@@ -137,6 +137,4 @@ pub struct OomKill {
 pub struct Enriched {
     pub kill: OomKill,
     pub ended_episode: Option<EpisodeSummary>,
-    /// The kill went out without a stack of its victim: the worker's next poll may have it.
-    pub later_stacks: Option<crate::enrich::later_stacks::LaterStacks>,
 }

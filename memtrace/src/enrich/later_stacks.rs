@@ -3,13 +3,14 @@
 //! unless the kill waits for a flush (`charges.kill_stacks_wait`), which costs emit delay. By
 //! default the kill goes out at once, and once the worker's next poll has published the
 //! victim's samples they follow as a `memtrace.oom_kill_stacks` event: the stacks the kill
-//! would have carried, at no cost to the kill.
+//! would have carried, at no cost to the kill. The worker resolves them, off the event loop
+//! (resolving a storm's hundred kills a second on it held kills for 200 ms).
 
 use std::{path::PathBuf, time::SystemTime};
 
 use crate::{
+    charges::kill_context::{KillScope, top_of},
     charges::stacks::HotStack,
-    charges::worker::{ChargeWatch, KillScope},
     enrich::kill::OomKill,
 };
 
@@ -64,10 +65,10 @@ impl LaterStacks {
         })
     }
 
-    /// The update, if the window now has a stack of the victim; `None`: it charged nothing
-    /// that was sampled, and the kill said all there is.
-    pub fn resolve(self, charges: &ChargeWatch) -> Option<KillStacks> {
-        let hotspots = charges.kill_context(&self.scope);
+    /// The update, if its scope's stacks (`summed`: [`KillScope::sum`]) now have one of the
+    /// victim; `None`: it charged nothing that was sampled, and the kill said all there is.
+    pub fn resolve(self, summed: &[HotStack]) -> Option<KillStacks> {
+        let hotspots = top_of(summed.to_vec(), self.scope.pid);
         if !hotspots.iter().any(|h| h.pid == self.scope.pid) {
             log::debug!(
                 "kill {}: no stack of pid {} in the poll after it",
@@ -81,80 +82,6 @@ impl LaterStacks {
             hotspots,
             ..self.update
         })
-    }
-}
-
-/// The kills waiting for their stacks, in the order they went out, and the worker's poll
-/// numbers to wake on.
-#[derive(Debug, Default)]
-pub struct Waiting {
-    queue: std::collections::VecDeque<LaterStacks>,
-    /// `None` without a charge worker.
-    published: Option<tokio::sync::watch::Receiver<u64>>,
-    /// Kills given up because [`MAX_WAITING`] were waiting.
-    pub given_up: u64,
-}
-
-impl Waiting {
-    pub fn new(charges: Option<&ChargeWatch>) -> Self {
-        Self {
-            published: charges.map(ChargeWatch::published),
-            ..Self::default()
-        }
-    }
-
-    pub fn push(&mut self, l: LaterStacks) {
-        if self.queue.len() >= MAX_WAITING
-            && let Some(old) = self.queue.pop_front()
-        {
-            self.given_up += 1;
-            log::warn!(
-                "kill {}: its later stacks given up ({MAX_WAITING} kills waiting for the charge worker)",
-                old.update.kill_seq
-            );
-        }
-        self.queue.push_back(l);
-    }
-
-    /// Kills still waiting (at exit: not sent).
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Returns when the worker has published a poll and a kill is waiting; never otherwise
-    /// (nor once the worker is gone).
-    pub async fn published(&mut self) {
-        match self.published.as_mut().filter(|_| !self.queue.is_empty()) {
-            Some(rx) => {
-                if rx.changed().await.is_err() {
-                    self.published = None;
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The updates of the kills whose next poll is published; those whose victim it has no
-    /// stack of are done with.
-    pub fn ready(&mut self, charges: &ChargeWatch) -> Vec<KillStacks> {
-        let Some(rx) = self.published.as_mut() else {
-            return vec![];
-        };
-        let published = *rx.borrow_and_update();
-        let mut out = Vec::new();
-        while self.queue.front().is_some_and(|l| l.after < published) {
-            if let Some(l) = self.queue.pop_front()
-                && let Some(update) = l.resolve(charges)
-            {
-                out.push(update);
-            }
-        }
-        out
     }
 }
 

@@ -1,4 +1,4 @@
-//! The event loop: it waits on the rings, the one-second tick, the charge worker's warnings
+//! The event loop: it waits on the rings, the one-second tick, the charge worker's news
 //! and the signals, and moves each record through decode → enrich → route.
 
 use std::collections::VecDeque;
@@ -13,9 +13,8 @@ use tokio::{
 use super::{COUNTER_CHECK, Signals, decode, heap::HeapTrim, route::Router, summary};
 use crate::{
     cgroup::oom_stall::StallWatch,
-    charges::warnings::PreOomWarning,
+    charges::worker::News,
     enrich::enricher::{Enricher, Pending},
-    enrich::later_stacks::Waiting,
     enrich::user_kill::UserKill,
     kernel::clock,
     kernel::hooks::HookId,
@@ -39,8 +38,8 @@ pub struct Daemon {
     /// The memory hierarchy's id, to pick its cgroups out of the cgroup_mkdir records.
     pub mem_root: Option<u32>,
     pub enricher: Enricher,
-    /// Pre-OOM warnings from the charge worker.
-    pub warnings: Option<mpsc::Receiver<PreOomWarning>>,
+    /// Pre-OOM warnings and kills' later stacks from the charge worker.
+    pub news: Option<mpsc::Receiver<News>>,
     pub router: Router,
     pub stalls: StallWatch,
     /// Ring-full losses already reported.
@@ -52,12 +51,10 @@ pub struct Daemon {
     pub enrich_budget: Duration,
     /// Gives freed heap back every few seconds.
     pub heap: HeapTrim,
-    /// Kills sent without a stack of their victim, until the charge worker's next poll.
-    pub later_stacks: Waiting,
 }
 
-/// The next pre-OOM warning from the charge worker; never, without one.
-async fn next_warning(rx: &mut Option<mpsc::Receiver<PreOomWarning>>) -> Option<PreOomWarning> {
+/// The charge worker's next news; never, without a worker.
+async fn next_news(rx: &mut Option<mpsc::Receiver<News>>) -> Option<News> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -78,12 +75,14 @@ impl Daemon {
                     self.kills(records).await;
                 }
                 _ = tick.tick() => self.tick(),
-                _ = self.later_stacks.published() => self.route_later_stacks(),
-                Some(w) = next_warning(&mut self.warnings) => {
+                Some(news) = next_news(&mut self.news) => {
                     // Kills already in the ring go first: a warning whose cgroup was killed
                     // since its evidence began would come after its kill, and is dropped.
                     self.drain_kills().await;
-                    self.router.warning(w);
+                    match news {
+                        News::Warning(w) => self.router.warning(w),
+                        News::KillStacks(k) => self.router.kill_stacks(k),
+                    }
                 }
                 guard = decode::readable(self.user_kill_ring.as_mut()) => {
                     let mut guard = guard.context("polling the userspace kill ring buffer")?;
@@ -139,21 +138,8 @@ impl Daemon {
         while reading.len() > keep
             && let Some(p) = reading.pop_front()
         {
-            let mut enriched = self.enricher.complete(p).await;
-            if let Some(l) = enriched.later_stacks.take() {
-                self.later_stacks.push(l);
-            }
+            let enriched = self.enricher.complete(p).await;
             self.router.kill(enriched);
-        }
-    }
-
-    /// The stacks of kills sent before the charge worker published them.
-    fn route_later_stacks(&mut self) {
-        let Some(charges) = self.enricher.charges() else {
-            return;
-        };
-        for update in self.later_stacks.ready(charges) {
-            self.router.kill_stacks(update);
         }
     }
 
@@ -236,8 +222,12 @@ impl Daemon {
         }
         let reconciled = self.reconcile_at_exit().await;
         let counters = self.tracer.counters().unwrap_or_default();
-        self.router.delivery.stack_updates_unsent =
-            (self.later_stacks.len() as u64).saturating_add(self.later_stacks.given_up);
+        // Later stacks the worker has sent are routed; those still waiting are counted.
+        while let Some(News::KillStacks(k)) = self.news.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.router.kill_stacks(k);
+        }
+        let unsent = self.enricher.charges().map(|c| c.stacks_unsent());
+        self.router.delivery.stack_updates_unsent = unsent.unwrap_or_default();
         summary::report_losses(&self.tracer, self.reported_lost, &self.router.metrics);
         let Self {
             tracer,

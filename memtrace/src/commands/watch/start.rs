@@ -13,8 +13,8 @@ use crate::{
     cgroup::reconcile::Reconciler,
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::maps::ChargeMaps,
-    charges::warnings::{PreOomWarning, WarnOptions},
-    charges::worker::ChargeWatch,
+    charges::warnings::WarnOptions,
+    charges::worker::{ChargeWatch, News},
     cli::WatchArgs,
     config::Config,
     enrich::attribution::BundleRoots,
@@ -66,7 +66,7 @@ fn enrich_options(cfg: &Config) -> EnrichOptions {
     opts
 }
 
-type ChargeWorker = (ChargeWatch, mpsc::Receiver<PreOomWarning>);
+type ChargeWorker = (ChargeWatch, mpsc::Receiver<News>);
 
 fn charge_worker(
     cfg: &Config,
@@ -151,7 +151,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         &metrics,
         enrich_opts.names.clone(),
     )?;
-    let (charges, warnings) = worker.unzip();
+    let (charges, news) = worker.unzip();
     let mem_root = paths.as_ref().and_then(|p| p.hierarchy().hierarchy_id());
     let enricher = Enricher::new(paths, enrich_opts).with_charges(charges);
     let metrics_server = metrics_server(cfg, &metrics).await?;
@@ -166,7 +166,6 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         "memtrace: attached ({}); watching for OOM kills",
         attached_via(&tracer)
     );
-    let later_stacks = crate::enrich::later_stacks::Waiting::new(enricher.charges());
     Ok(Daemon {
         tracer,
         oom_ring: oom,
@@ -175,7 +174,7 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         call_paths,
         mem_root,
         enricher,
-        warnings,
+        news,
         router,
         stalls: StallWatch::default(),
         reported_lost: 0,
@@ -185,7 +184,6 @@ pub async fn start(cfg: &Config, args: &WatchArgs) -> anyhow::Result<Daemon> {
         enrich_budget: cfg.watch.enrich_budget,
         // Start-up's BTF parses are freed by now.
         heap: super::heap::HeapTrim::start(),
-        later_stacks,
     })
 }
 

@@ -25,6 +25,7 @@ use std::{
 
 use crate::{
     cgroup::CgroupPaths,
+    charges::kill_context::KillScope,
     charges::worker::ChargeWatch,
     enrich::build::{self, Files, Learned, Work},
     enrich::episodes::{EpisodeSummary, Episodes},
@@ -412,24 +413,18 @@ impl Enricher {
     fn finish(&mut self, mut kill: OomKill) -> Enriched {
         let graph = |dir: &std::path::Path| flamegraph::kill_path(dir, kill.seq, kill.pid);
         let graph_path = self.opts.flamegraph_dir.as_deref().map(graph);
-        let mut later_stacks = None;
         if let (Some(cw), Some(paths)) = (self.charges.as_ref(), self.paths.as_ref()) {
-            let scope = ChargeWatch::scope(paths, &kill);
+            let scope = KillScope::of(paths, &kill);
             // Taken before the window is read: a poll begun after it has every sample so far.
             let after = cw.mark();
             kill.hotspots = cw.kill_context(&scope);
-            later_stacks = LaterStacks::of(&kill, scope, after, graph_path.clone());
-            if let Some(l) = &later_stacks {
-                cw.name_next_poll(&l.scope, l.after);
+            if let Some(l) = LaterStacks::of(&kill, scope, after, graph_path.clone()) {
+                cw.stacks_later(l);
             }
         }
         let ended_episode = self.place_in_episode(&mut kill);
         kill.flamegraph = graph_path.filter(|_| !kill.hotspots.is_empty());
-        Enriched {
-            kill,
-            ended_episode,
-            later_stacks,
-        }
+        Enriched { kill, ended_episode }
     }
 
     /// Gives the kill its episode (not to exiting victims: no kill was sent); returns the
