@@ -230,7 +230,10 @@ fn no_warning_after_the_kill() {
         // A kill's stacks may follow it (`memtrace.oom_kill_stacks`): neither kind.
         let kind = match ev["event.name"].as_str() {
             Some("memtrace.oom_kill") => "kill",
-            Some("memtrace.pre_oom_warning") => "warning",
+            Some("memtrace.pre_oom_warning") => {
+                eprintln!("warning: {ev}");
+                "warning"
+            }
             _ => continue,
         };
         order.push((cg, kind));

@@ -150,9 +150,13 @@ impl Warner {
             if ratio < self.opts.ratio - 0.05 {
                 st.armed = true;
             }
+            // Stalls in reclaim are evidence while the cgroup is still near its limit: those of
+            // an interval that ended with a kill or an exit (12 KiB left of 64 MiB, in a guest)
+            // warned of an OOM already over.
+            let near = usage as f64 >= (self.opts.ratio - 0.1).max(0.0) * limit as f64;
             let reason = if ratio >= self.opts.ratio {
                 Reason::WorkingSet
-            } else if r.rate.reclaim_stalls_per_s > 0.0 {
+            } else if r.rate.reclaim_stalls_per_s > 0.0 && near {
                 Reason::Reclaim
             } else {
                 continue;
@@ -256,13 +260,31 @@ mod tests {
         assert!(!kills.suppresses(&warning), "a kill before the evidence began");
     }
 
+    /// A working set under the ratio, the rest page cache at the limit.
     #[test]
     fn reclaim_stalls_warn_below_the_ratio() {
         let mut w = warner();
-        let got = w.check(&[row(70, 2.0)], Instant::now());
+        let r = Row {
+            usage_bytes: Some(95 << 20),
+            ..row(70, 2.0)
+        };
+        let got = w.check(&[r], Instant::now());
         assert_eq!(
             got.iter().map(|w| w.reason).collect::<Vec<_>>(),
             vec![Reason::Reclaim]
         );
+    }
+
+    /// Stalls counted over an interval that ended with the cgroup emptied (its victim killed):
+    /// no warning of an OOM that is over.
+    #[test]
+    fn reclaim_stalls_of_an_emptied_cgroup_do_not_warn() {
+        let mut w = warner();
+        let r = Row {
+            usage_bytes: Some(12 << 10),
+            working_set_bytes: Some(12 << 10),
+            ..row(0, 27.0)
+        };
+        assert!(w.check(&[r], Instant::now()).is_empty());
     }
 }
