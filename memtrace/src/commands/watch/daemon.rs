@@ -79,10 +79,7 @@ impl Daemon {
                     // Kills already in the ring go first: a warning whose cgroup was killed
                     // since its evidence began would come after its kill, and is dropped.
                     self.drain_kills().await;
-                    match news {
-                        News::Warning(w) => self.router.warning(w),
-                        News::KillStacks(k) => self.router.kill_stacks(k),
-                    }
+                    self.route_news(news);
                 }
                 guard = decode::readable(self.user_kill_ring.as_mut()) => {
                     let mut guard = guard.context("polling the userspace kill ring buffer")?;
@@ -140,6 +137,13 @@ impl Daemon {
         {
             let enriched = self.enricher.complete(p).await;
             self.router.kill(enriched);
+        }
+    }
+
+    fn route_news(&mut self, news: News) {
+        match news {
+            News::Warning(w) => self.router.warning(w),
+            News::KillStacks(k) => self.router.kill_stacks(k),
         }
     }
 
@@ -222,9 +226,10 @@ impl Daemon {
         }
         let reconciled = self.reconcile_at_exit().await;
         let counters = self.tracer.counters().unwrap_or_default();
-        // Later stacks the worker has sent are routed; those still waiting are counted.
-        while let Some(News::KillStacks(k)) = self.news.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            self.router.kill_stacks(k);
+        // What the worker has sent is routed (a warning queued first no longer hides the later
+        // stacks behind it); kills still waiting for their stacks are counted.
+        while let Some(news) = self.news.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.route_news(news);
         }
         let unsent = self.enricher.charges().map(|c| c.stacks_unsent());
         self.router.delivery.stack_updates_unsent = unsent.unwrap_or_default();
