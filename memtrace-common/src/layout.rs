@@ -49,6 +49,9 @@ pub struct KernelLayout {
     pub page_counter_max: u32,
     /// `page_counter.parent`: the ancestor memcg's counter (hierarchy walk to the OOM memcg).
     pub page_counter_parent: u32,
+    /// `mem_cgroup.memsw` (a `struct page_counter`, in a union with v2's `swap` since 5.x):
+    /// memory+swap. Set on cgroup v1 only, where try_charge_memcg charges it before `memory`.
+    pub memcg_memsw: u32,
     /// `task_struct.flags` (PF_EXITING): a victim already exiting is marked by the OOM killer
     /// without being killed (mm/oom_kill.c task_will_free_mem).
     pub task_flags: u32,
@@ -110,6 +113,7 @@ impl KernelLayout {
             page_counter_usage: ABSENT,
             page_counter_max: ABSENT,
             page_counter_parent: ABSENT,
+            memcg_memsw: ABSENT,
             task_flags: ABSENT,
             memcg_oom_kills: ABSENT,
             oc_memcg: ABSENT,

@@ -41,6 +41,12 @@ pub mod flags {
     /// tracepoint passes no task (before 6.8).
     pub const SRC_FENTRY: u32 = 1 << 18;
     pub const SRC_KPROBE: u32 = 1 << 19;
+    /// cgroup v1: the walk for `oom_memcg_*` also checked every level's memory+swap counter
+    /// (`mem_cgroup.memsw`), so which limit was hit is the kernel's own reading.
+    pub const MEMSW_WALKED: u32 = 1 << 20;
+    /// `oom_memcg_*` are its memory+swap counter (`memory.memsw.limit_in_bytes` hit), not its
+    /// memory counter.
+    pub const OOM_MEMCG_MEMSW: u32 = 1 << 21;
 }
 
 pub const COMM_LEN: usize = 16;

@@ -91,12 +91,35 @@ const AT_LIMIT_SLACK_PAGES: u64 = 512 + 64;
 /// Deepest hierarchy walked; deeper ones are reported as unknown.
 const MAX_DEPTH: u32 = 12;
 
-/// The memcg that hit its limit: walks `memory.parent` up from `memcg` to the first counter
-/// whose usage is within [`AT_LIMIT_SLACK_PAGES`] of its max. Returns (cgroup id, usage,
-/// max, depth).
+/// The memcg that hit its limit, as [`oom_memcg`] found it.
+pub struct AtLimit {
+    /// Cgroup id, usage and max (pages) of the counter at its limit, levels above the start.
+    pub id: u64,
+    pub usage: u64,
+    pub max: u64,
+    pub depth: u32,
+    /// The counter is `memsw` (cgroup v1 memory+swap), not `memory`.
+    pub memsw: bool,
+}
+
+/// The memcg that hit its limit. cgroup v1 first: try_charge_memcg (mm/memcontrol.c) charges
+/// `memsw` at every level before `memory`, so a memsw counter at its limit is where a failed
+/// charge stopped; then the `memory` counters. Returns what was found and whether the memsw
+/// counters were walked (the layout has them on v1 only).
 #[inline(always)]
-pub fn oom_memcg(memcg: *const u8) -> Option<(u64, u64, u64, u32)> {
-    let counter_off = off!(memcg_memory);
+pub fn oom_memcg(memcg: *const u8) -> (Option<AtLimit>, bool) {
+    let memsw = off!(memcg_memsw);
+    let walked = memsw != ABSENT;
+    if walked && let Some(found) = first_at_limit(memcg, memsw) {
+        return (Some(AtLimit { memsw: true, ..found }), true);
+    }
+    (first_at_limit(memcg, off!(memcg_memory)), walked)
+}
+
+/// Walks the `page_counter` at `counter_off` in `memcg` up its `parent` links to the first
+/// whose usage is within [`AT_LIMIT_SLACK_PAGES`] of its max.
+#[inline(always)]
+fn first_at_limit(memcg: *const u8, counter_off: u32) -> Option<AtLimit> {
     let usage_off = off!(page_counter_usage);
     let max_off = off!(page_counter_max);
     let parent_off = off!(page_counter_parent);
@@ -112,10 +135,16 @@ pub fn oom_memcg(memcg: *const u8) -> Option<(u64, u64, u64, u32)> {
         let max: u64 = read(counter, max_off).ok()?;
         let usage = usage.max(0) as u64;
         if usage.saturating_add(AT_LIMIT_SLACK_PAGES) >= max {
-            // container_of(counter, struct mem_cgroup, memory); css is at offset 0.
+            // container_of(counter, struct mem_cgroup, <counter>); css is at offset 0.
             let css = counter.wrapping_sub(counter_off as usize);
             let id = css_cgroup_id(css).ok()?;
-            return Some((id, usage, max, depth));
+            return Some(AtLimit {
+                id,
+                usage,
+                max,
+                depth,
+                memsw: false,
+            });
         }
         counter = read(counter, parent_off).ok()?;
     }

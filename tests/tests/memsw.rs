@@ -100,9 +100,10 @@ fn a_memsw_limit_oom_names_the_memsw_limit() {
     drop(cg);
 }
 
-/// The limits on the parent, the allocator in an unlimited child: the kernel's walk (memory
-/// counters) and the child's own files both miss the parent's memory+swap limit; the kill once
-/// read as a global OOM.
+/// The limits on the parent, the allocator in an unlimited child: the child's own files miss
+/// the parent's memory+swap limit (the kill once read as a global OOM), and the parent is at its
+/// memory limit too, so only the memsw counter tells which limit was hit (once read as memory:
+/// the swap statistic read after the kill had lost the victim's swap).
 #[test]
 fn an_ancestors_memsw_limit_is_the_oom_cgroup() {
     if !ebpf_available("an_ancestors_memsw_limit_is_the_oom_cgroup") {

@@ -171,12 +171,19 @@ fn fill_memcg(rec: &mut OomVictimRecord, task: *const u8) -> bool {
         }
         Err(_) => ok = false,
     }
-    if let Some((id, usage, limit, depth)) = kernel::oom_memcg(memcg) {
-        rec.oom_memcg_id = id;
-        rec.oom_memcg_usage_pages = usage;
-        rec.oom_memcg_limit_pages = limit;
-        rec.oom_memcg_depth = depth;
+    let (found, memsw_walked) = kernel::oom_memcg(memcg);
+    if memsw_walked {
+        rec.flags |= flags::MEMSW_WALKED;
+    }
+    if let Some(at) = found {
+        rec.oom_memcg_id = at.id;
+        rec.oom_memcg_usage_pages = at.usage;
+        rec.oom_memcg_limit_pages = at.max;
+        rec.oom_memcg_depth = at.depth;
         rec.flags |= flags::HAS_OOM_MEMCG;
+        if at.memsw {
+            rec.flags |= flags::OOM_MEMCG_MEMSW;
+        }
     }
     fill_stats(rec, memcg);
     ok

@@ -231,7 +231,7 @@ impl Builder<'_> {
                 cgroup,
                 usage_bytes: m.usage_pages.saturating_mul(page),
                 limit_bytes: m.limit_pages.saturating_mul(page),
-                limit: LimitKind::Memory,
+                limit: LimitKind::from(m.counter),
                 depth: m.depth,
             });
         }
@@ -264,16 +264,20 @@ impl Builder<'_> {
             .or_else(|| victim_path.clone());
         let snapshot = snap_path.as_deref().and_then(|p| self.snapshot(p));
         let stats = snapshot.as_ref().and_then(Snapshot::stats);
-        memsw_limit_hit(
-            &mut oom_cgroup,
-            cgroup.as_ref(),
-            stats,
-            &r,
-            page,
-            kernel_memcg.is_some(),
-        );
+        // Where the kernel's walk read the memsw counters, its answer stands; else a guess
+        // from the statistics (the swap figure of which lags, see memsw.rs).
+        if !r.memsw_walked {
+            memsw_limit_hit(
+                &mut oom_cgroup,
+                cgroup.as_ref(),
+                stats,
+                &r,
+                page,
+                kernel_memcg.is_some(),
+            );
+        }
         let mut ancestor_memsw_limit = None;
-        if oom_cgroup.is_none() && kernel_memcg.is_none() {
+        if oom_cgroup.is_none() && kernel_memcg.is_none() && !r.memsw_walked {
             match self.ancestor_memsw(cgroup.as_ref(), stats) {
                 AncestorMemsw::Hit(o) => oom_cgroup = Some(o),
                 AncestorMemsw::MayHaveHit { limit_bytes } => ancestor_memsw_limit = Some(limit_bytes),

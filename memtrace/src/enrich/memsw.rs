@@ -6,7 +6,7 @@ use crate::{
         at_kill::Breakdown,
         kill::{CgroupRef, OomCgroup},
     },
-    kernel::records::VictimRecord,
+    kernel::records::{Counter, VictimRecord},
 };
 
 /// The counter whose limit a memcg OOM hit.
@@ -17,6 +17,15 @@ pub enum LimitKind {
     Memory,
     /// v1 `memory.memsw.limit_in_bytes`: memory and swap together.
     MemorySwap,
+}
+
+impl From<Counter> for LimitKind {
+    fn from(c: Counter) -> Self {
+        match c {
+            Counter::Memory => Self::Memory,
+            Counter::MemorySwap => Self::MemorySwap,
+        }
+    }
 }
 
 impl LimitKind {
@@ -45,6 +54,9 @@ impl LimitKind {
 /// swap figure is a per-CPU batched statistic (up to MEMCG_CHARGE_BATCH pages per CPU behind).
 const MEMSW_SLACK_BYTES: u64 = 1 << 20;
 
+/// The fallback for a record whose in-kernel walk did not read the memsw counters
+/// (`VictimRecord::memsw_walked`): the swap statistic lags (rstat) and is freed with the victim,
+/// so where the walk read them, its answer stands.
 /// cgroup v1 memory+swap: `try_charge_memcg` charges `memory.memsw` before `memory`
 /// (mm/memcontrol.c), so when memory plus swap read at the kill was at the memsw limit, that
 /// is the limit the failed charge hit. The in-kernel walk looks at the memory counter only: a

@@ -324,6 +324,15 @@ impl KernelBtf {
             page_counter_usage: get("page_counter.usage", self.offset("page_counter", "usage")),
             page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
             page_counter_parent: get("page_counter.parent", self.offset("page_counter", "parent")),
+            // v2 keeps its swap-only counter in the same union: not a limit an OOM hits.
+            memcg_memsw: if v1 {
+                get(
+                    "mem_cgroup.memsw",
+                    self.offset("mem_cgroup", "memsw").filter(|_| css_first),
+                )
+            } else {
+                ABSENT
+            },
             task_flags: get("task_struct.flags", self.offset("task_struct", "flags")),
             memcg_oom_kills: get(
                 "mem_cgroup.memory_events[MEMCG_OOM_KILL]",

@@ -39,6 +39,15 @@ pub struct RssKb {
     pub shmem: u64,
 }
 
+/// Which of a memcg's page counters the in-kernel walk found at its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// `mem_cgroup.memory`.
+    Memory,
+    /// `mem_cgroup.memsw`: cgroup v1 memory+swap.
+    MemorySwap,
+}
+
 /// The memcg at its limit, from the in-kernel walk up the hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OomMemcg {
@@ -47,6 +56,7 @@ pub struct OomMemcg {
     pub limit_pages: u64,
     /// Levels above the victim's memcg.
     pub depth: u32,
+    pub counter: Counter,
 }
 
 /// A memcg's statistics read in the kernel at the kill, in pages, in
@@ -122,6 +132,9 @@ pub struct VictimRecord {
     pub memcg_pages: Option<(u64, u64)>,
     /// The memcg that was at its limit at the kill (none: a global OOM, or not known).
     pub oom_memcg: Option<OomMemcg>,
+    /// cgroup v1: that walk checked the memory+swap counters too, so its answer (a memsw limit
+    /// hit, or none) is the kernel's own reading, not to be guessed again from the files.
+    pub memsw_walked: bool,
     /// The kernel stack at the kill, an id in the `OOM_STACKS` map.
     pub kernel_stack: Option<u32>,
     /// Where the OOM came from by that stack (memcg or the page allocator), where it was
@@ -197,6 +210,11 @@ impl TryFrom<&[u8]> for VictimRecord {
             usage_pages: b.get_u64_le(),
             limit_pages: b.get_u64_le(),
             depth: b.get_u32_le(),
+            counter: if has(flags::OOM_MEMCG_MEMSW) {
+                Counter::MemorySwap
+            } else {
+                Counter::Memory
+            },
         };
         let kernel_stack = b.get_i32_le();
         let victim_pid = b.get_u32_le();
@@ -227,6 +245,7 @@ impl TryFrom<&[u8]> for VictimRecord {
             oom_score_adj: has(flags::HAS_OOM_SCORE_ADJ).then_some(oom_score_adj),
             memcg_pages: has(flags::HAS_MEMCG_COUNTERS).then_some((memcg_usage, memcg_limit)),
             oom_memcg: has(flags::HAS_OOM_MEMCG).then_some(oom_memcg),
+            memsw_walked: has(flags::MEMSW_WALKED),
             kernel_stack: u32::try_from(kernel_stack).ok(),
             call_path: None,
             victim_exiting: has(flags::VICTIM_EXITING),
@@ -463,9 +482,16 @@ mod tests {
                 id: 77,
                 usage_pages: 16_380,
                 limit_pages: 16_384,
-                depth: 1
+                depth: 1,
+                counter: Counter::Memory,
             })
         );
+        assert!(!d.memsw_walked);
+        let mut memsw = sample();
+        memsw.flags |= flags::MEMSW_WALKED | flags::OOM_MEMCG_MEMSW;
+        let m = VictimRecord::try_from(wire(&memsw).as_slice()).expect("decode");
+        assert!(m.memsw_walked);
+        assert_eq!(m.oom_memcg.map(|o| o.counter), Some(Counter::MemorySwap));
         assert!(!d.victim_exiting);
         let stats = d.stats.oom.expect("oom stats");
         assert_eq!(
