@@ -6,13 +6,14 @@
 //!
 //! Every few seconds the charge worker walks the hierarchy and reads the usage of each cgroup
 //! that has a limit of its own: one small file per cgroup, never `memory.stat`. Limits change
-//! rarely (a `docker update`, a resize), so each is read once in [`LIMIT_FOR`]; a cgroup whose
+//! rarely (a `docker update`, a resize), so each is read once in [`LIMIT_FOR`] (an unlimited one
+//! once two sweeps agree: a runtime writes the limit after it creates the cgroup); a cgroup whose
 //! usage the sampler read from the kernel since the last sweep needs no file at all. The ones
 //! within reach of the warning threshold are handed to `rows`, which reads their files in full
 //! while they stay there, as it does for sampled cgroups.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::Path,
     time::{Duration, Instant},
 };
@@ -38,6 +39,8 @@ pub struct LimitSweep {
     last: Option<Instant>,
     /// Each cgroup's own limit (`None`: unlimited) and when it was read.
     limits: HashMap<u64, (Option<u64>, Instant)>,
+    /// Cgroups read unlimited once, not yet twice: believed until the next sweep only.
+    unconfirmed: HashSet<u64>,
     /// The cgroups swept (id -> path), from the last walk and what was learnt since.
     cgroups: HashMap<u64, String>,
     walked: Option<Instant>,
@@ -51,6 +54,7 @@ impl LimitSweep {
             every,
             last: None,
             limits: HashMap::new(),
+            unconfirmed: HashSet::new(),
             cgroups: HashMap::new(),
             walked: None,
             fed: false,
@@ -81,9 +85,14 @@ impl LimitSweep {
             self.cgroups = walk(h);
             self.walked = Some(now);
         }
-        let cgroups = &mut self.cgroups;
-        self.limits
-            .retain(|id, (_, at)| cgroups.contains_key(id) && now.duration_since(*at) < LIMIT_FOR);
+        let (cgroups, unconfirmed) = (&mut self.cgroups, &mut self.unconfirmed);
+        // An unlimited reading not yet confirmed is read again (see below).
+        self.limits.retain(|id, (limit, at)| {
+            cgroups.contains_key(id)
+                && now.duration_since(*at) < LIMIT_FOR
+                && !(limit.is_none() && unconfirmed.contains(id))
+        });
+        unconfirmed.retain(|id| cgroups.contains_key(id));
         let mut gone = Vec::new();
         let near = cgroups
             .iter()
@@ -99,6 +108,15 @@ impl LimitSweep {
                                     gone.push(**id);
                                     return false;
                                 };
+                                // A runtime creates a cgroup, then writes its limit: an
+                                // "unlimited" read between the two is kept for LIMIT_FOR only
+                                // when the next sweep reads it too.
+                                let first_unlimited = l.is_none() && !unconfirmed.remove(id);
+                                if first_unlimited {
+                                    unconfirmed.insert(**id);
+                                } else {
+                                    unconfirmed.remove(id);
+                                }
                                 self.limits.insert(**id, (l, now));
                                 l
                             }
@@ -291,6 +309,38 @@ mod tests {
             .poll(&h, 0.8, t0 + LIMIT_FOR + Duration::from_secs(1), |_| None)
             .expect("due");
         assert!(got.is_empty(), "the new limit read after LIMIT_FOR: {got:?}");
+    }
+
+    /// A runtime creates the cgroup, then writes its limit: a sweep between the two reads it
+    /// unlimited, and that reading, kept for LIMIT_FOR, hid the cgroup filling up for 30 s.
+    #[test]
+    fn an_unlimited_reading_is_kept_only_once_confirmed() {
+        let (d, h) = hierarchy(CgroupVersion::V2);
+        cgroup(
+            d.path(),
+            "/young",
+            &[("memory.max", "max\n"), ("memory.current", "90\n")],
+        );
+        cgroup(
+            d.path(),
+            "/other",
+            &[("memory.max", "max\n"), ("memory.current", "90\n")],
+        );
+        let mut s = LimitSweep::new(Duration::ZERO);
+        let t0 = Instant::now();
+        let paths = |v: Vec<(u64, String)>| v.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
+        assert!(paths(s.poll(&h, 0.8, t0, |_| None).expect("due")).is_empty());
+        std::fs::write(d.path().join("young/memory.max"), "100\n").expect("write");
+        let got = s
+            .poll(&h, 0.8, t0 + Duration::from_secs(1), |_| None)
+            .expect("due");
+        assert_eq!(paths(got), ["/young"], "the limit written after the first read");
+        // Read unlimited twice: kept; a limit written now is seen only after LIMIT_FOR.
+        std::fs::write(d.path().join("other/memory.max"), "100\n").expect("write");
+        let got = s
+            .poll(&h, 0.8, t0 + Duration::from_secs(2), |_| None)
+            .expect("due");
+        assert_eq!(paths(got), ["/young"], "/other read unlimited at two sweeps");
     }
 
     /// Fed by the cgroup_mkdir hook, the sweep walks once a minute: a cgroup created since is
