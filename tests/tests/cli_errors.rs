@@ -1,6 +1,6 @@
 //! Bad input and missing privileges: a one-line error that says what to do, never a panic.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use memtrace_tests::memtrace_bin;
 
@@ -62,4 +62,30 @@ fn missing_privileges_name_the_capability() {
     assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `memtrace top | head -1`: a reader that goes away ends a printing command quietly, as it
+/// does other Unix tools. `top` and `probes` panicked there ("failed printing to stdout:
+/// Broken pipe", exit 101).
+#[test]
+fn a_reader_that_goes_away_ends_printing_quietly() {
+    if !memtrace_tests::ebpf_available("a_reader_that_goes_away_ends_printing_quietly") {
+        return;
+    }
+    for args in [&["top", "--interval", "200ms"][..], &["probes"][..]] {
+        let mut child = Command::new(memtrace_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run memtrace");
+        // The reader goes away before the first line (top prints after its interval, probes
+        // after loading its programs).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}: {err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }

@@ -2,7 +2,9 @@
 //! time window, as a table or in folded format for flame-graph tools, and as a flame graph
 //! (`--svg FILE`).
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::Context as _;
 
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy, paths::subtree_ids},
@@ -12,7 +14,7 @@ use crate::{
     charges::symbolize::Symbols,
     cli::HotspotsArgs,
     kernel::tracer::{ChargeOptions, Tracer},
-    output::{Format, flamegraph},
+    output::{self, Format, flamegraph},
 };
 
 pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
@@ -74,13 +76,13 @@ pub async fn run(args: HotspotsArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    if args.folded {
-        for h in &top {
-            println!("{}", h.folded());
-        }
-        return Ok(());
-    }
-    print(&top, args.output, &mut paths)
+    let out = if args.folded {
+        top.iter().map(|h| h.folded() + "\n").collect()
+    } else {
+        text(&top, args.output, &mut paths)?
+    };
+    output::to_stdout(&out).context("writing to stdout")?;
+    Ok(())
 }
 
 /// The ids of `cgroup` and the cgroups below it; an error when there is no such cgroup.
@@ -134,7 +136,8 @@ fn say_losses(tracer: &Tracer) {
 }
 
 /// The rows, as JSON or as a table.
-fn print(top: &[HotStack], output: Format, paths: &mut CgroupPaths) -> anyhow::Result<()> {
+fn text(top: &[HotStack], output: Format, paths: &mut CgroupPaths) -> anyhow::Result<String> {
+    let mut out = String::new();
     match output {
         Format::Json => {
             let rows: Vec<serde_json::Value> = top
@@ -151,16 +154,18 @@ fn print(top: &[HotStack], output: Format, paths: &mut CgroupPaths) -> anyhow::R
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            out = serde_json::to_string_pretty(&rows)? + "\n";
         }
         Format::Text => {
             let total: u64 = top.iter().map(|h| h.count).sum::<u64>().max(1);
-            println!(
+            let _ = writeln!(
+                out,
                 "{:>7} {:>6}  {:<16} {:>7}  {:<40} KERNEL",
                 "SAMPLES", "SHARE", "COMM", "PID", "USER (innermost)"
             );
             for h in top {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{:>7} {:>5.1}%  {:<16} {:>7}  {:<40} {}",
                     h.count,
                     h.count as f64 * 100.0 / total as f64,
@@ -171,11 +176,11 @@ fn print(top: &[HotStack], output: Format, paths: &mut CgroupPaths) -> anyhow::R
                 );
             }
             if top.is_empty() {
-                println!("(no charge samples in the window)");
+                let _ = writeln!(out, "(no charge samples in the window)");
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The PID column: the pid, or how many processes a merged row sums.

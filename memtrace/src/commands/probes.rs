@@ -2,6 +2,8 @@
 //! It really loads and attaches each variant (then detaches), so what it says is what `watch`
 //! will get.
 
+use std::fmt::Write as _;
+
 use anyhow::Context as _;
 use serde::Serialize;
 
@@ -12,7 +14,7 @@ use crate::{
     kernel::hooks::HookStatus,
     kernel::privileges::Privileges,
     kernel::tracer::{Tracer, TracerOptions},
-    output::Format,
+    output::{self, Format},
 };
 
 #[derive(Debug, Serialize)]
@@ -105,48 +107,60 @@ pub async fn run(args: ProbesArgs) -> anyhow::Result<()> {
         hooks,
         error,
     };
-    match args.output {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("serialising")?
-        ),
-        Format::Text => print_text(&report),
-    }
+    let out = match args.output {
+        Format::Json => serde_json::to_string_pretty(&report).context("serialising")? + "\n",
+        Format::Text => text(&report),
+    };
+    output::to_stdout(&out).context("writing to stdout")?;
     if let Some(e) = report.error {
         anyhow::bail!("no OOM hook can attach: {e}");
     }
     Ok(())
 }
 
-fn print_text(r: &Report) {
-    println!("kernel      {}", r.kernel);
-    println!("btf         {}", r.btf.as_deref().unwrap_or("MISSING"));
+/// The report as a table for people.
+fn text(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "kernel      {}", r.kernel);
+    let _ = writeln!(out, "btf         {}", r.btf.as_deref().unwrap_or("MISSING"));
     if !r.btf_missing_fields.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "            fields not in BTF: {}",
             r.btf_missing_fields.join(", ")
         );
     }
     if !r.mark_victim_record_missing.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "tracepoint  oom:mark_victim record lacks {}: with the tracepoint variant only the pid is known for a victim other than the triggering task",
             r.mark_victim_record_missing.join(", ")
         );
     }
     match (&r.at_kill_stats_error, r.at_kill_stats_missing.as_slice()) {
-        (Some(e), _) => println!("at kill     no memory breakdown ({e}): the post-kill files stand in"),
-        (None, []) => println!("at kill     memory breakdown: every item"),
-        (None, m) => println!(
-            "at kill     memory breakdown without {} (not counted here)",
-            m.join(", ")
-        ),
+        (Some(e), _) => {
+            _ = writeln!(
+                out,
+                "at kill     no memory breakdown ({e}): the post-kill files stand in"
+            )
+        }
+        (None, []) => _ = writeln!(out, "at kill     memory breakdown: every item"),
+        (None, m) => {
+            _ = writeln!(
+                out,
+                "at kill     memory breakdown without {} (not counted here)",
+                m.join(", ")
+            )
+        }
     }
-    println!(
+    let _ = writeln!(
+        out,
         "cgroup      {}",
         r.cgroup.as_deref().unwrap_or("no memory controller mounted")
     );
     let p = &r.privileges;
-    println!(
+    let _ = writeln!(
+        out,
         "privileges  euid={} CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={} CAP_DAC_READ_SEARCH={} tracefs_readable={} lockdown={}",
         p.euid,
         p.cap_bpf,
@@ -157,7 +171,8 @@ fn print_text(r: &Report) {
         p.lockdown.as_deref().unwrap_or("n/a")
     );
     if let Some(limit) = p.memlock_limit {
-        println!(
+        let _ = writeln!(
+            out,
             "            RLIMIT_MEMLOCK {} KiB: this kernel (before 5.11) charges BPF maps to it; CAP_SYS_RESOURCE={} lifts it",
             limit >> 10,
             p.cap_sys_resource
@@ -173,14 +188,15 @@ fn print_text(r: &Report) {
     };
     for h in &r.hooks {
         match h.selected {
-            Some(v) => println!("hook        {:<12} {} (selected)", h.hook, name(&v)),
-            None => println!("hook        {:<12} NONE", h.hook),
+            Some(v) => _ = writeln!(out, "hook        {:<12} {} (selected)", h.hook, name(&v)),
+            None => _ = writeln!(out, "hook        {:<12} NONE", h.hook),
         }
         for v in &h.also_works {
-            println!("              also works: {}", name(v));
+            let _ = writeln!(out, "              also works: {}", name(v));
         }
         for rej in &h.rejected {
-            println!(
+            let _ = writeln!(
+                out,
                 "              not {} {}: {}",
                 rej.variant.attach.kind(),
                 rej.variant.attach.target(),
@@ -188,4 +204,5 @@ fn print_text(r: &Report) {
             );
         }
     }
+    out
 }

@@ -19,6 +19,19 @@ pub enum Format {
     Json,
 }
 
+/// Writes a command's output to stdout. `Ok(false)`: the reader went away (`memtrace top |
+/// head`), which ends a printing command quietly, as it does other Unix tools; `println!`
+/// panicked there.
+pub fn to_stdout(text: &str) -> std::io::Result<bool> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Sizes for people: 1536 -> "1.5 KiB".
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -9,12 +9,14 @@ pub mod view;
 
 use std::{io::IsTerminal as _, time::Duration};
 
+use anyhow::Context as _;
+
 use crate::{
     cgroup::{CgroupPaths, MemoryHierarchy},
     charges::accounting::{ChargeMonitor, Reads, Row, rows},
     cli::TopArgs,
     kernel::tracer::{ChargeOptions, Tracer},
-    output::Format,
+    output::{self, Format},
 };
 
 /// How `top` shows its samples.
@@ -37,19 +39,19 @@ impl Mode {
     }
 }
 
-fn print_text(rows: &[Row]) {
-    let h = view::COLUMNS;
-    println!(
-        "{:<48} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>5}",
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]
-    );
-    for r in rows {
-        let c = view::row_cells(r);
-        println!(
-            "{:<48} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>5}",
+/// The table, a line per cgroup under a header.
+fn text(rows: &[Row]) -> String {
+    let line = |c: &[String]| {
+        format!(
+            "{:<48} {:>10} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>5}\n",
             c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
-        );
+        )
+    };
+    let mut out = line(&view::COLUMNS.map(String::from));
+    for r in rows {
+        out += &line(&view::row_cells(r));
     }
+    out
 }
 
 pub(crate) fn page_size() -> u64 {
@@ -90,20 +92,23 @@ async fn print(args: &TopArgs, terminal: bool) -> anyhow::Result<()> {
         // The working set (memory.stat) only of cgroups at 80 % of their limit or more: the
         // others show the kernel's usage and limit, read in the same pass as the rates.
         let rows = rows(&mut monitor, &mut paths, Reads::NearLimit(0.8), page);
-        match args.output {
-            Format::Json => println!("{}", serde_json::to_string(&rows)?),
+        let out = match args.output {
+            Format::Json => serde_json::to_string(&rows)? + "\n",
             Format::Text => {
-                if !args.once {
-                    if terminal {
-                        // Clear the screen and home the cursor (`--plain` on a terminal).
-                        print!("\x1b[2J\x1b[H");
-                    } else if !first {
-                        // A log or a pipe: samples one after the other, a blank line between.
-                        println!();
-                    }
-                }
-                print_text(&rows);
+                let before = match (args.once, terminal, first) {
+                    (true, ..) => "",
+                    // Clear the screen and home the cursor (`--plain` on a terminal).
+                    (false, true, _) => "\x1b[2J\x1b[H",
+                    // A log or a pipe: samples one after the other, a blank line between.
+                    (false, false, false) => "\n",
+                    (false, false, true) => "",
+                };
+                before.to_owned() + &text(&rows)
             }
+        };
+        // The reader went away (`| head`): done.
+        if !output::to_stdout(&out).context("writing to stdout")? {
+            return Ok(());
         }
         if args.once {
             return Ok(());
