@@ -248,13 +248,8 @@ fn hotspots(o: &mut Obj, hotspots: &[HotStack], flamegraph: Option<&std::path::P
 /// The stacks of a kill sent before they were published: the kill's identity (the same keys
 /// as its event, `memtrace.seq` first) and its hotspots.
 pub fn kill_stacks(k: &KillStacks, host: &str) -> Value {
-    let mut o = Obj::event(
-        k.time,
-        "INFO",
-        name::OOM_KILL_STACKS,
-        text::kill_stacks_body(k),
-        host,
-    );
+    let body = text::kill_stacks_body(k);
+    let mut o = Obj::event(k.time, "INFO", name::OOM_KILL_STACKS, body, host);
     o.put("memtrace.seq", k.kill_seq)
         .put("memtrace.kill.timestamp", clock::rfc3339(k.kill_time))
         .put("process.pid", k.pid)
@@ -324,13 +319,8 @@ pub fn stall(s: &OomStall, host: &str) -> Value {
 
 /// A pre-OOM warning as a JSON line.
 pub fn warning(w: &PreOomWarning, host: &str) -> Value {
-    let mut o = Obj::event(
-        w.time,
-        "WARN",
-        name::PRE_OOM_WARNING,
-        text::warning_summary(w),
-        host,
-    );
+    let body = text::warning_summary(w);
+    let mut o = Obj::event(w.time, "WARN", name::PRE_OOM_WARNING, body, host);
     o.put("memtrace.cgroup.path", w.cgroup.clone())
         .put("memtrace.warning.reason", w.reason.as_str())
         .put("memtrace.warning.usage_bytes", w.usage_bytes)

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::human_bytes;
 use crate::{
     cgroup::oom_stall::OomStall,
+    charges::stacks::HotStack,
     charges::warnings::{PreOomWarning, Reason},
     enrich::attribution::Attribution,
     enrich::episodes::EpisodeSummary,
@@ -112,14 +113,7 @@ pub fn event(k: &OomKill, emit_delay_ns: u64) -> String {
     let _ = write!(s, " | {} +{:.1}ms", k.hook.name(), emit_delay_ns as f64 / 1e6);
     let _ = write!(s, "\n    why: {}", k.verdict.summary);
     if let Some(h) = k.hotspots.first() {
-        let _ = write!(
-            s,
-            "\n    top charger before the kill: {} ({}) in {} ({} samples)",
-            h.comm,
-            h.pid,
-            h.top_user_frame(),
-            h.count
-        );
+        let _ = write!(s, "\n    top charger before the kill: {}", charger(h));
     }
     if k.victim_exiting {
         let _ = write!(s, " (victim was already exiting: marked, not killed)");
@@ -161,33 +155,34 @@ fn memory(s: &mut String, k: &OomKill) {
 /// The first sentence of a kill event: `OOM kill: pid N (comm) in cgroup X`.
 pub fn kill_body(k: &OomKill) -> String {
     let path = k.cgroup.as_ref().and_then(|c| c.path.as_deref());
-    format!(
-        "OOM kill: pid {} ({}) in cgroup {}",
-        k.pid,
-        k.comm.as_deref().unwrap_or("?"),
-        path.unwrap_or("?")
-    )
+    format!("OOM kill: {}", victim(k.pid, k.comm.as_deref(), path))
 }
 
 /// The stacks sent after a kill, in one sentence: the kill and its top charger.
 pub fn kill_stacks_body(k: &KillStacks) -> String {
-    let mut s = format!(
-        "charging stacks of the OOM kill of pid {} ({}) in cgroup {}",
-        k.pid,
-        k.comm.as_deref().unwrap_or("?"),
-        k.cgroup.as_deref().unwrap_or("?")
-    );
+    let who = victim(k.pid, k.comm.as_deref(), k.cgroup.as_deref());
+    let mut s = format!("charging stacks of the OOM kill of {who}");
     if let Some(h) = k.hotspots.first() {
-        let _ = write!(
-            s,
-            ": top charger {} ({}) in {} ({} samples)",
-            h.comm,
-            h.pid,
-            h.top_user_frame(),
-            h.count
-        );
+        let _ = write!(s, ": top charger {}", charger(h));
     }
     s
+}
+
+/// `pid N (comm) in cgroup X`, `?` for what is not known.
+fn victim(pid: u32, comm: Option<&str>, cgroup: Option<&str>) -> String {
+    let (comm, cgroup) = (comm.unwrap_or("?"), cgroup.unwrap_or("?"));
+    format!("pid {pid} ({comm}) in cgroup {cgroup}")
+}
+
+/// A charging stack in a few words: `comm (pid) in frame (N samples)`.
+fn charger(h: &HotStack) -> String {
+    format!(
+        "{} ({}) in {} ({} samples)",
+        h.comm,
+        h.pid,
+        h.top_user_frame(),
+        h.count
+    )
 }
 
 /// An ended OOM episode in one sentence.
@@ -214,5 +209,48 @@ pub fn stall_body(s: &OomStall) -> String {
             s.cgroup,
             d.as_secs_f64()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_bodies_name_the_victim_and_its_top_charger() {
+        let kill = crate::sinks::tests::kill();
+        let comm = kill.comm.clone().unwrap_or_default();
+        assert!(
+            kill_body(&kill).starts_with(&format!("OOM kill: pid {} ({comm}) in cgroup ", kill.pid)),
+            "{}",
+            kill_body(&kill)
+        );
+        let mut k = KillStacks {
+            time: kill.time,
+            kill_seq: 1,
+            kill_time: kill.time,
+            pid: 42,
+            comm: None,
+            cgroup: Some("/a".into()),
+            hotspots: vec![],
+            flamegraph: None,
+        };
+        assert_eq!(
+            kill_stacks_body(&k),
+            "charging stacks of the OOM kill of pid 42 (?) in cgroup /a"
+        );
+        k.hotspots = vec![HotStack {
+            count: 3,
+            cgroup_id: 7,
+            pid: 42,
+            comm: "grow".into(),
+            user: vec![],
+            kernel: vec![],
+            pids: 1,
+        }];
+        assert_eq!(
+            kill_stacks_body(&k),
+            "charging stacks of the OOM kill of pid 42 (?) in cgroup /a: top charger grow (42) in ? (3 samples)"
+        );
     }
 }
