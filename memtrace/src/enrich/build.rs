@@ -231,7 +231,7 @@ impl Builder<'_> {
                 cgroup,
                 usage_bytes: m.usage_pages.saturating_mul(page),
                 limit_bytes: m.limit_pages.saturating_mul(page),
-                limit: LimitKind::from(m.counter),
+                limit: m.limit,
                 depth: m.depth,
             });
         }

@@ -1,32 +1,15 @@
 //! cgroup v1 memory+swap limits: which limit a memcg OOM hit, memory or memory+swap.
 
+pub use crate::kernel::records::LimitKind;
+
 use crate::{
     cgroup::MemoryStats,
     enrich::{
         at_kill::Breakdown,
         kill::{CgroupRef, OomCgroup},
     },
-    kernel::records::{Counter, VictimRecord},
+    kernel::records::VictimRecord,
 };
-
-/// The counter whose limit a memcg OOM hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitKind {
-    /// `memory.max` / v1 `memory.limit_in_bytes`.
-    Memory,
-    /// v1 `memory.memsw.limit_in_bytes`: memory and swap together.
-    MemorySwap,
-}
-
-impl From<Counter> for LimitKind {
-    fn from(c: Counter) -> Self {
-        match c {
-            Counter::Memory => Self::Memory,
-            Counter::MemorySwap => Self::MemorySwap,
-        }
-    }
-}
 
 impl LimitKind {
     /// From the cgroup's files: memory+swap where a memsw limit is set.

@@ -39,12 +39,13 @@ pub struct RssKb {
     pub shmem: u64,
 }
 
-/// Which of a memcg's page counters the in-kernel walk found at its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    /// `mem_cgroup.memory`.
+/// The page counter whose limit a memcg OOM hit (`memtrace.oom_cgroup.limit_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// `mem_cgroup.memory`: `memory.max` / v1 `memory.limit_in_bytes`.
     Memory,
-    /// `mem_cgroup.memsw`: cgroup v1 memory+swap.
+    /// `mem_cgroup.memsw`: v1 `memory.memsw.limit_in_bytes`, memory and swap together.
     MemorySwap,
 }
 
@@ -56,7 +57,8 @@ pub struct OomMemcg {
     pub limit_pages: u64,
     /// Levels above the victim's memcg.
     pub depth: u32,
-    pub counter: Counter,
+    /// The counter the walk found at its limit.
+    pub limit: LimitKind,
 }
 
 /// A memcg's statistics read in the kernel at the kill, in pages, in
@@ -210,10 +212,10 @@ impl TryFrom<&[u8]> for VictimRecord {
             usage_pages: b.get_u64_le(),
             limit_pages: b.get_u64_le(),
             depth: b.get_u32_le(),
-            counter: if has(flags::OOM_MEMCG_MEMSW) {
-                Counter::MemorySwap
+            limit: if has(flags::OOM_MEMCG_MEMSW) {
+                LimitKind::MemorySwap
             } else {
-                Counter::Memory
+                LimitKind::Memory
             },
         };
         let kernel_stack = b.get_i32_le();
@@ -483,7 +485,7 @@ mod tests {
                 usage_pages: 16_380,
                 limit_pages: 16_384,
                 depth: 1,
-                counter: Counter::Memory,
+                limit: LimitKind::Memory,
             })
         );
         assert!(!d.memsw_walked);
@@ -491,7 +493,7 @@ mod tests {
         memsw.flags |= flags::MEMSW_WALKED | flags::OOM_MEMCG_MEMSW;
         let m = VictimRecord::try_from(wire(&memsw).as_slice()).expect("decode");
         assert!(m.memsw_walked);
-        assert_eq!(m.oom_memcg.map(|o| o.counter), Some(Counter::MemorySwap));
+        assert_eq!(m.oom_memcg.map(|o| o.limit), Some(LimitKind::MemorySwap));
         assert!(!d.victim_exiting);
         let stats = d.stats.oom.expect("oom stats");
         assert_eq!(

@@ -3,7 +3,7 @@ use crate::{
     cgroup::StatsError,
     enrich::kill::Snapshot,
     kernel::clock,
-    kernel::records::{Counter, HookSource, OomMemcg, RssKb},
+    kernel::records::{HookSource, LimitKind, OomMemcg, RssKb},
 };
 
 fn record() -> VictimRecord {
@@ -34,7 +34,7 @@ fn record() -> VictimRecord {
             usage_pages: 16_384,
             limit_pages: 16_384,
             depth: 0,
-            counter: Counter::Memory,
+            limit: LimitKind::Memory,
         }),
         memsw_walked: false,
         kernel_stack: None,
@@ -262,7 +262,7 @@ fn a_group_kill_without_context_keeps_its_oom_cgroup() {
         usage_pages: 16_384,
         limit_pages: 16_384,
         depth: 0,
-        counter: Counter::Memory,
+        limit: LimitKind::Memory,
     };
     let oom_of = |k: &OomKill| k.oom_cgroup.as_ref().map(|o| (o.cgroup.path.clone(), o.depth));
     let first = e.enrich(victim("grp", 10, 0, Some(walked))).kill;
