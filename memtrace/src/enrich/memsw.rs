@@ -37,16 +37,14 @@ impl LimitKind {
 /// swap figure is a per-CPU batched statistic (up to MEMCG_CHARGE_BATCH pages per CPU behind).
 const MEMSW_SLACK_BYTES: u64 = 1 << 20;
 
-/// The fallback for a record whose in-kernel walk did not read the memsw counters
-/// (`VictimRecord::memsw_walked`): the swap statistic lags (rstat) and is freed with the victim,
-/// so where the walk read them, its answer stands.
-/// cgroup v1 memory+swap: `try_charge_memcg` charges `memory.memsw` before `memory`
-/// (mm/memcontrol.c), so when memory plus swap read at the kill was at the memsw limit, that
-/// is the limit the failed charge hit. The in-kernel walk looks at the memory counter only: a
-/// cgroup whose memory was below its limit while swap filled the rest was not found at all,
-/// and the kill looked global. Judged on the OOM cgroup (or, when the walk found none, the
-/// victim's own cgroup) with numbers from the kill; an ancestor's memsw limit is
-/// [`ancestor_memsw`]'s.
+/// cgroup v1 memory+swap, for a record whose in-kernel walk did not read the memsw counters
+/// (`VictimRecord::memsw_walked`; where it did, its answer stands). `try_charge_memcg` charges
+/// `memory.memsw` before `memory` (mm/memcontrol.c), so when memory plus swap at the kill was
+/// at the memsw limit, that is the limit the failed charge hit; a cgroup whose memory was below
+/// its limit while swap filled the rest is not found by a memory-only walk at all, and the kill
+/// looked global. A guess: the swap figure is a statistic that lags (rstat) and is freed with
+/// the victim. Judged on the OOM cgroup (or, when the walk found none, the victim's own cgroup)
+/// with numbers from the kill; an ancestor's memsw limit is [`ancestor_memsw`]'s.
 /// Not when the kernel itself named no memcg (a global OOM it decided).
 pub fn memsw_limit_hit(
     oom: &mut Option<OomCgroup>,
