@@ -178,7 +178,13 @@ fn storm_across_cgroups_created_and_removed() {
         assert!(ev.get("memtrace.victim.exiting").is_none(), "{ev}");
         assert_eq!(ev["memtrace.constraint"], "memcg", "{ev}");
         let pid = ev["process.pid"].as_u64().expect("pid") as u32;
-        let path = ev["memtrace.cgroup.path"].as_str().expect("path").to_owned();
+        let path = ev["memtrace.cgroup.path"].as_str().map(str::to_owned);
+        let path = path.unwrap_or_else(|| {
+            panic!(
+                "a kill without its cgroup path: {ev}\nmemtrace said: {:#?}",
+                w.stderr_lines
+            )
+        });
         assert!(seen.insert(pid, path).is_none(), "pid {pid} reported twice");
     }
     assert_eq!(seen, want);

@@ -411,6 +411,19 @@ impl Enricher {
 
     /// Hotspots, episode and flame graph: from memory, on the event loop.
     fn finish(&mut self, mut kill: OomKill) -> Enriched {
+        // Said, not hidden: the event carries the id alone.
+        if let Some(c) = kill
+            .cgroup
+            .as_ref()
+            .filter(|c| c.path.is_none() && c.id.is_some())
+        {
+            log::warn!(
+                "kill {}: no path for its cgroup id {:?} (not learnt from cgroup_mkdir, not found by a walk{})",
+                kill.seq,
+                c.id,
+                if kill.late { "; sent late" } else { "" }
+            );
+        }
         let graph = |dir: &std::path::Path| flamegraph::kill_path(dir, kill.seq, kill.pid);
         let graph_path = self.opts.flamegraph_dir.as_deref().map(graph);
         if let (Some(cw), Some(paths)) = (self.charges.as_ref(), self.paths.as_ref()) {
