@@ -411,16 +411,15 @@ impl Enricher {
 
     /// Hotspots, episode and flame graph: from memory, on the event loop.
     fn finish(&mut self, mut kill: OomKill) -> Enriched {
-        // Said, not hidden: the event carries the id alone.
-        if let Some(c) = kill
-            .cgroup
-            .as_ref()
-            .filter(|c| c.path.is_none() && c.id.is_some())
-        {
+        // Said, not hidden: the event goes out without a path.
+        let cgroup = kill.cgroup.as_ref();
+        if cgroup.is_none_or(|c| c.path.is_none()) {
             log::warn!(
-                "kill {}: no path for its cgroup id {:?} (not learnt from cgroup_mkdir, not found by a walk{})",
+                "kill {} (pid {}): no path for its cgroup (id {:?}, {:?}): not learnt from cgroup_mkdir, not found by a walk or in /proc{}",
                 kill.seq,
-                c.id,
+                kill.pid,
+                cgroup.and_then(|c| c.id),
+                cgroup.map(|c| c.source),
                 if kill.late { "; sent late" } else { "" }
             );
         }
