@@ -14,8 +14,8 @@ use memtrace_common::{
 #[map]
 pub static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// The kernel stack of each OOM kill (`OomVictimRecord::kernel_stack`), read and deleted by
-/// userspace as it decodes the record. Kills are serialised by oom_lock: few at once.
+/// The kernel stack of each OOM kill (`OomVictimRecord::kernel_stack`), read (never deleted:
+/// kills with the same stack share an id) by userspace as it decodes the record.
 #[map]
 pub static OOM_STACKS: StackTrace = StackTrace::with_max_entries(256, 0);
 /// Non-zero when userspace reads `OOM_STACKS` (oom_kill_process not hooked): the stack walk

@@ -138,8 +138,8 @@ fn start_record<C: StackIdContext>(
         rec.flags |= flags::HAS_TRIGGER_MEMCG;
     }
     // The kernel stack of the OOM, for userspace to tell a memcg OOM from a global one where
-    // oom_kill_process cannot be hooked. REUSE: a bucket collision replaces an older kill's
-    // stack (read already) rather than losing this one.
+    // oom_kill_process cannot be hooked. REUSE: a bucket collision replaces an older, other
+    // stack (most likely read already) rather than losing this one.
     if OOM_STACKS_WANTED.get(0).is_some_and(|w| *w != 0) {
         rec.kernel_stack = ctx
             .get_stackid(&OOM_STACKS, u64::from(BPF_F_REUSE_STACKID))

@@ -120,7 +120,11 @@ impl OomPathRanges {
     }
 }
 
-/// Reads each kill's stack out of `OOM_STACKS` (then deletes it) and classifies it.
+/// Reads each kill's stack out of `OOM_STACKS` and classifies it. A stack is never deleted:
+/// kills with the same kernel stack (a storm in one code path) share its id, and deleting it
+/// after the first lost it for the others still queued (one storm on this host: every kill
+/// after the first without its call path). The map is a cache keyed by the stack's hash; a
+/// bucket is only replaced by a different stack of the same hash (`BPF_F_REUSE_STACKID`).
 pub struct CallPaths {
     stacks: StackTraceMap<MapData>,
     ranges: OomPathRanges,
@@ -131,19 +135,16 @@ impl CallPaths {
         Self { stacks, ranges }
     }
 
-    /// The call path of the stack `id`; `None` if it is gone (replaced by a later kill's in a
-    /// full map) or names neither side.
-    pub fn of(&mut self, id: u32) -> Option<OomCallPath> {
+    /// The call path of the stack `id`; `None` if it cannot be read or names neither side.
+    pub fn of(&self, id: u32) -> Option<OomCallPath> {
         let stack = match self.stacks.get(&id, 0) {
             Ok(s) => s,
             Err(e) => {
-                log::debug!("OOM stack {id}: {e}");
+                log::warn!("OOM kernel stack {id}: {e}: this kill's constraint comes from the page counters");
                 return None;
             }
         };
-        let path = self.ranges.classify(stack.frames().iter().map(|f| f.ip));
-        let _ = self.stacks.remove(&id);
-        path
+        self.ranges.classify(stack.frames().iter().map(|f| f.ip))
     }
 }
 

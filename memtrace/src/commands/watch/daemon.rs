@@ -109,7 +109,7 @@ impl Daemon {
         for r in records {
             match r {
                 OomRecord::Victim(mut v) => {
-                    if let (Some(c), Some(id)) = (self.call_paths.as_mut(), v.kernel_stack) {
+                    if let (Some(c), Some(id)) = (self.call_paths.as_ref(), v.kernel_stack) {
                         v.call_path = c.of(id);
                     }
                     self.route_oldest(&mut reading, READS_AT_ONCE - 1).await;
