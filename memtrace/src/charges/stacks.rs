@@ -103,6 +103,17 @@ impl HotStack {
         }
     }
 
+    /// The addresses of its user frames if none is named (`resolve_kernel_only`, or a
+    /// lookup that named nothing): what a later lookup may name.
+    pub fn unnamed_user(&self) -> Option<Vec<u64>> {
+        let addrs: Option<Vec<u64>> = self
+            .user
+            .iter()
+            .map(|f| f.strip_prefix("0x").and_then(|h| u64::from_str_radix(h, 16).ok()))
+            .collect();
+        addrs.filter(|a| !a.is_empty())
+    }
+
     /// `comm;user outermost..innermost;kernel outermost..innermost count`.
     pub fn folded(&self) -> String {
         let mut parts = vec![self.comm.replace(';', "_")];
@@ -135,6 +146,29 @@ mod tests {
         };
         assert_eq!(h.folded(), "a_b;main;inner;handle_mm_fault_[k];try_charge_[k] 7");
         assert_eq!(h.top_user_frame(), "inner");
+    }
+
+    #[test]
+    fn only_a_stack_with_no_user_frame_named_is_unnamed() {
+        let h = |user: &[&str]| HotStack {
+            count: 1,
+            cgroup_id: 1,
+            pid: 2,
+            comm: "a".into(),
+            user: user.iter().map(|f| (*f).into()).collect(),
+            kernel: vec![],
+            pids: 1,
+        };
+        assert_eq!(
+            h(&["0x5649285de491", "0x7f76"]).unnamed_user(),
+            Some(vec![0x5649285de491, 0x7f76])
+        );
+        assert_eq!(
+            h(&["0x5649285de491", "main"]).unnamed_user(),
+            None,
+            "partly named"
+        );
+        assert_eq!(h(&[]).unnamed_user(), None, "no user stack");
     }
 
     #[test]

@@ -150,14 +150,14 @@ impl Worker {
             .filter_map(|r| Some((r.cgroup_id, r.headroom_pct?)))
             .collect();
         // A kill's cgroup has room again once its victim is gone, but its stacks are the ones
-        // the kill's later update asks for.
-        // A kill's cgroup has room again once its victim is gone, but its stacks are the ones
         // the kill's later stacks ask for. (A poll begun before the kill may have drained
         // before its last samples: the one after it names and sends them.)
+        let mut waited_for = vec![];
         if let Ok(l) = self.later.lock() {
             for w in l.waiting.iter().filter(|w| w.after < number) {
                 for id in &w.scope.ids {
                     self.headroom.insert(*id, 0.0);
+                    waited_for.push(*id);
                 }
             }
         }
@@ -181,6 +181,7 @@ impl Worker {
         self.warn(&rows);
         let publish = Instant::now();
         self.publish_stacks(symbols);
+        self.name_published(symbols, &waited_for);
         self.send_later_stacks(number);
         log::debug!(
             "charge poll: {} cgroups charging, {} active, {} samples, {:?} (maps {read:?}, \
@@ -257,11 +258,54 @@ impl Worker {
             self.headroom.insert(*id, 0.0);
         }
         self.publish_stacks(symbols);
+        self.name_published(symbols, urgent);
         log::debug!(
             "charge flush for a kill in cgroups {urgent:?}: {} samples, {:?}",
             self.monitor.latest().len(),
             t0.elapsed()
         );
+    }
+
+    /// Stacks of `cgroups` (kills') that an earlier poll published as addresses (their
+    /// cgroup was not near its limit then, or had no reading yet), named now that a kill asks
+    /// for them (its flush, or the poll that sends its later stacks), within the time budget. In a 7.2 guest a huge-page filler's whole stack (127
+    /// samples) was drained by the poll before its kill and went out as addresses. This thread
+    /// alone writes the window, so the rows named are still there to replace.
+    fn name_published(&mut self, symbols: &mut Symbols, cgroups: &[u64]) {
+        if cgroups.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let unnamed: Vec<(usize, usize, u32, Vec<u64>)> = match self.window.lock() {
+            Ok(w) => w
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, stacks))| stacks.iter().enumerate().map(move |(j, h)| (i, j, h)))
+                .filter(|(_, _, h)| cgroups.contains(&h.cgroup_id))
+                .filter_map(|(i, j, h)| Some((i, j, h.pid, h.unnamed_user()?)))
+                .collect(),
+            Err(_) => return,
+        };
+        let mut named = Vec::with_capacity(unnamed.len());
+        for (i, j, pid, addrs) in unnamed {
+            if started.elapsed() >= SYMBOLIZE_BUDGET || self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            named.push((i, j, symbols.user(pid, &addrs)));
+        }
+        if !named.is_empty() {
+            log::debug!(
+                "{} stacks of cgroups {cgroups:?} published as addresses, named for a kill",
+                named.len()
+            );
+        }
+        if let Ok(mut w) = self.window.lock() {
+            for (i, j, frames) in named {
+                if let Some(h) = w.get_mut(i).and_then(|(_, stacks)| stacks.get_mut(j)) {
+                    h.user = frames;
+                }
+            }
+        }
     }
 
     /// The stacks of the kills that waited for poll `number` (a kill's victim is sampled

@@ -23,6 +23,9 @@ pub struct LaterStacks {
     pub scope: KillScope,
     /// The worker's poll number at the kill: the next one has every sample taken before it.
     pub after: u64,
+    /// The kill carried its victim's stacks, but as addresses (a poll published them before
+    /// their cgroup was near its limit): only named ones are news.
+    pub unnamed: bool,
     /// The update, but for its stacks.
     pub update: KillStacks,
 }
@@ -44,14 +47,18 @@ pub struct KillStacks {
 }
 
 impl LaterStacks {
-    /// What to wait for, if the kill went out without a stack of its victim.
+    /// What to wait for, if the kill went out without a stack of its victim, or with its
+    /// stacks as addresses only.
     pub fn of(kill: &OomKill, scope: KillScope, after: u64, flamegraph: Option<PathBuf>) -> Option<Self> {
-        if kill.hotspots.iter().any(|h| h.pid == kill.pid) {
+        let mut victims = kill.hotspots.iter().filter(|h| h.pid == kill.pid).peekable();
+        let unnamed = victims.peek().is_some();
+        if victims.any(|h| h.unnamed_user().is_none()) {
             return None;
         }
         Some(Self {
             scope,
             after,
+            unnamed,
             update: KillStacks {
                 time: kill.time,
                 kill_seq: kill.seq,
@@ -69,7 +76,8 @@ impl LaterStacks {
     /// victim; `None`: it charged nothing that was sampled, and the kill said all there is.
     pub fn resolve(self, summed: &[HotStack]) -> Option<KillStacks> {
         let hotspots = top_of(summed.to_vec(), self.scope.pid);
-        if !hotspots.iter().any(|h| h.pid == self.scope.pid) {
+        let news = |h: &HotStack| h.pid == self.scope.pid && (!self.unnamed || h.unnamed_user().is_none());
+        if !hotspots.iter().any(news) {
             log::debug!(
                 "kill {}: no stack of pid {} in the poll after it",
                 self.update.kill_seq,
@@ -116,5 +124,31 @@ mod tests {
         assert!(l.update.hotspots.is_empty());
         kill.hotspots.push(stack(kill.pid));
         assert!(LaterStacks::of(&kill, scope, 5, None).is_none());
+    }
+
+    /// A kill whose victim's stacks went out as addresses waits for them named, and only a
+    /// named one is sent.
+    #[test]
+    fn a_kill_with_its_victims_stacks_as_addresses_waits_for_names() {
+        let mut kill = crate::sinks::tests::kill();
+        let scope = KillScope {
+            ids: vec![7],
+            pid: kill.pid,
+        };
+        let unnamed = HotStack {
+            user: vec!["0x5649285de491".into()],
+            ..stack(kill.pid)
+        };
+        kill.hotspots = vec![unnamed.clone()];
+        let l = LaterStacks::of(&kill, scope.clone(), 5, None).expect("waits");
+        assert!(l.unnamed);
+        assert!(l.resolve(std::slice::from_ref(&unnamed)).is_none(), "nothing new");
+        let named = HotStack {
+            user: vec!["memtrace_test_allocate_huge".into()],
+            ..stack(kill.pid)
+        };
+        let l = LaterStacks::of(&kill, scope, 5, None).expect("waits");
+        let u = l.resolve(&[named]).expect("named now");
+        assert_eq!(&*u.hotspots[0].user[0], "memtrace_test_allocate_huge");
     }
 }
