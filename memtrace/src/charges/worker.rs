@@ -268,9 +268,10 @@ impl Worker {
 
     /// Stacks of `cgroups` (kills') that an earlier poll published as addresses (their
     /// cgroup was not near its limit then, or had no reading yet), named now that a kill asks
-    /// for them (its flush, or the poll that sends its later stacks), within the time budget. In a 7.2 guest a huge-page filler's whole stack (127
-    /// samples) was drained by the poll before its kill and went out as addresses. This thread
-    /// alone writes the window, so the rows named are still there to replace.
+    /// for them (its flush, or the poll that sends its later stacks), within the time budget.
+    /// In a 7.2 guest a huge-page filler's whole stack (127 samples) went out as addresses in
+    /// its kill, the flush having no new sample to name. This thread alone writes the window,
+    /// so the rows named are still there to replace.
     fn name_published(&mut self, symbols: &mut Symbols, cgroups: &[u64]) {
         if cgroups.is_empty() {
             return;
@@ -294,8 +295,12 @@ impl Worker {
             named.push((i, j, symbols.user(pid, &addrs)));
         }
         if !named.is_empty() {
+            let got = named
+                .iter()
+                .filter(|(_, _, frames)| frames.iter().any(|f| !f.starts_with("0x")))
+                .count();
             log::debug!(
-                "{} stacks of cgroups {cgroups:?} published as addresses, named for a kill",
+                "{got} of {} stacks of cgroups {cgroups:?} published as addresses named for a kill",
                 named.len()
             );
         }
