@@ -29,6 +29,17 @@ pub struct Exit {
 }
 
 impl Watcher {
+    /// The `memtrace.constraint_source` every kill must carry: the OOM killer's own decision
+    /// where oom_kill_process is hooked (its attach line says so), else the kernel's call
+    /// stack at the kill; never the page counters' guess.
+    pub fn certain_constraint_source(&self) -> &'static str {
+        if self.stderr_lines.iter().any(|l| l.contains("oom_context via")) {
+            "kernel"
+        } else {
+            "call_path"
+        }
+    }
+
     /// Starts memtrace with `extra` arguments after `watch --output json`.
     pub fn start(extra: &[&str]) -> Self {
         Self::spawn(Self::command(extra))

@@ -66,9 +66,8 @@ fn missing_btf_falls_back_to_the_tracepoint() {
     // No memcg data from BTF; the kernel's call stack at the kill (kallsyms, no BTF needed)
     // still says memcg, never a made-up "global". Without it the answer is "unknown" (the
     // diagnosis unit tests).
-    let context = w.stderr_lines.iter().any(|l| l.contains("oom_context via"));
     assert_eq!(ev["memtrace.constraint"], "memcg", "{ev}");
-    let source = if context { "kernel" } else { "call_path" };
+    let source = w.certain_constraint_source();
     assert_eq!(ev["memtrace.constraint_source"], source, "{ev}");
     let verdict = ev["memtrace.verdict"].as_str().unwrap_or_default();
     assert!(verdict.starts_with("memcg OOM"), "{verdict}");

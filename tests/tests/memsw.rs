@@ -84,8 +84,7 @@ fn a_memsw_limit_oom_names_the_memsw_limit() {
     assert_eq!(ev["memtrace.constraint"], "memcg", "{ev:#}");
     // Certain, not the page counters' guess: the OOM killer's own decision where
     // oom_kill_process is hooked, else the kernel's call stack at the kill.
-    let context = w.stderr_lines.iter().any(|l| l.contains("oom_context via"));
-    let source = if context { "kernel" } else { "call_path" };
+    let source = w.certain_constraint_source();
     assert_eq!(ev["memtrace.constraint_source"], source, "{ev:#}");
     assert_eq!(ev["memtrace.oom_cgroup.path"], cg.rel.as_str(), "{ev:#}");
     assert_eq!(ev["memtrace.oom_cgroup.limit_kind"], "memory_swap", "{ev:#}");

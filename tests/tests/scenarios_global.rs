@@ -62,8 +62,7 @@ fn global_oom_bystander_then_grower() {
         eprintln!("event: {ev}");
         assert_eq!(ev["memtrace.cgroup.path"], cg.rel.as_str(), "{ev}");
         assert_eq!(ev["memtrace.constraint"], "global", "{ev}");
-        let context = w.stderr_lines.iter().any(|l| l.contains("oom_context via"));
-        let source = if context { "kernel" } else { "call_path" };
+        let source = w.certain_constraint_source();
         assert_eq!(ev["memtrace.constraint_source"], source, "{ev}");
         assert!(ev.get("memtrace.oom_cgroup.path").is_none(), "{ev}");
         if bystander_kill {

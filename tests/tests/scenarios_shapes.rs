@@ -178,8 +178,7 @@ fn storm_across_cgroups_created_and_removed() {
         assert!(ev.get("memtrace.victim.exiting").is_none(), "{ev}");
         assert_eq!(ev["memtrace.constraint"], "memcg", "{ev}");
         // Kills with the same kernel stack share its id in OOM_STACKS: each must still be read.
-        let context = w.stderr_lines.iter().any(|l| l.contains("oom_context via"));
-        let source = if context { "kernel" } else { "call_path" };
+        let source = w.certain_constraint_source();
         assert_eq!(ev["memtrace.constraint_source"], source, "{ev}");
         let pid = ev["process.pid"].as_u64().expect("pid") as u32;
         let path = ev["memtrace.cgroup.path"].as_str().map(str::to_owned);
