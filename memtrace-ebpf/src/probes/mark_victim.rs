@@ -346,6 +346,35 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         }
     }
     let comm = tp_off!(comm);
+    fill_from_tp_fields(rec, base, comm);
+    let task = task_at_hand(rec);
+    // Without BTF (no offsets) the task gives nothing: the record's own fields stand alone,
+    // without a READ_ERROR for reads that were never possible.
+    if let Some(task) = task
+        && off!(task_pid) != ABSENT
+    {
+        if comm == ABSENT {
+            // A pid-only record (5.10): the task at hand gives everything else too.
+            ok &= fill_from_task(rec, task, None);
+        } else {
+            rec.victim_tgid = rec.trigger_tgid;
+            rec.flags |= flags::HAS_VICTIM_TGID;
+            ok &= fill_memcg(rec, task);
+            mark_if_exiting(rec, task);
+        }
+    }
+    if !ok {
+        read_failed(ctx, rec);
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// The fields the `oom:mark_victim` record carries beyond the pid (where the kernel's record
+/// has them; a pid-only record leaves their offsets ABSENT and these reads fail).
+/// `comm`: the comm field's offset.
+#[inline(always)]
+fn fill_from_tp_fields(rec: &mut OomVictimRecord, base: *const u8, comm: u32) {
     // __data_loc: the low 16 bits are the string's offset in the record.
     if comm != ABSENT
         && let Ok(loc) = read::<u32>(base, comm)
@@ -380,12 +409,17 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         rec.oom_score_adj = i32::from(adj);
         rec.flags |= flags::HAS_OOM_SCORE_ADJ;
     }
-    // The record names the victim by pid (a thread id) only. When the victim is in the current
-    // thread group (an allocator killed by its own charge, whichever of its threads charged),
-    // its task_struct is at hand: the current task, or the group leader, which is what the OOM
-    // killer picks in a process whose allocating thread is another one (a JVM, a Go runtime).
+}
+
+/// The victim's task_struct, where it is at hand. The record names the victim by pid (a thread
+/// id) only. When the victim is in the current thread group (an allocator killed by its own
+/// charge, whichever of its threads charged), it is the current task, or the group leader,
+/// which is what the OOM killer picks in a process whose allocating thread is another one (a
+/// JVM, a Go runtime).
+#[inline(always)]
+fn task_at_hand(rec: &OomVictimRecord) -> Option<*const u8> {
     let current = unsafe { bpf_get_current_task() } as *const u8;
-    let task = if rec.victim_pid == rec.trigger_pid {
+    if rec.victim_pid == rec.trigger_pid {
         Some(current)
     } else if rec.victim_pid == rec.trigger_tgid {
         read::<*const u8>(current, off!(task_group_leader))
@@ -393,25 +427,5 @@ fn try_oom_victim_tp(ctx: &TracePointContext) -> Result<u32, u32> {
             .filter(|t| !t.is_null())
     } else {
         None
-    };
-    // Without BTF (no offsets) the task gives nothing: the record's own fields stand alone,
-    // without a READ_ERROR for reads that were never possible.
-    if let Some(task) = task
-        && off!(task_pid) != ABSENT
-    {
-        if comm == ABSENT {
-            // A pid-only record (5.10): the task at hand gives everything else too.
-            ok &= fill_from_task(rec, task, None);
-        } else {
-            rec.victim_tgid = rec.trigger_tgid;
-            rec.flags |= flags::HAS_VICTIM_TGID;
-            ok &= fill_memcg(rec, task);
-            mark_if_exiting(rec, task);
-        }
     }
-    if !ok {
-        read_failed(ctx, rec);
-    }
-    entry.submit(0);
-    Ok(0)
 }

@@ -133,6 +133,42 @@ struct Worker {
 }
 
 impl Worker {
+    /// The worker thread: a poll each `interval`, and a flush whenever a kill asks for one.
+    /// Returns when the `ChargeWatch` drops its end of `asked`.
+    fn run(mut self, asked: &std::sync::mpsc::Receiver<Ask>, interval: Duration) {
+        // blazesym's symbolizer is not Send: it lives on this thread.
+        let mut symbols = Symbols::new();
+        let mut next = Instant::now();
+        // One wake-up per poll: a 50 ms nap loop cost more at rest than some polls.
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                self.poll(&mut symbols);
+                // A poll that overran its interval does not queue up polls behind it.
+                next = (next + interval).max(Instant::now());
+                continue;
+            }
+            match asked.recv_timeout(next - now) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(Ask::Flush { mut cgroups, done }) => {
+                    // Kills that came together share one flush.
+                    let mut dones = vec![done];
+                    while let Ok(Ask::Flush { cgroups: more, done }) = asked.try_recv() {
+                        cgroups.extend(more);
+                        dones.push(done);
+                    }
+                    cgroups.sort_unstable();
+                    cgroups.dedup();
+                    self.flush(&mut symbols, &cgroups);
+                    for d in dones {
+                        let _ = d.send(());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
     fn poll(&mut self, symbols: &mut Symbols) {
         let t0 = Instant::now();
         let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
@@ -426,7 +462,7 @@ impl ChargeWatch {
         let begun = Arc::new(AtomicU64::new(0));
         let later = Arc::new(Mutex::new(Later::default()));
         let keep = window + interval;
-        let mut worker = Worker {
+        let worker = Worker {
             maps,
             // Only the latest poll's samples: the window kept is of symbolized stacks.
             monitor: ChargeMonitor::new(Duration::ZERO),
@@ -450,39 +486,7 @@ impl ChargeWatch {
         };
         let thread = std::thread::Builder::new()
             .name("memtrace-charges".into())
-            .spawn(move || {
-                // blazesym's symbolizer is not Send: it lives on this thread.
-                let mut symbols = Symbols::new();
-                let mut next = Instant::now();
-                // One wake-up per poll: a 50 ms nap loop cost more at rest than some polls.
-                loop {
-                    let now = Instant::now();
-                    if now >= next {
-                        worker.poll(&mut symbols);
-                        // A poll that overran its interval does not queue up polls behind it.
-                        next = (next + interval).max(Instant::now());
-                        continue;
-                    }
-                    match asked.recv_timeout(next - now) {
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        Ok(Ask::Flush { mut cgroups, done }) => {
-                            // Kills that came together share one flush.
-                            let mut dones = vec![done];
-                            while let Ok(Ask::Flush { cgroups: more, done }) = asked.try_recv() {
-                                cgroups.extend(more);
-                                dones.push(done);
-                            }
-                            cgroups.sort_unstable();
-                            cgroups.dedup();
-                            worker.flush(&mut symbols, &cgroups);
-                            for d in dones {
-                                let _ = d.send(());
-                            }
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })?;
+            .spawn(move || worker.run(&asked, interval))?;
         let watch = Self {
             window: shared,
             span: window,
