@@ -275,6 +275,15 @@ impl KernelBtf {
                 ABSENT
             })
         };
+        // `field!(task_struct.pid)`: that member's offset, or ABSENT with its name in `missing`.
+        macro_rules! field {
+            ($s:ident . $m:ident) => {
+                get(
+                    concat!(stringify!($s), ".", stringify!($m)),
+                    self.offset(stringify!($s), stringify!($m)),
+                )
+            };
+        }
         let (rss, stride, count) = match self.rss_stat() {
             Some(t) => t,
             None => (ABSENT, ABSENT, ABSENT),
@@ -283,21 +292,15 @@ impl KernelBtf {
         // The memcg pointer is taken to be the css pointer: check that css is at offset 0.
         let css_first = self.offset("mem_cgroup", "css") == Some(0);
         let layout = KernelLayout {
-            task_pid: get("task_struct.pid", self.offset("task_struct", "pid")),
-            task_tgid: get("task_struct.tgid", self.offset("task_struct", "tgid")),
-            task_comm: get("task_struct.comm", self.offset("task_struct", "comm")),
-            task_mm: get("task_struct.mm", self.offset("task_struct", "mm")),
-            task_signal: get("task_struct.signal", self.offset("task_struct", "signal")),
-            task_cgroups: get("task_struct.cgroups", self.offset("task_struct", "cgroups")),
-            signal_oom_score_adj: get(
-                "signal_struct.oom_score_adj",
-                self.offset("signal_struct", "oom_score_adj"),
-            ),
-            mm_total_vm: get("mm_struct.total_vm", self.offset("mm_struct", "total_vm")),
-            mm_pgtables_bytes: get(
-                "mm_struct.pgtables_bytes",
-                self.offset("mm_struct", "pgtables_bytes"),
-            ),
+            task_pid: field!(task_struct.pid),
+            task_tgid: field!(task_struct.tgid),
+            task_comm: field!(task_struct.comm),
+            task_mm: field!(task_struct.mm),
+            task_signal: field!(task_struct.signal),
+            task_cgroups: field!(task_struct.cgroups),
+            signal_oom_score_adj: field!(signal_struct.oom_score_adj),
+            mm_total_vm: field!(mm_struct.total_vm),
+            mm_pgtables_bytes: field!(mm_struct.pgtables_bytes),
             mm_rss_stat: rss,
             mm_rss_stride: stride,
             mm_rss_count: count,
@@ -306,24 +309,21 @@ impl KernelBtf {
             mm_anonpages: self.enum_value("", "MM_ANONPAGES").unwrap_or(1),
             mm_swapents: self.enum_value("", "MM_SWAPENTS").unwrap_or(2),
             mm_shmempages: self.enum_value("", "MM_SHMEMPAGES").unwrap_or(3),
-            cset_subsys: get("css_set.subsys", self.offset("css_set", "subsys")),
+            cset_subsys: field!(css_set.subsys),
             memory_cgrp_id: get(
                 "memory_cgrp_id",
                 self.enum_value("cgroup_subsys_id", "memory_cgrp_id"),
             ),
-            css_cgroup: get(
-                "cgroup_subsys_state.cgroup",
-                self.offset("cgroup_subsys_state", "cgroup"),
-            ),
-            cgroup_kn: get("cgroup.kn", self.offset("cgroup", "kn")),
-            kn_id: get("kernfs_node.id", self.offset("kernfs_node", "id")),
+            css_cgroup: field!(cgroup_subsys_state.cgroup),
+            cgroup_kn: field!(cgroup.kn),
+            kn_id: field!(kernfs_node.id),
             memcg_memory: get(
                 "mem_cgroup.memory",
                 self.offset("mem_cgroup", "memory").filter(|_| css_first),
             ),
-            page_counter_usage: get("page_counter.usage", self.offset("page_counter", "usage")),
-            page_counter_max: get("page_counter.max", self.offset("page_counter", "max")),
-            page_counter_parent: get("page_counter.parent", self.offset("page_counter", "parent")),
+            page_counter_usage: field!(page_counter.usage),
+            page_counter_max: field!(page_counter.max),
+            page_counter_parent: field!(page_counter.parent),
             // v2 keeps its swap-only counter in the same union: not a limit an OOM hits.
             memcg_memsw: if v1 {
                 get(
@@ -333,29 +333,23 @@ impl KernelBtf {
             } else {
                 ABSENT
             },
-            task_flags: get("task_struct.flags", self.offset("task_struct", "flags")),
+            task_flags: field!(task_struct.flags),
             memcg_oom_kills: get(
                 "mem_cgroup.memory_events[MEMCG_OOM_KILL]",
                 self.memcg_oom_kills(v1),
             ),
-            oc_memcg: get("oom_control.memcg", self.offset("oom_control", "memcg")),
-            oc_gfp_mask: get("oom_control.gfp_mask", self.offset("oom_control", "gfp_mask")),
-            oc_order: get("oom_control.order", self.offset("oom_control", "order")),
-            oc_totalpages: get("oom_control.totalpages", self.offset("oom_control", "totalpages")),
-            oc_chosen: get("oom_control.chosen", self.offset("oom_control", "chosen")),
-            oc_chosen_points: get(
-                "oom_control.chosen_points",
-                self.offset("oom_control", "chosen_points"),
-            ),
-            oc_constraint: get("oom_control.constraint", self.offset("oom_control", "constraint")),
-            task_group_leader: get(
-                "task_struct.group_leader",
-                self.offset("task_struct", "group_leader"),
-            ),
-            task_real_cred: get("task_struct.real_cred", self.offset("task_struct", "real_cred")),
-            cred_uid: get("cred.uid", self.offset("cred", "uid")),
-            task_start_time: get("task_struct.start_time", self.offset("task_struct", "start_time")),
-            vmf_flags: get("vm_fault.flags", self.offset("vm_fault", "flags")),
+            oc_memcg: field!(oom_control.memcg),
+            oc_gfp_mask: field!(oom_control.gfp_mask),
+            oc_order: field!(oom_control.order),
+            oc_totalpages: field!(oom_control.totalpages),
+            oc_chosen: field!(oom_control.chosen),
+            oc_chosen_points: field!(oom_control.chosen_points),
+            oc_constraint: field!(oom_control.constraint),
+            task_group_leader: field!(task_struct.group_leader),
+            task_real_cred: field!(task_struct.real_cred),
+            cred_uid: field!(cred.uid),
+            task_start_time: field!(task_struct.start_time),
+            vmf_flags: field!(vm_fault.flags),
         };
         Resolved { layout, missing }
     }
