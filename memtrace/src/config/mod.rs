@@ -189,22 +189,15 @@ impl Config {
             self.metrics.listen = a.to_string();
         }
         if let Some(url) = &args.webhook_url {
-            match &mut self.sinks.webhook {
-                Some(w) => {
-                    w.enabled = true;
-                    w.url = url.clone();
-                }
-                None => self.sinks.webhook = Some(HttpConfig::new(url.clone())),
-            }
+            let w = self.sinks.webhook.get_or_insert_with(|| HttpConfig::new(url));
+            w.enable_at(url);
         }
         if let Some(url) = &args.alertmanager_url {
-            match &mut self.sinks.alertmanager {
-                Some(a) => {
-                    a.enabled = true;
-                    a.url = url.clone();
-                }
-                None => self.sinks.alertmanager = Some(AlertmanagerConfig::new(url.clone())),
-            }
+            let a = self
+                .sinks
+                .alertmanager
+                .get_or_insert_with(|| AlertmanagerConfig::new(url));
+            a.enable_at(url);
         }
         if args.journald {
             self.sinks

@@ -162,6 +162,14 @@ macro_rules! http_sink_config {
             pub queue: usize,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
+
+        impl $name {
+            /// `--webhook-url` and the like: on, at `url`, the rest of the section kept.
+            pub fn enable_at(&mut self, url: &str) {
+                self.enabled = true;
+                self.url = url.to_owned();
+            }
+        }
     };
 }
 
