@@ -37,8 +37,9 @@ pub enum Attach {
 }
 
 /// An attach kind, as `--variant HOOK=KIND` and `memtrace probes` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case", const_into_str)]
 pub enum AttachKind {
     TpBtf,
     RawTp,
@@ -49,21 +50,9 @@ pub enum AttachKind {
 }
 
 impl AttachKind {
+    /// Its name in `--variant`, `memtrace probes` and the JSON (snake_case, as serde writes it).
     pub const fn name(self) -> &'static str {
-        match self {
-            Self::TpBtf => "tp_btf",
-            Self::RawTp => "raw_tp",
-            Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
-            Self::Tracepoint => "tracepoint",
-            Self::PerfEvent => "perf_event",
-        }
-    }
-}
-
-impl std::fmt::Display for AttachKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
+        self.into_str()
     }
 }
 
@@ -128,8 +117,9 @@ pub enum Group {
 }
 
 /// Every kernel hook memtrace knows, by the name `--variant` and `memtrace probes` use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case", const_into_str)]
 pub enum HookId {
     OomVictim,
     OomContext,
@@ -144,25 +134,9 @@ pub enum HookId {
 }
 
 impl HookId {
+    /// Its name in `--variant`, `memtrace probes` and the JSON (snake_case, as serde writes it).
     pub const fn name(self) -> &'static str {
-        match self {
-            Self::OomVictim => "oom_victim",
-            Self::OomContext => "oom_context",
-            Self::CgroupMkdir => "cgroup_mkdir",
-            Self::UserKill => "user_kill",
-            Self::ChargeSample => "charge_sample",
-            Self::Charge => "charge",
-            Self::ReclaimBegin => "reclaim_begin",
-            Self::ReclaimEnd => "reclaim_end",
-            Self::Exec => "exec",
-            Self::ThpFault => "thp_fault",
-        }
-    }
-}
-
-impl std::fmt::Display for HookId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
+        self.into_str()
     }
 }
 
@@ -554,6 +528,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// One name for a hook or a kind everywhere: `--variant`, `memtrace probes`, the JSON.
+    #[test]
+    fn names_are_the_json_names() {
+        let kinds = [
+            AttachKind::TpBtf,
+            AttachKind::RawTp,
+            AttachKind::Fentry,
+            AttachKind::Kprobe,
+            AttachKind::Tracepoint,
+            AttachKind::PerfEvent,
+        ];
+        for k in kinds {
+            assert_eq!(serde_json::json!(k), k.name());
+            assert_eq!(
+                format!("{k:>12}"),
+                format!("{:>12}", k.name()),
+                "padded in tables"
+            );
+        }
+        assert_eq!(AttachKind::TpBtf.name(), "tp_btf");
+        for h in HOOKS {
+            assert_eq!(serde_json::json!(h.id), h.id.name());
+            assert_eq!(h.id.to_string(), h.id.name());
+        }
+        assert_eq!(HookId::CgroupMkdir.name(), "cgroup_mkdir");
     }
 
     #[test]
