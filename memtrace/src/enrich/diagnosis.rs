@@ -404,6 +404,12 @@ mod tests {
         assert_eq!((v.filled_by, v.basis), (FilledBy::PageCache, Basis::PostKill));
     }
 
+    /// What a verdict says of the constraint, and from what.
+    fn decided(f: &Facts) -> (Constraint, ConstraintSource) {
+        let v = verdict(f);
+        (v.constraint, v.constraint_source)
+    }
+
     /// oom_kill_process's decision wins over the page counters both ways, and says so.
     #[test]
     fn the_kernels_decision_wins() {
@@ -413,30 +419,21 @@ mod tests {
             kernel_decision: Some(false),
             ..Facts::default()
         };
+        assert_eq!(decided(&near), (Constraint::Global, ConstraintSource::Kernel));
         let v = verdict(&near);
-        assert_eq!(
-            (v.constraint, v.constraint_source),
-            (Constraint::Global, ConstraintSource::Kernel)
-        );
         assert!(v.summary.starts_with("global OOM"), "{}", v.summary);
-        let v = verdict(&Facts {
+        let counters = Facts {
             kernel_decision: None,
             ..near.clone()
-        });
-        assert_eq!(
-            (v.constraint, v.constraint_source),
-            (Constraint::Memcg, ConstraintSource::Limits)
-        );
-        let v = verdict(&Facts {
+        };
+        assert_eq!(decided(&counters), (Constraint::Memcg, ConstraintSource::Limits));
+        let no_cgroup = Facts {
             oom_cgroup: None,
             kernel_decision: Some(true),
             memcg_unknown: true,
             ..near
-        });
-        assert_eq!(
-            (v.constraint, v.constraint_source),
-            (Constraint::Memcg, ConstraintSource::Kernel)
-        );
+        };
+        assert_eq!(decided(&no_cgroup), (Constraint::Memcg, ConstraintSource::Kernel));
     }
 
     /// The call path at the kill, where oom_kill_process is not hooked: it beats the page
@@ -450,11 +447,8 @@ mod tests {
             call_path_memcg: Some(false),
             ..Facts::default()
         };
+        assert_eq!(decided(&near), (Constraint::Global, ConstraintSource::CallPath));
         let v = verdict(&near);
-        assert_eq!(
-            (v.constraint, v.constraint_source),
-            (Constraint::Global, ConstraintSource::CallPath)
-        );
         assert!(v.summary.starts_with("global OOM"), "{}", v.summary);
         let memsw = Facts {
             oom_cgroup: None,
@@ -463,24 +457,18 @@ mod tests {
             memcg_unknown: true,
             ..near.clone()
         };
+        assert_eq!(decided(&memsw), (Constraint::Memcg, ConstraintSource::CallPath));
         let v = verdict(&memsw);
-        assert_eq!(
-            (v.constraint, v.constraint_source),
-            (Constraint::Memcg, ConstraintSource::CallPath)
-        );
         assert!(
             v.summary.starts_with("memcg OOM (the kernel's call path)"),
             "{}",
             v.summary
         );
-        let v = verdict(&Facts {
+        let kernel = Facts {
             kernel_decision: Some(false),
             ..memsw
-        });
-        assert_eq!(
-            (v.constraint, v.constraint_source),
-            (Constraint::Global, ConstraintSource::Kernel)
-        );
+        };
+        assert_eq!(decided(&kernel), (Constraint::Global, ConstraintSource::Kernel));
     }
 
     #[test]
