@@ -2,7 +2,7 @@
 //! walk of the hierarchy), the post-kill snapshot (about ten cgroup files), the container's
 //! names (OCI and engine JSON), `/proc/meminfo` for the badness score, and the survivors next
 //! in line (`/proc` of every task in the OOM cgroup). Everything it needs is owned ([`Work`]),
-//! so the enricher runs it on the blocking pool within a time budget; without [`Files`] it
+//! so the enricher runs it off the event loop within a time budget; without [`Files`] it
 //! reads nothing and builds what the record and the caches alone say (a late kill).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

@@ -7,8 +7,8 @@
 //! (commands/watch).
 //!
 //! The daemon never waits on the filesystem for longer than a budget per kill
-//! ([`Enricher::start`], [`Enricher::complete`]): the file reads run on tokio's blocking pool,
-//! those of kills that arrive together side by side, and a kill whose reads are not done in
+//! ([`Enricher::start`], [`Enricher::complete`]): the file reads run off the event loop
+//! ([`reader`]), those of kills that arrive together side by side, and a kill whose reads are not done in
 //! time goes out with what the record and the caches say, marked late (`memtrace.enrich.late`)
 //! and counted; what the reads still learn is kept for later kills.
 
@@ -35,6 +35,8 @@ use crate::{
     kernel::records::{OomContext, OomMemcg, VictimRecord},
     output::flamegraph,
 };
+
+use reader::Reader;
 
 /// The default time a kill waits for its file reads.
 pub const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
@@ -94,6 +96,8 @@ pub struct Enricher {
     reading: Arc<AtomicUsize>,
     /// Kills started and not yet completed whose reads run.
     pending: usize,
+    /// Runs the reads.
+    reader: Reader,
 }
 
 impl Pending {
@@ -109,7 +113,7 @@ pub struct Pending {
     /// The kill without its reads, should they be late.
     fallback: Work,
     /// `None`: too many earlier reads are still running; this kill reads nothing.
-    reads: Option<tokio::task::JoinHandle<OomKill>>,
+    reads: Option<reader::Read<OomKill>>,
     /// Hears when the charge worker has published the samples up to this kill; waited for
     /// until `stacks_deadline` at most.
     stacks: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -151,6 +155,7 @@ impl Enricher {
             learned_rx,
             reading: Arc::new(AtomicUsize::new(0)),
             pending: 0,
+            reader: Reader::new(),
         }
     }
 
@@ -251,7 +256,7 @@ impl Enricher {
         self.finish(kill)
     }
 
-    /// The whole kill event of one victim record, its file reads on the blocking pool. Past
+    /// The whole kill event of one victim record, its file reads off the event loop. Past
     /// `budget` the kill is not kept waiting: it is built from the record and the caches alone,
     /// marked late, and what the reads learn is kept when they end.
     pub async fn enrich_within(&mut self, r: VictimRecord, budget: Duration) -> Enriched {
@@ -259,8 +264,8 @@ impl Enricher {
         self.complete(p).await
     }
 
-    /// Takes a kill as far as the record and the caches go, and starts its file reads on the
-    /// blocking pool, due `budget` from now. Kills that arrive together have their reads run
+    /// Takes a kill as far as the record and the caches go, and starts its file reads off the
+    /// event loop ([`Reader`]), due `budget` from now. Kills that arrive together have their reads run
     /// side by side: [`Self::complete`] them in the order they were started (contexts, group
     /// kills and episodes are taken in the kernel's order), and a batch waits for its slowest
     /// read, not for the sum of them.
@@ -298,7 +303,7 @@ impl Enricher {
         self.reading.fetch_add(1, Ordering::Relaxed);
         self.pending += 1;
         let reading = Reading(Arc::clone(&self.reading));
-        let reads = tokio::task::spawn_blocking(move || {
+        let reads = self.reader.run(move || {
             let _reading = reading;
             let (kill, learned) = build::build(work, Some(&files));
             let _ = tx.send(learned);
@@ -318,15 +323,18 @@ impl Enricher {
         let Some(reads) = p.reads else {
             return self.late(p.fallback);
         };
-        let done = tokio::time::timeout_at(p.deadline, reads).await;
+        let done = reads.by(p.deadline).await;
         self.pending = self.pending.saturating_sub(1);
         let kill = match done {
-            Ok(Ok(kill)) => kill,
-            Ok(Err(e)) => {
-                log::error!("reading the files of kill {}: {e}", p.fallback.seq);
+            Some(Some(kill)) => kill,
+            Some(None) => {
+                log::error!(
+                    "reading the files of kill {}: the read failed (panicked)",
+                    p.fallback.seq
+                );
                 return self.late(p.fallback);
             }
-            Err(_) => return self.late(p.fallback),
+            None => return self.late(p.fallback),
         };
         if let Some(stacks) = p.stacks
             && tokio::time::timeout_at(p.stacks_deadline, stacks).await.is_err()
@@ -487,5 +495,6 @@ fn depth_below(outer: &str, inner: &str) -> Option<u32> {
     inside.then(|| u32::try_from(parts(inner) - parts(outer)).unwrap_or(u32::MAX))
 }
 
+mod reader;
 #[cfg(test)]
 mod tests;
