@@ -1,19 +1,20 @@
-//! Where a kill's file reads run: off the event loop, and without waking another CPU when one
-//! kill comes alone.
+//! Where a kill's file reads run: off the event loop and, when a kill comes alone to a quiet
+//! machine, without waking another CPU.
 //!
-//! A lone kill's reads go to a thread of memtrace's own, first moved to the CPU the event loop
-//! runs on, and the event loop yields that CPU to it (for [`YIELD_FOR`] at most) instead of
-//! sleeping: neither hand-off, the job nor its result, then wakes a thread on an idle CPU.
-//! A read that overruns that time means busy CPUs (a storm): the thread is let go to any CPU,
-//! and for [`BACK_OFF`] every read goes to the blocking pool (pinned, the reads of a storm
-//! benchmark queued behind its allocators: 1,153 of 8,570 kills went out late, without
-//! their cgroup). On
-//! this project's machines (VMs of 2 vCPUs) such a wake-up took 0.5 to 3 ms. With the reads on
-//! tokio's blocking pool, the median kill event of an idle host came 3 to 5 times later than
-//! with the reads done on the event loop; moving the thread alone halved that; with the yield
-//! too, the median is back to within 0.05 ms of it (`cargo xtask bench latency`, BENCHMARKS.md
-//! §2). Kills that come together (a storm), and any kill while that thread is still busy (a
-//! hung read), read on the blocking pool, side by side on every CPU.
+//! Why: on this project's machines (VMs of 2 vCPUs), waking a thread on an idle vCPU took 0.5
+//! to 3 ms. Reads handed to tokio's blocking pool cost two such wake-ups (the job, then its
+//! result). The idle host's median kill event then came 3 to 5 times later than with the reads
+//! done on the event loop, as before the pipeline (`cargo xtask bench latency`, BENCHMARKS.md).
+//!
+//! How: a lone kill's reads go to a thread of memtrace's own. It is first moved to the CPU the
+//! event loop runs on, and the event loop yields that CPU to it, for [`YIELD_FOR`] at most,
+//! instead of sleeping; neither hand-off then wakes anything. This happens only while some CPU
+//! idles (no more runnable tasks than CPUs), and not for [`BACK_OFF`] after a read that took
+//! longer than the yield. On busy CPUs a yield waits behind every other task of this CPU, and a
+//! read kept here queues behind them: a storm benchmark without these two rules had an emit
+//! delay p50 of 20 to 23 ms against 4 to 5 ms, and 263 to 1,153 of about 8,500 kills not
+//! reported under their cgroup. Kills that come together, and any kill while the thread is
+//! still busy (a hung read), read on the blocking pool, side by side on every CPU.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -30,10 +31,10 @@ use tokio::sync::oneshot::{self, error::TryRecvError};
 type Job = Box<dyn FnOnce() + Send>;
 
 /// How long the event loop yields its CPU to a lone read before it sleeps until the read ends
-/// (a read takes about 0.25 ms on an idle host of this project's).
-const YIELD_FOR: Duration = Duration::from_millis(1);
+/// (reads take about 0.25 ms on an idle host of this project's).
+const YIELD_FOR: Duration = Duration::from_millis(2);
 /// After a lone read overran [`YIELD_FOR`], how long reads keep off the event loop's CPU.
-const BACK_OFF: Duration = Duration::from_secs(1);
+const BACK_OFF: Duration = Duration::from_millis(100);
 
 /// What the event loop and the read thread share.
 struct Thread {
@@ -73,17 +74,23 @@ impl<T> Read<T> {
             // CPU). The budget still holds: past YIELD_FOR this thread sleeps until the deadline.
             let left = deadline.into_std().saturating_duration_since(Instant::now());
             let until = Instant::now() + YIELD_FOR.min(left);
-            loop {
+            let got = loop {
                 match self.rx.try_recv() {
-                    Ok(v) => return Some(Some(v)),
-                    Err(TryRecvError::Closed) => return Some(None),
+                    Ok(v) => break Some(Some(v)),
+                    Err(TryRecvError::Closed) => break Some(None),
                     Err(TryRecvError::Empty) if Instant::now() < until => std::thread::yield_now(),
-                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Empty) => break None,
                 }
+            };
+            // Past the yield, done or not: other tasks ran on this CPU (one yield can wait for
+            // each of them), so the next reads keep off it, and this one may finish anywhere.
+            if Instant::now() >= until {
+                thread.set_cpus(&thread.all);
+                thread.overran.store(true, Ordering::Release);
             }
-            // Busy CPUs: the read may finish on any of them.
-            thread.set_cpus(&thread.all);
-            thread.overran.store(true, Ordering::Release);
+            if got.is_some() {
+                return got;
+            }
         }
         tokio::time::timeout_at(deadline, self.rx)
             .await
@@ -100,6 +107,8 @@ pub struct Reader {
     cpu: i32,
     /// No read goes to the thread before this (after an overrun).
     back_off_until: Instant,
+    /// Whether some CPU idles now ([`cpus_idle`]; tests replace it).
+    cpus_idle: fn() -> bool,
 }
 
 impl Reader {
@@ -139,6 +148,7 @@ impl Reader {
             thread,
             cpu: -1,
             back_off_until: Instant::now(),
+            cpus_idle,
         }
     }
 
@@ -154,7 +164,11 @@ impl Reader {
             self.back_off_until = now + BACK_OFF;
         }
         let job = match self.jobs.clone() {
-            Some(jobs) if now >= self.back_off_until && self.thread.idle.swap(false, Ordering::AcqRel) => {
+            Some(jobs)
+                if now >= self.back_off_until
+                    && (self.cpus_idle)()
+                    && self.thread.idle.swap(false, Ordering::AcqRel) =>
+            {
                 self.follow_event_loop();
                 match jobs.send(job) {
                     Ok(()) => {
@@ -196,6 +210,19 @@ impl Reader {
     }
 }
 
+/// Some CPU idles now: no more tasks runnable on the machine than it has CPUs (the event loop
+/// included). Then waking a thread costs the wake-up of an idle CPU, and this CPU has little
+/// else to run; with more, a read kept on this CPU would queue behind them.
+fn cpus_idle() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    std::fs::read_to_string("/proc/loadavg").is_ok_and(|l| running(&l).is_some_and(|n| n <= cpus))
+}
+
+/// Runnable tasks, from /proc/loadavg's fourth field (`running/total`).
+fn running(loadavg: &str) -> Option<usize> {
+    loadavg.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +257,7 @@ mod tests {
             );
         }
         let mut r = Reader::new();
+        r.cpus_idle = || true;
         let (go, wait) = std::sync::mpsc::channel::<()>();
         let first = r.run(move || {
             // SAFETY: as above.
@@ -268,6 +296,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_overrun_backs_off_to_the_blocking_pool() {
         let mut r = Reader::new();
+        r.cpus_idle = || true;
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let slow = r.run(|| std::thread::sleep(YIELD_FOR * 20));
         assert_eq!(slow.by(far).await, Some(Some(())), "waited for past the yield");
@@ -277,5 +306,22 @@ mod tests {
         let next = r.run(|| std::thread::current().name().map(str::to_owned));
         let next = next.by(far).await.flatten().expect("ran");
         assert_ne!(next.as_deref(), Some("memtrace-reads"), "backed off");
+    }
+
+    #[test]
+    fn runnable_tasks_from_loadavg() {
+        assert_eq!(running("0.52 0.58 0.59 3/467 12345\n"), Some(3));
+        assert_eq!(running("0.52 0.58"), None);
+    }
+
+    /// Busy CPUs: no read is kept on the event loop's CPU.
+    #[tokio::test(flavor = "current_thread")]
+    async fn busy_cpus_read_on_the_blocking_pool() {
+        let mut r = Reader::new();
+        r.cpus_idle = || false;
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let read = r.run(|| std::thread::current().name().map(str::to_owned));
+        let name = read.by(far).await.flatten().expect("ran");
+        assert_ne!(name.as_deref(), Some("memtrace-reads"));
     }
 }
