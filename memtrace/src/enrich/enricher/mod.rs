@@ -8,9 +8,9 @@
 //!
 //! The daemon never waits on the filesystem for longer than a budget per kill
 //! ([`Enricher::start`], [`Enricher::complete`]): the file reads run off the event loop
-//! ([`reader`]), those of kills that arrive together side by side, and a kill whose reads are not done in
-//! time goes out with what the record and the caches say, marked late (`memtrace.enrich.late`)
-//! and counted; what the reads still learn is kept for later kills.
+//! (`reader.rs`), those of kills that arrive together side by side, and a kill whose reads are
+//! not done in time goes out with what the record and the caches say, marked late
+//! (`memtrace.enrich.late`) and counted; what the reads still learn is kept for later kills.
 
 use std::{
     collections::HashMap,
@@ -265,10 +265,10 @@ impl Enricher {
     }
 
     /// Takes a kill as far as the record and the caches go, and starts its file reads off the
-    /// event loop ([`Reader`]), due `budget` from now. Kills that arrive together have their reads run
-    /// side by side: [`Self::complete`] them in the order they were started (contexts, group
-    /// kills and episodes are taken in the kernel's order), and a batch waits for its slowest
-    /// read, not for the sum of them.
+    /// event loop ([`Reader`]), due `budget` from now. Kills that arrive together have their
+    /// reads run side by side: [`Self::complete`] them in the order they were started (contexts,
+    /// group kills and episodes are taken in the kernel's order), and a batch waits for its
+    /// slowest read, not for the sum of them.
     pub fn start(&mut self, r: VictimRecord, budget: Duration) -> Pending {
         self.keep_learned();
         let work = self.prepare(r);
