@@ -107,8 +107,10 @@ pub struct Reader {
     cpu: i32,
     /// No read goes to the thread before this (after an overrun).
     back_off_until: Instant,
-    /// Whether some CPU idles now ([`cpus_idle`]; tests replace it).
-    cpus_idle: fn() -> bool,
+    /// Whether some CPU idles now, of these many ([`cpus_idle`]; tests replace it).
+    cpus_idle: fn(usize) -> bool,
+    /// CPUs this process may use, counted once: `available_parallelism` reads cgroup files.
+    cpus: usize,
 }
 
 impl Reader {
@@ -149,6 +151,7 @@ impl Reader {
             cpu: -1,
             back_off_until: Instant::now(),
             cpus_idle,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 
@@ -166,7 +169,7 @@ impl Reader {
         let job = match self.jobs.clone() {
             Some(jobs)
                 if now >= self.back_off_until
-                    && (self.cpus_idle)()
+                    && (self.cpus_idle)(self.cpus)
                     && self.thread.idle.swap(false, Ordering::AcqRel) =>
             {
                 self.follow_event_loop();
@@ -213,8 +216,7 @@ impl Reader {
 /// Some CPU idles now: no more tasks runnable on the machine than it has CPUs (the event loop
 /// included). Then waking a thread costs the wake-up of an idle CPU, and this CPU has little
 /// else to run; with more, a read kept on this CPU would queue behind them.
-fn cpus_idle() -> bool {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+fn cpus_idle(cpus: usize) -> bool {
     std::fs::read_to_string("/proc/loadavg").is_ok_and(|l| running(&l).is_some_and(|n| n <= cpus))
 }
 
@@ -257,7 +259,7 @@ mod tests {
             );
         }
         let mut r = Reader::new();
-        r.cpus_idle = || true;
+        r.cpus_idle = |_| true;
         let (go, wait) = std::sync::mpsc::channel::<()>();
         let first = r.run(move || {
             // SAFETY: as above.
@@ -296,7 +298,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_overrun_backs_off_to_the_blocking_pool() {
         let mut r = Reader::new();
-        r.cpus_idle = || true;
+        r.cpus_idle = |_| true;
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let slow = r.run(|| std::thread::sleep(YIELD_FOR * 20));
         assert_eq!(slow.by(far).await, Some(Some(())), "waited for past the yield");
@@ -318,7 +320,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn busy_cpus_read_on_the_blocking_pool() {
         let mut r = Reader::new();
-        r.cpus_idle = || false;
+        r.cpus_idle = |_| false;
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let read = r.run(|| std::thread::current().name().map(str::to_owned));
         let name = read.by(far).await.flatten().expect("ran");
