@@ -15,4 +15,5 @@ pub mod config;
 pub mod enrich;
 pub mod kernel;
 pub mod output;
+pub mod pseudo_fs;
 pub mod sinks;

@@ -296,7 +296,7 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 
 /// (`under_oom`, `oom_kill_disable`) from v1 `memory.oom_control`.
 fn v1_under_oom(dir: &Path) -> Option<(bool, bool)> {
-    let text = std::fs::read_to_string(dir.join("memory.oom_control")).ok()?;
+    let text = crate::pseudo_fs::read(dir.join("memory.oom_control")).ok()?;
     Some((
         keyed(&text, "under_oom")? == 1,
         keyed(&text, "oom_kill_disable")? == 1,
@@ -305,14 +305,14 @@ fn v1_under_oom(dir: &Path) -> Option<(bool, bool)> {
 
 /// (`oom`, `oom_kill`) from v2 `memory.events.local` (or `memory.events`).
 fn v2_events(dir: &Path) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(dir.join("memory.events.local"))
-        .or_else(|_| std::fs::read_to_string(dir.join("memory.events")))
+    let text = crate::pseudo_fs::read(dir.join("memory.events.local"))
+        .or_else(|_| crate::pseudo_fs::read(dir.join("memory.events")))
         .ok()?;
     Some((keyed(&text, "oom")?, keyed(&text, "oom_kill")?))
 }
 
 fn pids(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
+    crate::pseudo_fs::read(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
@@ -328,7 +328,7 @@ fn exempt_reason(dir: &Path) -> StallReason {
     let pids = pids(dir);
     let all_exempt = !pids.is_empty()
         && pids.iter().all(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/oom_score_adj")).is_ok_and(|a| a.trim() == "-1000")
+            crate::pseudo_fs::read(format!("/proc/{p}/oom_score_adj")).is_ok_and(|a| a.trim() == "-1000")
         });
     if all_exempt {
         StallReason::AllTasksExempt

@@ -170,7 +170,7 @@ pub fn subtree_ids<'a>(cgroup: &str, known: impl IntoIterator<Item = (u64, &'a s
 /// The memory cgroup of a live process, from `/proc/<pid>/cgroup`: the v1 line whose
 /// controllers include `memory`, or the v2 `0::` line.
 pub fn proc_memory_cgroup(pid: u32, version: super::CgroupVersion) -> Option<String> {
-    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("cgroup")).ok()?;
+    let text = crate::pseudo_fs::read(Path::new("/proc").join(pid.to_string()).join("cgroup")).ok()?;
     parse_proc_cgroup(&text, version)
 }
 

@@ -16,7 +16,7 @@ pub fn cgroup_oom_kills(h: &MemoryHierarchy, path: &str) -> Option<u64> {
         CgroupVersion::V1 => "memory.oom_control",
         CgroupVersion::V2 => "memory.events.local",
     };
-    let text = std::fs::read_to_string(h.dir(path).join(file)).ok()?;
+    let text = crate::pseudo_fs::read(h.dir(path).join(file)).ok()?;
     parse_flat_keyed(&text).ok()?.get("oom_kill").copied()
 }
 
@@ -57,7 +57,7 @@ impl KillCounts {
 }
 
 pub fn vmstat_oom_kills() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let text = crate::pseudo_fs::read("/proc/vmstat").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|v| v.trim().parse().ok())

@@ -146,7 +146,7 @@ impl LimitSweep {
 /// A cgroup's own limit (`Some(None)`: unlimited); `None` when the file cannot be read (the
 /// cgroup is gone, or is the v2 root, which has none).
 fn own_limit(dir: &Path, version: CgroupVersion) -> Option<Option<u64>> {
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let read = |name: &str| crate::pseudo_fs::read(dir.join(name)).ok();
     match version {
         CgroupVersion::V1 => parse_limit_v1(&read("memory.limit_in_bytes")?).ok(),
         CgroupVersion::V2 => parse_max_v2(&read("memory.max")?).ok(),
@@ -159,7 +159,7 @@ pub(crate) fn usage(dir: &Path, version: CgroupVersion) -> Option<u64> {
         CgroupVersion::V1 => "memory.usage_in_bytes",
         CgroupVersion::V2 => "memory.current",
     };
-    parse_u64_file(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+    parse_u64_file(&crate::pseudo_fs::read(dir.join(name)).ok()?).ok()
 }
 
 #[cfg(test)]

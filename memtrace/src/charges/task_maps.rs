@@ -347,7 +347,7 @@ fn record(mut ring: RingBuf<MapData>, stop: &AtomicBool, wake: Option<&OwnedFd>)
             }
             // A process that exited already has no maps: its frames stay addresses, unless
             // its exec was recorded.
-            let text = match std::fs::read_to_string(format!("/proc/{}/maps", rec.tgid)) {
+            let text = match crate::pseudo_fs::read(format!("/proc/{}/maps", rec.tgid)) {
                 Ok(text) => text,
                 Err(e) => {
                     log::debug!("pid {} gone before its maps were read: {e}", rec.tgid);

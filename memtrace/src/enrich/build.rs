@@ -180,7 +180,7 @@ impl Builder<'_> {
             return AncestorMemsw::NotBinding;
         };
         let limit_of = |path: &str| {
-            std::fs::read_to_string(h.dir(path).join("memory.memsw.limit_in_bytes"))
+            crate::pseudo_fs::read(h.dir(path).join("memory.memsw.limit_in_bytes"))
                 .ok()
                 .and_then(|t| parse_limit_v1(&t).ok().flatten())
         };
@@ -473,7 +473,7 @@ fn machine_pages(page: u64) -> u64 {
 }
 
 fn meminfo_kb(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let text = crate::pseudo_fs::read("/proc/meminfo").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())

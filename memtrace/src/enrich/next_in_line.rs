@@ -75,7 +75,7 @@ pub fn rank(dir: &Path, exclude: u32, totalpages: u64, page_size: u64) -> NextIn
 
 /// Every process (tgid) in `dir` and below: `cgroup.procs` of each directory.
 fn tasks(dir: &Path, depth: u32) -> Vec<u32> {
-    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+    let mut pids: Vec<u32> = crate::pseudo_fs::read(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
@@ -95,7 +95,7 @@ fn tasks(dir: &Path, depth: u32) -> Vec<u32> {
 /// `oom_badness()` from /proc: rss (anon + file + shmem) + swap entries + page-table pages,
 /// plus `oom_score_adj` × totalpages / 1000.
 fn candidate(pid: u32, totalpages: u64, page_size: u64) -> Option<Candidate> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = crate::pseudo_fs::read(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| -> Option<u64> {
         status
             .lines()
@@ -106,7 +106,7 @@ fn candidate(pid: u32, totalpages: u64, page_size: u64) -> Option<Candidate> {
     let rss = kb("RssAnon:")?
         .saturating_add(kb("RssFile:")?)
         .saturating_add(kb("RssShmem:")?);
-    let adj: i32 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+    let adj: i32 = crate::pseudo_fs::read(format!("/proc/{pid}/oom_score_adj"))
         .ok()?
         .trim()
         .parse()

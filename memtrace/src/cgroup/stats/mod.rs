@@ -136,7 +136,7 @@ pub enum StatsError {
 /// Reads `dir/name`; `Ok(None)` if that file alone is missing (or PSI is disabled).
 fn read_optional(dir: &Path, name: &str) -> Result<Option<String>, StatsError> {
     let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
+    match crate::pseudo_fs::read(&path) {
         Ok(text) => Ok(Some(text)),
         // An absent optional file is normal; an absent cgroup is not.
         Err(e) if e.kind() == io::ErrorKind::NotFound && dir.is_dir() => Ok(None),

@@ -477,7 +477,7 @@ impl Enricher {
 }
 
 fn proc_tgid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = crate::pseudo_fs::read(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))

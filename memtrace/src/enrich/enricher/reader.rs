@@ -217,7 +217,7 @@ impl Reader {
 /// included). Then waking a thread costs the wake-up of an idle CPU, and this CPU has little
 /// else to run; with more, a read kept on this CPU would queue behind them.
 fn cpus_idle(cpus: usize) -> bool {
-    std::fs::read_to_string("/proc/loadavg").is_ok_and(|l| running(&l).is_some_and(|n| n <= cpus))
+    crate::pseudo_fs::read("/proc/loadavg").is_ok_and(|l| running(&l).is_some_and(|n| n <= cpus))
 }
 
 /// Runnable tasks, from /proc/loadavg's fourth field (`running/total`).
