@@ -17,6 +17,8 @@
 //! still busy (a hung read), read on the blocking pool, side by side on every CPU.
 
 use std::{
+    fs::File,
+    os::unix::fs::FileExt,
     panic::AssertUnwindSafe,
     sync::{
         Arc,
@@ -108,7 +110,8 @@ pub struct Reader {
     /// No read goes to the thread before this (after an overrun).
     back_off_until: Instant,
     /// Whether some CPU idles now, of these many ([`cpus_idle`]; tests replace it).
-    cpus_idle: fn(usize) -> bool,
+    cpus_idle: fn(&Loadavg, usize) -> bool,
+    loadavg: Loadavg,
     /// CPUs this process may use, counted once: `available_parallelism` reads cgroup files.
     cpus: usize,
 }
@@ -151,6 +154,7 @@ impl Reader {
             cpu: -1,
             back_off_until: Instant::now(),
             cpus_idle,
+            loadavg: Loadavg::open(),
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
@@ -169,7 +173,7 @@ impl Reader {
         let job = match self.jobs.clone() {
             Some(jobs)
                 if now >= self.back_off_until
-                    && (self.cpus_idle)(self.cpus)
+                    && (self.cpus_idle)(&self.loadavg, self.cpus)
                     && self.thread.idle.swap(false, Ordering::AcqRel) =>
             {
                 self.follow_event_loop();
@@ -216,8 +220,30 @@ impl Reader {
 /// Some CPU idles now: no more tasks runnable on the machine than it has CPUs (the event loop
 /// included). Then waking a thread costs the wake-up of an idle CPU, and this CPU has little
 /// else to run; with more, a read kept on this CPU would queue behind them.
-fn cpus_idle(cpus: usize) -> bool {
-    crate::pseudo_fs::read("/proc/loadavg").is_ok_and(|l| running(&l).is_some_and(|n| n <= cpus))
+fn cpus_idle(loadavg: &Loadavg, cpus: usize) -> bool {
+    loadavg.runnable().is_some_and(|n| n <= cpus)
+}
+
+/// /proc/loadavg, opened once: read again at offset 0, where its seq_file writes it afresh,
+/// so that a kill costs the event loop one `pread`, not an open, reads and a close.
+struct Loadavg(Option<File>);
+
+impl Loadavg {
+    fn open() -> Self {
+        let file = File::open("/proc/loadavg");
+        if let Err(e) = &file {
+            log::warn!("/proc/loadavg: {e}: every kill's reads use tokio's blocking pool");
+        }
+        Self(file.ok())
+    }
+
+    /// Runnable tasks now.
+    fn runnable(&self) -> Option<usize> {
+        // "0.52 0.58 0.59 3/467 12345\n": under 64 bytes for any load, task count and pid.
+        let mut buf = [0u8; 128];
+        let n = self.0.as_ref()?.read_at(&mut buf, 0).ok()?;
+        running(std::str::from_utf8(buf.get(..n)?).ok()?)
+    }
 }
 
 /// Runnable tasks, from /proc/loadavg's fourth field (`running/total`).
@@ -259,7 +285,7 @@ mod tests {
             );
         }
         let mut r = Reader::new();
-        r.cpus_idle = |_| true;
+        r.cpus_idle = |_, _| true;
         let (go, wait) = std::sync::mpsc::channel::<()>();
         let first = r.run(move || {
             // SAFETY: as above.
@@ -298,7 +324,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_overrun_backs_off_to_the_blocking_pool() {
         let mut r = Reader::new();
-        r.cpus_idle = |_| true;
+        r.cpus_idle = |_, _| true;
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let slow = r.run(|| std::thread::sleep(YIELD_FOR * 20));
         assert_eq!(slow.by(far).await, Some(Some(())), "waited for past the yield");
@@ -314,13 +340,28 @@ mod tests {
     fn runnable_tasks_from_loadavg() {
         assert_eq!(running("0.52 0.58 0.59 3/467 12345\n"), Some(3));
         assert_eq!(running("0.52 0.58"), None);
+        // Read again through the one open file: the last pid field follows a new process.
+        let l = Loadavg::open();
+        let last_pid = |l: &Loadavg| {
+            let mut buf = [0u8; 128];
+            let n = l.0.as_ref().expect("open").read_at(&mut buf, 0).expect("pread");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            text.split_whitespace()
+                .nth(4)
+                .map(str::to_owned)
+                .expect("five fields")
+        };
+        assert!(l.runnable().is_some_and(|n| n >= 1), "this test runs");
+        let before = last_pid(&l);
+        std::process::Command::new("true").status().expect("spawn true");
+        assert_ne!(last_pid(&l), before, "read afresh at offset 0");
     }
 
     /// Busy CPUs: no read is kept on the event loop's CPU.
     #[tokio::test(flavor = "current_thread")]
     async fn busy_cpus_read_on_the_blocking_pool() {
         let mut r = Reader::new();
-        r.cpus_idle = |_| false;
+        r.cpus_idle = |_, _| false;
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let read = r.run(|| std::thread::current().name().map(str::to_owned));
         let name = read.by(far).await.flatten().expect("ran");
