@@ -8,7 +8,7 @@ const FIRST_READ: usize = 4096;
 /// The whole text of a pseudo-file, in two `read` calls for most. `std::fs::read_to_string`
 /// asks for the file's size first (`statx`, which these files report as 0 or 4096, not their
 /// length) and then starts with a 32-byte read and doubles: eight calls for a memory.stat.
-/// On a kill the enricher reads about fifteen such files, so this is most of its syscalls.
+/// On a kill the enricher reads about a dozen such files, so this is most of its syscalls.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let mut text = String::with_capacity(FIRST_READ);
     // Through `Take`, `read_to_string` has no size hint: no statx or lseek, and no small probe

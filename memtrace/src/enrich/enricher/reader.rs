@@ -111,6 +111,7 @@ pub struct Reader {
     back_off_until: Instant,
     /// Whether some CPU idles now, of these many ([`cpus_idle`]; tests replace it).
     cpus_idle: fn(&Loadavg, usize) -> bool,
+    /// Where [`cpus_idle`] reads the runnable tasks.
     loadavg: Loadavg,
     /// CPUs this process may use, counted once: `available_parallelism` reads cgroup files.
     cpus: usize,
